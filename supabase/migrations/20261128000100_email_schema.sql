@@ -1,0 +1,155 @@
+/**
+ * email: the delivery lifecycle's tables.
+ *
+ * Postgres owns the lifecycle of every email: the tables here hold the deliveries, their append-only
+ * audit trail, the secret-bearing template data (kept apart and erased when a delivery ends), the
+ * retry policy and the allowed transitions as data, and every input that could not be accepted.
+ * The rules that act on them live in the lifecycle migration; RLS is enabled on every table here and
+ * its policies live in the rls migration.
+ */
+create schema if not exists email;
+comment on schema email is 'Transactional email delivery lifecycle (private: end users read it only under RLS)';
+
+alter default privileges in schema email revoke execute on functions from public;
+alter default privileges in schema email revoke all on tables from anon, authenticated;
+
+-- The states a delivery can be in, and which of them end it.
+create table email.statuses (
+  status text primary key,
+  terminal boolean not null,
+  description text not null
+);
+alter table email.statuses enable row level security;
+comment on table email.statuses is 'The states of a delivery; terminal ones end it (a requeue can reopen failed and dead_letter)';
+
+insert into email.statuses (status, terminal, description) values
+  ('queued', false, 'accepted, waiting for an attempt'),
+  ('in_progress', false, 'an attempt holds the lease and is sending'),
+  ('retrying', false, 'an attempt failed transiently; the next one is due at next_attempt_at'),
+  ('sent', true, 'the SMTP server accepted the message'),
+  ('failed', true, 'permanently refused, or could not be rendered'),
+  ('dead_letter', true, 'attempts exhausted; kept for an operator to requeue or purge');
+
+-- The allowed transitions, as data. A BEFORE UPDATE trigger refuses any other.
+create table email.transitions (
+  from_status text not null references email.statuses,
+  to_status text not null references email.statuses,
+  description text not null,
+  primary key (from_status, to_status)
+);
+alter table email.transitions enable row level security;
+comment on table email.transitions is 'Allowed status transitions of a delivery; anything else raises EM001';
+
+insert into email.transitions (from_status, to_status, description) values
+  ('queued', 'in_progress', 'an attempt claims the delivery'),
+  ('queued', 'failed', 'render or validation failure after enqueue'),
+  ('in_progress', 'sent', 'the SMTP server accepted the message'),
+  ('in_progress', 'retrying', 'transient failure, or the lease expired, with attempts left'),
+  ('in_progress', 'failed', 'permanent failure'),
+  ('in_progress', 'dead_letter', 'transient failure with no attempts left'),
+  ('retrying', 'in_progress', 'the next attempt claims the delivery'),
+  ('retrying', 'sent', 'a reaped attempt reports success late, before anyone re-claimed it'),
+  ('retrying', 'dead_letter', 'given up without another attempt'),
+  ('failed', 'queued', 'an operator requeues it'),
+  ('dead_letter', 'queued', 'an operator requeues it');
+
+-- The retry policy, as data: one row per workflow, and the default row ('*').
+create table email.retry_policies (
+  workflow text primary key,
+  max_attempts integer not null default 5 check (max_attempts between 1 and 100),
+  base_delay interval not null default interval '30 seconds' check (base_delay > interval '0'),
+  max_delay interval not null default interval '1 hour',
+  constraint retry_policies_delay_order check (max_delay >= base_delay)
+);
+alter table email.retry_policies enable row level security;
+comment on table email.retry_policies is 'Retry policy per workflow; the row ''*'' applies to every workflow without its own';
+
+insert into email.retry_policies (workflow) values ('*');
+
+create table email.deliveries (
+  delivery_id text primary key
+    constraint deliveries_delivery_id_format check (delivery_id ~ '^[A-Za-z0-9._:-]{1,200}$'),
+  workflow text not null check (workflow ~ '^[a-z0-9][a-z0-9-]{0,62}$'),
+  recipient text not null
+    constraint deliveries_recipient_single_line check (recipient !~ '[\r\n]' and char_length(recipient) between 3 and 320),
+  user_id uuid,
+  status text not null default 'queued'
+    constraint deliveries_status_check check (status in ('queued', 'in_progress', 'retrying', 'sent', 'failed', 'dead_letter')),
+  attempts integer not null default 0 check (attempts >= 0),
+  max_attempts integer not null check (max_attempts >= 1),
+  last_error_code text check (char_length(last_error_code) <= 64),
+  last_error_message text
+    constraint deliveries_last_error_message_length check (char_length(last_error_message) <= 512),
+  queued_at timestamptz not null default now(),
+  last_attempted_at timestamptz,
+  next_attempt_at timestamptz,
+  lease_expires_at timestamptz,
+  sent_at timestamptz,
+  completed_at timestamptz,
+  provider_message_id text check (char_length(provider_message_id) <= 998),
+  provider_response text check (char_length(provider_response) <= 512),
+  request_hash text not null,
+  metadata jsonb not null default '{}' check (jsonb_typeof(metadata) = 'object'),
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  constraint deliveries_lease_iff_in_progress check ((status = 'in_progress') = (lease_expires_at is not null)),
+  constraint deliveries_due_iff_waiting check ((status in ('queued', 'retrying')) = (next_attempt_at is not null))
+);
+alter table email.deliveries enable row level security;
+comment on table email.deliveries is 'One row per email to send, keyed by the caller''s idempotency key';
+comment on column email.deliveries.request_hash is 'sha256 of workflow, recipient, user and payload: tells a redelivery from a conflicting reuse of the id';
+comment on column email.deliveries.completed_at is 'When the delivery reached a terminal state (sent, failed, dead_letter); null while it is open';
+comment on column email.deliveries.next_attempt_at is 'When the sweep may claim it: due retries, requeued deliveries, and queued ones no push claimed';
+
+create index deliveries_status_updated_at_idx on email.deliveries (status, updated_at);
+create index deliveries_recipient_updated_at_idx on email.deliveries (recipient, updated_at);
+create index deliveries_user_id_idx on email.deliveries (user_id) where user_id is not null;
+create index deliveries_due_idx on email.deliveries (next_attempt_at) where status in ('queued', 'retrying');
+create index deliveries_lease_idx on email.deliveries (lease_expires_at) where status = 'in_progress';
+
+-- Secret-bearing template data, apart from deliveries: erased when a delivery ends sent or failed.
+create table email.delivery_payloads (
+  delivery_id text primary key references email.deliveries on delete cascade,
+  payload jsonb not null check (jsonb_typeof(payload) = 'object'),
+  created_at timestamptz not null default now()
+);
+alter table email.delivery_payloads enable row level security;
+comment on table email.delivery_payloads is 'Template data (codes, links): service_role only, erased when the delivery ends sent or failed';
+
+-- The append-only audit trail, written by a trigger on deliveries.
+create table email.delivery_events (
+  id bigint generated always as identity primary key,
+  delivery_id text not null references email.deliveries on delete restrict,
+  from_status text,
+  to_status text not null,
+  attempt integer not null,
+  error_code text,
+  error_message text,
+  detail jsonb not null default '{}',
+  actor text not null,
+  created_at timestamptz not null default now()
+);
+alter table email.delivery_events enable row level security;
+comment on table email.delivery_events is 'Append-only audit trail: one row per insert and status change of a delivery';
+
+create index delivery_events_delivery_id_idx on email.delivery_events (delivery_id, id);
+create index delivery_events_created_at_idx on email.delivery_events (created_at);
+
+-- Input that could not be accepted, with the reason, so nothing is lost.
+create table email.rejected_messages (
+  id bigint generated always as identity primary key,
+  reason_code text not null check (reason_code ~ '^[a-z_]{1,40}$'),
+  reason text not null check (char_length(reason) <= 2000),
+  delivery_id text,
+  message_id text,
+  raw_body bytea,
+  body_bytes integer not null default 0,
+  body_truncated boolean not null default false,
+  headers jsonb not null default '{}',
+  received_at timestamptz not null default now()
+);
+alter table email.rejected_messages enable row level security;
+comment on table email.rejected_messages is 'Rejected input (bad envelope, base64, JSON, schema, idempotency conflict) with its reason and raw body';
+
+create index rejected_messages_received_at_idx on email.rejected_messages (received_at);
+create index rejected_messages_delivery_id_idx on email.rejected_messages (delivery_id) where delivery_id is not null;

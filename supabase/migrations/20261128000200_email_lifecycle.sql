@@ -1,0 +1,669 @@
+/**
+ * email: the lifecycle rules.
+ *
+ * Every rule of the delivery lifecycle lives here, in one place each:
+ * - which transition is allowed: email.transitions, enforced by the BEFORE UPDATE trigger
+ *   _200_apply_transition, which also derives the columns a transition implies (attempts grows when
+ *   an attempt starts and only then; leases, terminal timestamps, due times);
+ * - the audit trail: the AFTER trigger _500_audit writes one event per insert and status change;
+ * - secrets are not retained: _600_erase_payload deletes the payload when a delivery ends sent or failed;
+ * - when to retry and when to give up: record_failure, from email.retry_policies;
+ * - who may call what: execute is revoked from public and granted to service_role under each function.
+ *
+ * SQLSTATEs callers can match:
+ *   EM001 transition not allowed        EM002 idempotency conflict     EM003 stale attempt (fencing)
+ *   EM004 delivery not found            EM005 audit trail is immutable EM006 invalid argument
+ */
+
+-- ---------------------------------------------------------------------------------------------
+-- Helpers
+-- ---------------------------------------------------------------------------------------------
+
+/** Who is acting: the email.actor setting, else the JWT's subject, else the database user and application. */
+create or replace function email._actor()
+returns text
+language sql
+stable
+set search_path = ''
+as $$
+  select coalesce(
+    nullif(current_setting('email.actor', true), ''),
+    'user:' || (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'),
+    current_user || coalesce('@' || nullif(current_setting('application_name', true), ''), '')
+  )
+$$;
+comment on function email._actor() is 'The actor recorded in the audit trail';
+
+/** The retry policy that applies to a workflow: its own row, else the default row '*'. */
+create or replace function email.retry_policy(workflow text)
+returns email.retry_policies
+language sql
+stable
+set search_path = ''
+as $$
+  select p.*
+  from email.retry_policies p
+  where p.workflow in (retry_policy.workflow, '*')
+  order by p.workflow = '*'
+  limit 1
+$$;
+comment on function email.retry_policy(text) is 'Retry policy for a workflow (falls back to the ''*'' row)';
+grant execute on function email.retry_policy(text) to service_role;
+
+/**
+ * The delay before retry number `attempt` + 1: exponential (base * 2^(attempt-1)), capped at
+ * max_delay, with "equal jitter": uniformly between half the capped delay and the capped delay, so
+ * retries of many failed deliveries spread out instead of arriving together.
+ */
+create or replace function email.backoff_delay(workflow text, attempt integer)
+returns interval
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  p email.retry_policies := email.retry_policy(backoff_delay.workflow);
+  capped interval;
+begin
+  if attempt is null or attempt < 1 then
+    raise exception 'attempt must be at least 1, not %', attempt using errcode = 'EM006';
+  end if;
+  capped := least(p.max_delay, p.base_delay * power(2, least(attempt - 1, 30)));
+  return capped * (0.5 + random() * 0.5);
+end
+$$;
+comment on function email.backoff_delay(text, integer) is 'Exponential backoff with equal jitter: between half and all of min(max_delay, base_delay * 2^(attempt-1))';
+grant execute on function email.backoff_delay(text, integer) to service_role;
+
+/** sha256 over what makes a request the same request: workflow, recipient, user and payload. */
+create or replace function email._request_hash(workflow text, recipient text, payload jsonb, user_id uuid)
+returns text
+language sql
+immutable
+set search_path = ''
+as $$
+  select encode(sha256(convert_to(jsonb_build_object(
+    'workflow', workflow, 'recipient', lower(recipient), 'payload', payload, 'user_id', user_id
+  )::text, 'UTF8')), 'hex')
+$$;
+
+/** Sets the detail the audit trigger attaches to the next event in this transaction. */
+create or replace function email._set_event_detail(detail jsonb)
+returns void
+language sql
+volatile
+set search_path = ''
+as $$
+  select set_config('email.event_detail', coalesce(detail, '{}')::text, true);
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Triggers on email.deliveries
+-- ---------------------------------------------------------------------------------------------
+
+/** Keeps updated_at true. */
+create or replace function email.tg_deliveries__touch_updated_at()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  new.updated_at := now();
+  return new;
+end
+$$;
+
+create trigger _100_touch_updated_at
+before update on email.deliveries
+for each row execute function email.tg_deliveries__touch_updated_at();
+
+/**
+ * Refuses inserts that do not start queued, and status changes that are not in email.transitions
+ * (EM001); derives what each transition implies, so no caller can get it wrong:
+ * - entering in_progress: attempts + 1 (the only place attempts grows), last_attempted_at, a lease;
+ * - leaving in_progress: no lease;
+ * - entering a terminal state: completed_at (and sent_at for sent), nothing due;
+ * - entering queued (requeue): due now, not completed, a fresh attempt budget.
+ * attempts never changes outside a transition into in_progress.
+ */
+create or replace function email.tg_deliveries__apply_transition()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+declare
+  policy email.retry_policies;
+begin
+  new.last_error_message := left(new.last_error_message, 512);
+  new.provider_response := left(new.provider_response, 512);
+
+  if tg_op = 'INSERT' then
+    if new.status <> 'queued' then
+      raise exception 'delivery % must start queued, not %', new.delivery_id, new.status using errcode = 'EM001';
+    end if;
+    new.attempts := 0;
+    new.next_attempt_at := coalesce(new.next_attempt_at, now());
+    return new;
+  end if;
+
+  if new.status is not distinct from old.status then
+    if new.attempts is distinct from old.attempts then
+      raise exception 'delivery % attempts only grow when an attempt starts', new.delivery_id using errcode = 'EM001';
+    end if;
+    return new;
+  end if;
+
+  if not exists (
+    select from email.transitions t where t.from_status = old.status and t.to_status = new.status
+  ) then
+    raise exception 'delivery % cannot go from % to %', new.delivery_id, old.status, new.status
+      using errcode = 'EM001', hint = 'The allowed transitions are in email.transitions';
+  end if;
+
+  new.attempts := old.attempts;
+  if new.status = 'in_progress' then
+    new.attempts := old.attempts + 1;
+    new.last_attempted_at := now();
+    new.next_attempt_at := null;
+    new.lease_expires_at := coalesce(new.lease_expires_at, now() + interval '60 seconds');
+  else
+    new.lease_expires_at := null;
+  end if;
+
+  if new.status in ('queued', 'retrying') then
+    new.next_attempt_at := coalesce(new.next_attempt_at, now());
+    new.completed_at := null;
+  elsif new.status <> 'in_progress' then
+    new.next_attempt_at := null;
+    new.completed_at := now();
+  end if;
+
+  if new.status = 'sent' then
+    new.sent_at := now();
+  end if;
+
+  if new.status = 'queued' then
+    -- A requeue grants a fresh attempt budget; attempts keeps counting, so attempt numbers stay unique.
+    policy := email.retry_policy(new.workflow);
+    new.max_attempts := new.attempts + policy.max_attempts;
+    new.next_attempt_at := now();
+  end if;
+  return new;
+end
+$$;
+
+create trigger _200_apply_transition
+before insert or update on email.deliveries
+for each row execute function email.tg_deliveries__apply_transition();
+
+/** Writes the audit trail: one event for the insert and one for every status change. */
+create or replace function email.tg_deliveries__audit()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+declare
+  detail jsonb := coalesce(nullif(current_setting('email.event_detail', true), '')::jsonb, '{}');
+  failing boolean := new.status in ('retrying', 'failed', 'dead_letter');
+begin
+  if tg_op = 'UPDATE' and new.status is not distinct from old.status then
+    return null;
+  end if;
+  if new.status = 'retrying' then
+    detail := detail || jsonb_build_object('next_attempt_at', new.next_attempt_at);
+  elsif new.status = 'sent' then
+    detail := detail || jsonb_strip_nulls(jsonb_build_object(
+      'provider_message_id', new.provider_message_id, 'provider_response', new.provider_response));
+  elsif new.status = 'in_progress' then
+    detail := detail || jsonb_build_object('lease_expires_at', new.lease_expires_at);
+  end if;
+  insert into email.delivery_events (delivery_id, from_status, to_status, attempt, error_code, error_message, detail, actor)
+  values (
+    new.delivery_id,
+    case when tg_op = 'UPDATE' then old.status end,
+    new.status,
+    new.attempts,
+    case when failing then new.last_error_code end,
+    case when failing then new.last_error_message end,
+    detail,
+    email._actor()
+  );
+  perform set_config('email.event_detail', '', true);
+  return null;
+end
+$$;
+
+create trigger _500_audit
+after insert or update on email.deliveries
+for each row execute function email.tg_deliveries__audit();
+
+/** Erases the secret-bearing payload once a delivery ends sent or failed. */
+create or replace function email.tg_deliveries__erase_payload()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  delete from email.delivery_payloads p where p.delivery_id = new.delivery_id;
+  return null;
+end
+$$;
+
+create trigger _600_erase_payload
+after update of status on email.deliveries
+for each row when (new.status in ('sent', 'failed') and old.status is distinct from new.status)
+execute function email.tg_deliveries__erase_payload();
+
+-- ---------------------------------------------------------------------------------------------
+-- The audit trail is append-only
+-- ---------------------------------------------------------------------------------------------
+
+/** Refuses UPDATE, DELETE and TRUNCATE on the audit trail. */
+create or replace function email.tg_delivery_events__refuse_change()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  raise exception 'email.delivery_events is append-only: % refused', tg_op using errcode = 'EM005';
+end
+$$;
+
+create trigger _100_refuse_change
+before update or delete on email.delivery_events
+for each row execute function email.tg_delivery_events__refuse_change();
+
+create trigger _110_refuse_truncate
+before truncate on email.delivery_events
+for each statement execute function email.tg_delivery_events__refuse_change();
+
+-- ---------------------------------------------------------------------------------------------
+-- Lifecycle RPCs (the contract the Edge Function's tracker calls)
+-- ---------------------------------------------------------------------------------------------
+
+/**
+ * Accepts a delivery: queued, with its payload kept apart. Idempotent on delivery_id: the same
+ * request again returns the existing row and changes nothing; the same id with different content
+ * (workflow, recipient, user or payload) raises EM002, which the caller stores in
+ * email.rejected_messages with record_rejected (a raise rolls back anything written here).
+ * A queued delivery is due for the sweep a minute later, in case no push claims it.
+ */
+create or replace function email.record_queued(
+  delivery_id text,
+  workflow text,
+  recipient text,
+  payload jsonb,
+  metadata jsonb default '{}',
+  user_id uuid default null
+)
+returns email.deliveries
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  h text := email._request_hash(record_queued.workflow, record_queued.recipient, coalesce(record_queued.payload, '{}'), record_queued.user_id);
+  d email.deliveries;
+begin
+  insert into email.deliveries as x (delivery_id, workflow, recipient, user_id, max_attempts, request_hash, metadata, next_attempt_at)
+  values (
+    record_queued.delivery_id, record_queued.workflow, record_queued.recipient, record_queued.user_id,
+    (email.retry_policy(record_queued.workflow)).max_attempts, h, coalesce(record_queued.metadata, '{}'),
+    now() + interval '60 seconds'
+  )
+  on conflict on constraint deliveries_pkey do nothing
+  returning x.* into d;
+
+  if found then
+    insert into email.delivery_payloads (delivery_id, payload)
+    values (record_queued.delivery_id, coalesce(record_queued.payload, '{}'));
+    return d;
+  end if;
+
+  select x.* into d from email.deliveries x where x.delivery_id = record_queued.delivery_id;
+  if d.request_hash <> h then
+    raise exception 'delivery % already exists with different content', record_queued.delivery_id
+      using errcode = 'EM002', hint = 'Use a new delivery id for a different email';
+  end if;
+  return d;
+end
+$$;
+comment on function email.record_queued(text, text, text, jsonb, jsonb, uuid) is 'Accept a delivery (idempotent on delivery_id; EM002 on a conflicting reuse)';
+grant execute on function email.record_queued(text, text, text, jsonb, jsonb, uuid) to service_role;
+
+/**
+ * Claims a delivery for an attempt and returns the attempt number, or null when it is not claimable
+ * (sent, failed, dead_letter, in progress under a live lease, retrying but not yet due). Among
+ * concurrent callers exactly one wins: the row lock serialises them and the losers re-check the
+ * condition. An in_progress delivery whose lease expired is reaped first (in the trail), then claimed.
+ */
+create or replace function email.mark_in_progress(delivery_id text, lease_seconds integer default 60)
+returns integer
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  claimed integer;
+begin
+  if lease_seconds is null or lease_seconds < 1 then
+    raise exception 'lease_seconds must be at least 1, not %', lease_seconds using errcode = 'EM006';
+  end if;
+  perform email._reap(d.delivery_id)
+  from email.deliveries d
+  where d.delivery_id = mark_in_progress.delivery_id and d.status = 'in_progress' and d.lease_expires_at < now();
+
+  update email.deliveries d
+  set status = 'in_progress', lease_expires_at = now() + make_interval(secs => lease_seconds)
+  where d.delivery_id = mark_in_progress.delivery_id
+    and (d.status = 'queued' or (d.status = 'retrying' and d.next_attempt_at <= now()))
+  returning d.attempts into claimed;
+  return claimed;
+end
+$$;
+comment on function email.mark_in_progress(text, integer) is 'Claim a delivery for an attempt: the attempt number, or null when not claimable';
+grant execute on function email.mark_in_progress(text, integer) to service_role;
+
+/**
+ * Locks a delivery for the outcome of attempt `attempt` (fencing). Raises EM004 when it does not
+ * exist and EM003 when the attempt is not the current one in one of the expected states, so a caller
+ * whose lease was reaped and re-claimed cannot overwrite the newer attempt.
+ */
+create or replace function email._fence(delivery_id text, attempt integer, expected text[])
+returns email.deliveries
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  d email.deliveries;
+begin
+  select x.* into d from email.deliveries x where x.delivery_id = _fence.delivery_id for update;
+  if not found then
+    raise exception 'delivery % does not exist', _fence.delivery_id using errcode = 'EM004';
+  end if;
+  if d.attempts is distinct from _fence.attempt or not (d.status = any (expected)) then
+    raise exception 'attempt % of delivery % is stale: the delivery is % at attempt %',
+      _fence.attempt, _fence.delivery_id, d.status, d.attempts using errcode = 'EM003';
+  end if;
+  return d;
+end
+$$;
+
+/**
+ * Records that attempt `attempt` was accepted by the SMTP server. Idempotent for the same attempt.
+ * Accepted too when the attempt's lease was reaped but nobody re-claimed it yet: the mail did go out.
+ */
+create or replace function email.mark_sent(
+  delivery_id text,
+  attempt integer,
+  provider_message_id text default null,
+  provider_response text default null
+)
+returns email.deliveries
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  d email.deliveries := email._fence(mark_sent.delivery_id, mark_sent.attempt, array['in_progress', 'retrying', 'sent']);
+begin
+  if d.status = 'sent' then
+    return d;
+  end if;
+  update email.deliveries x
+  set status = 'sent',
+      provider_message_id = mark_sent.provider_message_id,
+      provider_response = mark_sent.provider_response
+  where x.delivery_id = mark_sent.delivery_id
+  returning x.* into d;
+  return d;
+end
+$$;
+comment on function email.mark_sent(text, integer, text, text) is 'Record a successful attempt (fenced by attempt number)';
+grant execute on function email.mark_sent(text, integer, text, text) to service_role;
+
+/** Sets status and last error of a fenced delivery; the shared body of the explicit failure transitions. */
+create or replace function email._fail(
+  delivery_id text,
+  to_status text,
+  error_code text,
+  error_message text,
+  next_attempt_at timestamptz default null
+)
+returns email.deliveries
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  d email.deliveries;
+begin
+  update email.deliveries x
+  set status = _fail.to_status,
+      last_error_code = left(_fail.error_code, 64),
+      last_error_message = left(_fail.error_message, 512),
+      next_attempt_at = _fail.next_attempt_at
+  where x.delivery_id = _fail.delivery_id
+  returning x.* into d;
+  return d;
+end
+$$;
+
+/** in_progress -> retrying, due after the policy's backoff; returns next_attempt_at. */
+create or replace function email.mark_retrying(delivery_id text, attempt integer, error_code text, error_message text)
+returns timestamptz
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  d email.deliveries := email._fence(mark_retrying.delivery_id, mark_retrying.attempt, array['in_progress']);
+begin
+  d := email._fail(d.delivery_id, 'retrying', error_code, error_message, now() + email.backoff_delay(d.workflow, d.attempts));
+  return d.next_attempt_at;
+end
+$$;
+comment on function email.mark_retrying(text, integer, text, text) is 'in_progress -> retrying after the backoff (fenced)';
+grant execute on function email.mark_retrying(text, integer, text, text) to service_role;
+
+/** in_progress -> failed (permanent), or queued -> failed (render or validation failure after enqueue). */
+create or replace function email.mark_failed(delivery_id text, attempt integer, error_code text, error_message text)
+returns email.deliveries
+language plpgsql
+volatile
+set search_path = ''
+as $$
+begin
+  perform email._fence(mark_failed.delivery_id, mark_failed.attempt, array['in_progress', 'queued']);
+  return email._fail(mark_failed.delivery_id, 'failed', error_code, error_message);
+end
+$$;
+comment on function email.mark_failed(text, integer, text, text) is 'in_progress|queued -> failed (fenced)';
+grant execute on function email.mark_failed(text, integer, text, text) to service_role;
+
+/** in_progress|retrying -> dead_letter: attempts exhausted, kept for an operator. */
+create or replace function email.mark_dead_letter(delivery_id text, attempt integer, error_code text, error_message text)
+returns email.deliveries
+language plpgsql
+volatile
+set search_path = ''
+as $$
+begin
+  perform email._fence(mark_dead_letter.delivery_id, mark_dead_letter.attempt, array['in_progress', 'retrying']);
+  return email._fail(mark_dead_letter.delivery_id, 'dead_letter', error_code, error_message);
+end
+$$;
+comment on function email.mark_dead_letter(text, integer, text, text) is 'in_progress|retrying -> dead_letter (fenced)';
+grant execute on function email.mark_dead_letter(text, integer, text, text) to service_role;
+
+/**
+ * Records a failed attempt and lets the database decide what follows: failed when permanent,
+ * dead_letter when the attempts are exhausted, else retrying after the policy's backoff.
+ */
+create or replace function email.record_failure(
+  delivery_id text,
+  attempt integer,
+  error_code text,
+  error_message text,
+  permanent boolean
+)
+returns table (status text, next_attempt_at timestamptz)
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  d email.deliveries := email._fence(record_failure.delivery_id, record_failure.attempt, array['in_progress']);
+begin
+  if coalesce(permanent, false) then
+    d := email.mark_failed(d.delivery_id, d.attempts, error_code, error_message);
+    return query select d.status, d.next_attempt_at;
+  elsif d.attempts >= d.max_attempts then
+    d := email.mark_dead_letter(d.delivery_id, d.attempts, error_code, error_message);
+    return query select d.status, d.next_attempt_at;
+  else
+    return query select 'retrying'::text, email.mark_retrying(d.delivery_id, d.attempts, error_code, error_message);
+  end if;
+end
+$$;
+comment on function email.record_failure(text, integer, text, text, boolean) is 'Record a failed attempt; the database decides retrying, failed or dead_letter';
+grant execute on function email.record_failure(text, integer, text, text, boolean) to service_role;
+
+/** Reaps one in_progress delivery whose lease expired: retrying, or dead_letter when exhausted. */
+create or replace function email._reap(delivery_id text)
+returns void
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  d email.deliveries;
+begin
+  select x.* into d from email.deliveries x
+  where x.delivery_id = _reap.delivery_id and x.status = 'in_progress' and x.lease_expires_at < now()
+  for update;
+  if found then
+    perform email.record_failure(d.delivery_id, d.attempts, 'lease_expired',
+      'the attempt did not report before its lease expired', false);
+  end if;
+end
+$$;
+
+/** in_progress deliveries whose lease has expired -> retrying (or dead_letter when exhausted); returns how many. */
+create or replace function email.reap_expired_leases()
+returns integer
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  n integer := 0;
+  id text;
+begin
+  for id in
+    select x.delivery_id from email.deliveries x
+    where x.status = 'in_progress' and x.lease_expires_at < now()
+    order by x.lease_expires_at
+    for update skip locked
+  loop
+    perform email._reap(id);
+    n := n + 1;
+  end loop;
+  return n;
+end
+$$;
+comment on function email.reap_expired_leases() is 'Reap expired leases: in_progress -> retrying or dead_letter; returns the count';
+grant execute on function email.reap_expired_leases() to service_role;
+
+/**
+ * Claims up to max_count due deliveries (retries whose time has come, requeued deliveries, and
+ * queued ones no push claimed) with FOR UPDATE SKIP LOCKED, so concurrent sweeps never share one,
+ * and returns what a sender needs.
+ */
+create or replace function email.claim_due(max_count integer, lease_seconds integer default 60)
+returns table (delivery_id text, attempt integer, workflow text, recipient text, payload jsonb, user_id uuid, metadata jsonb)
+language plpgsql
+volatile
+set search_path = ''
+as $$
+begin
+  if lease_seconds is null or lease_seconds < 1 then
+    raise exception 'lease_seconds must be at least 1, not %', lease_seconds using errcode = 'EM006';
+  end if;
+  return query
+  with due as (
+    select x.delivery_id from email.deliveries x
+    where x.status in ('queued', 'retrying') and x.next_attempt_at <= now()
+    order by x.next_attempt_at
+    limit greatest(coalesce(max_count, 0), 0)
+    for update skip locked
+  ), claimed as (
+    update email.deliveries d
+    set status = 'in_progress', lease_expires_at = now() + make_interval(secs => lease_seconds)
+    from due
+    where d.delivery_id = due.delivery_id
+    returning d.delivery_id, d.attempts, d.workflow, d.recipient, d.user_id, d.metadata
+  )
+  select c.delivery_id, c.attempts, c.workflow, c.recipient, coalesce(p.payload, '{}'::jsonb), c.user_id, c.metadata
+  from claimed c
+  left join email.delivery_payloads p on p.delivery_id = c.delivery_id;
+end
+$$;
+comment on function email.claim_due(integer, integer) is 'Claim due retries, requeued and orphaned queued deliveries (skip locked)';
+grant execute on function email.claim_due(integer, integer) to service_role;
+
+/** failed|dead_letter -> queued, for operators; the reason and actor are in the audit trail. */
+create or replace function email.requeue(delivery_id text, reason text)
+returns email.deliveries
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  d email.deliveries;
+begin
+  if coalesce(btrim(reason), '') = '' then
+    raise exception 'a requeue needs a reason' using errcode = 'EM006';
+  end if;
+  select x.* into d from email.deliveries x where x.delivery_id = requeue.delivery_id for update;
+  if not found then
+    raise exception 'delivery % does not exist', requeue.delivery_id using errcode = 'EM004';
+  end if;
+  if d.status = 'failed' and not exists (select from email.delivery_payloads p where p.delivery_id = d.delivery_id) then
+    raise exception 'delivery % cannot be requeued: its payload was erased when it failed', requeue.delivery_id
+      using errcode = 'EM001', hint = 'Publish the event again with a new delivery id';
+  end if;
+  perform email._set_event_detail(jsonb_build_object('reason', left(reason, 500)));
+  update email.deliveries x set status = 'queued' where x.delivery_id = requeue.delivery_id returning x.* into d;
+  return d;
+end
+$$;
+comment on function email.requeue(text, text) is 'Operator requeue: failed|dead_letter -> queued, with a reason in the trail';
+grant execute on function email.requeue(text, text) to service_role;
+
+/** Stores input that could not be accepted, with its reason, so nothing is lost; returns its id. */
+create or replace function email.record_rejected(
+  reason_code text,
+  reason text,
+  raw_body bytea default null,
+  delivery_id text default null,
+  message_id text default null,
+  headers jsonb default '{}',
+  body_bytes integer default null
+)
+returns bigint
+language sql
+volatile
+set search_path = ''
+as $$
+  insert into email.rejected_messages (reason_code, reason, raw_body, delivery_id, message_id, headers, body_bytes, body_truncated)
+  values (
+    reason_code, left(reason, 2000), raw_body, left(delivery_id, 200), left(message_id, 200), coalesce(headers, '{}'),
+    coalesce(body_bytes, octet_length(raw_body), 0),
+    coalesce(body_bytes, octet_length(raw_body), 0) > coalesce(octet_length(raw_body), 0)
+  )
+  returning id
+$$;
+comment on function email.record_rejected(text, text, bytea, text, text, jsonb, integer) is 'Store rejected input with its reason';
+grant execute on function email.record_rejected(text, text, bytea, text, text, jsonb, integer) to service_role;
