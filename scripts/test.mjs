@@ -20,7 +20,8 @@ function run(name, cmd, args, env = {}) {
 }
 
 ensureTestPrereqs({ log });
-const server = await startServer({ name: "pg-test", port: 54339, log });
+const port = Number(process.env.TEST_PG_PORT ?? 54339);
+const server = await startServer({ name: `pg-test-${port}`, port, log });
 installPgTapInto(server);
 const results = [];
 try {
