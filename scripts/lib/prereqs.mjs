@@ -1,5 +1,5 @@
 // System prerequisites the test suite needs beyond npm: pgTAP and pg_prove (and psql, which pg_prove
-// drives). Installed with apt where we run as root on Debian/Ubuntu; otherwise one line names them.
+// drives), and Chromium for the dashboard's browser test. Installed with apt where we run as root on Debian/Ubuntu; otherwise one line names them.
 import { existsSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 
@@ -7,6 +7,7 @@ const PACKAGES = {
   "/usr/bin/pg_prove": "libtap-parser-sourcehandler-pgtap-perl",
   "/usr/bin/psql": "postgresql-client-15",
   "/usr/share/postgresql/15/extension/pgtap.control": "postgresql-15-pgtap",
+  "/usr/bin/chromium": "chromium",
 };
 
 /** Makes sure pg_prove, psql and the pgTAP extension files exist, installing them when we can. */
