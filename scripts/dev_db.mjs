@@ -1,7 +1,7 @@
 // Development helper: starts an embedded Postgres (or uses DATABASE_URL), recreates a database, applies
 // the bootstrap and migrations, prints its URL and keeps the server running until Ctrl-C.
 //   PG_PORT=54349 node scripts/dev_db.mjs [database-name]
-import { startServer, recreateDatabase, migrate } from "./lib/postgres.mjs";
+import { migrate, recreateDatabase, startServer } from "./lib/postgres.mjs";
 
 const port = Number(process.env.PG_PORT ?? 54349);
 const name = process.argv[2] ?? "email_worker_dev";
@@ -10,7 +10,10 @@ const url = await recreateDatabase(server.url, name);
 await migrate(url, { log: () => {} });
 console.log(`DATABASE_URL=${url}`);
 console.log(`TEST_SERVER_URL=${server.url}`);
-const stop = async () => { await server.stop(); process.exit(0); };
+const stop = async () => {
+  await server.stop();
+  process.exit(0);
+};
 process.on("SIGINT", stop);
 process.on("SIGTERM", stop);
 setInterval(() => {}, 1 << 30);

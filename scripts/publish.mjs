@@ -18,7 +18,11 @@ const { values } = parseArgs({
 
 const sampleData = {
   "verification-code": { code: String(randomInt(100000, 999999)), expiresInMinutes: 10 },
-  invite: { inviterName: "Grace Hopper", organizationName: "Analytical Engines", inviteUrl: "http://localhost:3000/invite/abc123" },
+  invite: {
+    inviterName: "Grace Hopper",
+    organizationName: "Analytical Engines",
+    inviteUrl: "http://localhost:3000/invite/abc123",
+  },
   "password-reset": { resetUrl: "http://localhost:3000/reset/xyz789", expiresInMinutes: 30 },
 };
 
@@ -69,17 +73,27 @@ const sql = postgres(runtime.dbUrl, { max: 1, onnotice: () => {} });
 try {
   let d;
   for (let i = 0; i < 50; i++) {
-    [d] = await sql`select status, attempts, last_error_code, provider_message_id from email.deliveries where delivery_id = ${deliveryId}`;
+    [d] =
+      await sql`select status, attempts, last_error_code, provider_message_id from email.deliveries where delivery_id = ${deliveryId}`;
     if (d && !["queued", "in_progress"].includes(d.status)) break;
     await new Promise((r) => setTimeout(r, 200));
   }
   if (!d) {
     console.log("no delivery was recorded (see the reply above)");
   } else {
-    console.log(`delivery ${deliveryId}: ${d.status} after ${d.attempts} attempt(s)${d.last_error_code ? `, last error ${d.last_error_code}` : ""}`);
-    const events = await sql`select created_at, from_status, to_status, attempt, error_code, actor from email.delivery_events where delivery_id = ${deliveryId} order by id`;
+    console.log(
+      `delivery ${deliveryId}: ${d.status} after ${d.attempts} attempt(s)${
+        d.last_error_code ? `, last error ${d.last_error_code}` : ""
+      }`,
+    );
+    const events =
+      await sql`select created_at, from_status, to_status, attempt, error_code, actor from email.delivery_events where delivery_id = ${deliveryId} order by id`;
     for (const e of events) {
-      console.log(`  ${e.created_at.toISOString()}  ${(e.from_status ?? "-").padEnd(11)} -> ${e.to_status.padEnd(11)} attempt ${e.attempt}${e.error_code ? ` ${e.error_code}` : ""}  by ${e.actor}`);
+      console.log(
+        `  ${e.created_at.toISOString()}  ${(e.from_status ?? "-").padEnd(11)} -> ${
+          e.to_status.padEnd(11)
+        } attempt ${e.attempt}${e.error_code ? ` ${e.error_code}` : ""}  by ${e.actor}`,
+      );
     }
     console.log(`inbox: ${runtime.inbox}`);
   }

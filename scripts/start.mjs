@@ -33,7 +33,13 @@ async function main() {
   await migrate(dbUrl, { log: (m) => m && say(m.replace(/\n/g, "\n[start] ")) });
 
   say("starting the SMTP sink (maildev)");
-  const maildev = new MailDev({ smtp: ports.smtp, web: ports.inbox, ip: "127.0.0.1", webIp: "127.0.0.1", silent: true });
+  const maildev = new MailDev({
+    smtp: ports.smtp,
+    web: ports.inbox,
+    ip: "127.0.0.1",
+    webIp: "127.0.0.1",
+    silent: true,
+  });
   await maildev.start();
   stoppers.push(() => maildev.stop());
 
@@ -74,7 +80,10 @@ async function main() {
 
   const sweep = setInterval(async () => {
     try {
-      const r = await fetch(`${workerUrl}/sweep`, { method: "POST", headers: { authorization: `Bearer ${state.sweepSecret}` } });
+      const r = await fetch(`${workerUrl}/sweep`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${state.sweepSecret}` },
+      });
       const body = await r.json();
       if (r.status !== 200 || Object.values(body).some((v) => typeof v === "number" && v > 0)) {
         say(`sweep: ${r.status} ${JSON.stringify(body)}`);

@@ -4,7 +4,7 @@
 import { spawnSync } from "node:child_process";
 import path from "node:path";
 import { readdirSync } from "node:fs";
-import { startServer, recreateDatabase, migrate, installPgTapInto, root } from "./lib/postgres.mjs";
+import { installPgTapInto, migrate, recreateDatabase, root, startServer } from "./lib/postgres.mjs";
 import { ensureTestPrereqs } from "./lib/prereqs.mjs";
 import postgres from "postgres";
 
@@ -35,10 +35,16 @@ try {
   if (want("pgtap")) {
     const files = readdirSync(path.join(root, "supabase/tests")).filter((f) => f.endsWith(".sql")).sort()
       .map((f) => path.join("supabase/tests", f));
-    results.push(run("pgtap", "pg_prove", ["--dbname", url, "--ext", ".sql", ...files], { PGOPTIONS: "-c search_path=public,extensions" }));
+    results.push(
+      run("pgtap", "pg_prove", ["--dbname", url, "--ext", ".sql", ...files], {
+        PGOPTIONS: "-c search_path=public,extensions",
+      }),
+    );
   }
   const denoEnv = { DATABASE_URL: url, TEST_SERVER_URL: server.url, NO_COLOR: process.stdout.isTTY ? "" : "1" };
-  if (want("deno")) results.push(run("deno test", deno, ["test", "-A", "--no-check=remote", "tests/", "functions/"], denoEnv));
+  if (want("deno")) {
+    results.push(run("deno test", deno, ["test", "-A", "--no-check=remote", "tests/", "functions/"], denoEnv));
+  }
   if (want("fmt")) results.push(run("deno fmt", deno, ["fmt", "--check"]));
   if (want("lint")) results.push(run("deno lint", deno, ["lint"]));
   if (want("check")) results.push(run("deno check", deno, ["check", "functions/", "tests/", "cli/"]));

@@ -1,6 +1,6 @@
 // Local Postgres for `npm start`, `npm test` and `npm run bench`: DATABASE_URL when set (any Postgres 15+
 // where we are superuser), else an embedded Postgres 15 whose data lives in the git-ignored .data/ folder.
-import { existsSync, mkdirSync, readdirSync, copyFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -73,7 +73,11 @@ export async function migrate(url, { log = console.log } = {}) {
 /** Runs the pinned Supabase CLI from node_modules and returns its output, throwing on failure. */
 export function supabase(args) {
   const bin = path.join(root, "node_modules/.bin/supabase");
-  const r = spawnSync(bin, args, { cwd: root, encoding: "utf8", env: { ...process.env, SUPABASE_TELEMETRY_DISABLED: "1" } });
+  const r = spawnSync(bin, args, {
+    cwd: root,
+    encoding: "utf8",
+    env: { ...process.env, SUPABASE_TELEMETRY_DISABLED: "1" },
+  });
   const out = (r.stdout || "") + (r.stderr || "");
   if (r.status !== 0) throw new Error(`supabase ${args.slice(0, 2).join(" ")} failed:\n${out}`);
   return out;

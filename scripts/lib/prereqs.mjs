@@ -17,7 +17,9 @@ export function ensureTestPrereqs({ extra = {}, log = console.log } = {}) {
   if (missing.length === 0) return;
   const isRoot = process.getuid?.() === 0;
   if (!isRoot || !existsSync("/usr/bin/apt-get")) {
-    throw new Error(`missing system packages: install ${missing.join(" ")} (Debian/Ubuntu: apt-get install -y ${missing.join(" ")})`);
+    throw new Error(
+      `missing system packages: install ${missing.join(" ")} (Debian/Ubuntu: apt-get install -y ${missing.join(" ")})`,
+    );
   }
   log(`installing ${missing.join(", ")} with apt-get`);
   const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
