@@ -10,7 +10,8 @@
 create schema if not exists email;
 comment on schema email is 'Transactional email delivery lifecycle (private: end users read it only under RLS)';
 
-alter default privileges in schema email revoke execute on functions from public;
+-- A per-schema default cannot take back a global one (EXECUTE on functions for PUBLIC is global), so
+-- the lifecycle and rls migrations revoke execute explicitly, and the rls migration table privileges.
 alter default privileges in schema email revoke all on tables from anon, authenticated;
 
 -- The states a delivery can be in, and which of them end it.

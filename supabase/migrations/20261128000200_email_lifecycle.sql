@@ -8,7 +8,8 @@
  * - the audit trail: the AFTER trigger _500_audit writes one event per insert and status change;
  * - secrets are not retained: _600_erase_payload deletes the payload when a delivery ends sent or failed;
  * - when to retry and when to give up: record_failure, from email.retry_policies;
- * - who may call what: execute is revoked from public and granted to service_role under each function.
+ * - who may call what: execute is granted to service_role under each function, and revoked from public,
+ *   anon and authenticated for every function at the end (Postgres grants execute to PUBLIC by default).
  *
  * SQLSTATEs callers can match:
  *   EM001 transition not allowed        EM002 idempotency conflict     EM003 stale attempt (fencing)
@@ -33,6 +34,7 @@ as $$
   )
 $$;
 comment on function email._actor() is 'The actor recorded in the audit trail';
+grant execute on function email._actor() to service_role;
 
 /** The retry policy that applies to a workflow: its own row, else the default row '*'. */
 create or replace function email.retry_policy(workflow text)
@@ -86,6 +88,7 @@ as $$
     'workflow', workflow, 'recipient', lower(recipient), 'payload', payload, 'user_id', user_id
   )::text, 'UTF8')), 'hex')
 $$;
+grant execute on function email._request_hash(text, text, jsonb, uuid) to service_role;
 
 /** Sets the detail the audit trigger attaches to the next event in this transaction. */
 create or replace function email._set_event_detail(detail jsonb)
@@ -96,6 +99,7 @@ set search_path = ''
 as $$
   select set_config('email.event_detail', coalesce(detail, '{}')::text, true);
 $$;
+grant execute on function email._set_event_detail(jsonb) to service_role;
 
 -- ---------------------------------------------------------------------------------------------
 -- Triggers on email.deliveries
@@ -389,6 +393,7 @@ begin
   return d;
 end
 $$;
+grant execute on function email._fence(text, integer, text[]) to service_role;
 
 /**
  * Records that attempt `attempt` was accepted by the SMTP server. Idempotent for the same attempt.
@@ -449,6 +454,7 @@ begin
   return d;
 end
 $$;
+grant execute on function email._fail(text, text, text, text, timestamptz) to service_role;
 
 /** in_progress -> retrying, due after the policy's backoff; returns next_attempt_at. */
 create or replace function email.mark_retrying(delivery_id text, attempt integer, error_code text, error_message text)
@@ -549,6 +555,7 @@ begin
   end if;
 end
 $$;
+grant execute on function email._reap(text) to service_role;
 
 /** in_progress deliveries whose lease has expired -> retrying (or dead_letter when exhausted); returns how many. */
 create or replace function email.reap_expired_leases()
@@ -630,6 +637,10 @@ begin
   if not found then
     raise exception 'delivery % does not exist', requeue.delivery_id using errcode = 'EM004';
   end if;
+  if d.status not in ('failed', 'dead_letter') then
+    raise exception 'delivery % cannot be requeued from %', requeue.delivery_id, d.status
+      using errcode = 'EM001', hint = 'Only failed and dead_letter deliveries can be requeued';
+  end if;
   if d.status = 'failed' and not exists (select from email.delivery_payloads p where p.delivery_id = d.delivery_id) then
     raise exception 'delivery % cannot be requeued: its payload was erased when it failed', requeue.delivery_id
       using errcode = 'EM001', hint = 'Publish the event again with a new delivery id';
@@ -667,3 +678,7 @@ as $$
 $$;
 comment on function email.record_rejected(text, text, bytea, text, text, jsonb, integer) is 'Store rejected input with its reason';
 grant execute on function email.record_rejected(text, text, bytea, text, text, jsonb, integer) to service_role;
+
+-- Postgres grants EXECUTE to PUBLIC on every new function, and a per-schema default privilege cannot
+-- take that back: revoke it here, so only the grants under each function remain.
+revoke execute on all functions in schema email from public, anon, authenticated;

@@ -22,6 +22,7 @@ as $$
   )
 $$;
 comment on function email.is_support() is 'Whether the JWT carries app_metadata.role support or admin';
+revoke execute on function email.is_support() from public, anon;
 grant execute on function email.is_support() to authenticated, service_role;
 
 grant usage on schema email to authenticated, service_role;
