@@ -106,6 +106,7 @@ begin
 end
 $$;
 comment on function email.requeue_dead_letters(text, timestamptz, text) is 'Requeue dead letters by workflow and dead-since (null: all) through email.requeue';
+revoke execute on function email.requeue_dead_letters(text, timestamptz, text) from public;
 grant execute on function email.requeue_dead_letters(text, timestamptz, text) to service_role;
 
 /**
@@ -143,6 +144,7 @@ begin
 end
 $$;
 comment on function email.purge_dead_letters(interval, text) is 'dead_letter -> purged (payload erased) for dead letters older than older_than (null: email.settings)';
+revoke execute on function email.purge_dead_letters(interval, text) from public;
 grant execute on function email.purge_dead_letters(interval, text) to service_role;
 
 /**
@@ -169,6 +171,7 @@ begin
 end
 $$;
 comment on function email._require_support_or_service() is 'Raises 42501 unless the caller is support staff or bypasses RLS';
+revoke execute on function email._require_support_or_service() from public;
 
 -- ---------------------------------------------------------------------------------------------
 -- API schema
@@ -177,7 +180,8 @@ comment on function email._require_support_or_service() is 'Raises 42501 unless 
 create schema if not exists email_api;
 comment on schema email_api is 'Email delivery API exposed through PostgREST: read under the caller''s RLS; operators'' actions for service_role';
 
-alter default privileges in schema email_api revoke execute on functions from public;
+-- Postgres grants EXECUTE to PUBLIC on every new function (a per-schema default cannot take that
+-- back), so each function below revokes it and grants execute to exactly the roles that need it.
 alter default privileges in schema email_api revoke all on tables from anon, authenticated;
 -- What Supabase needs for a custom exposed schema; each object below is granted on its own.
 grant usage on schema email_api to anon, authenticated, service_role;
@@ -242,6 +246,7 @@ as $$
   where d.delivery_id = get_delivery.delivery_id
 $$;
 comment on function email_api.get_delivery(text) is 'A delivery and its event timeline as JSON; null when missing or not visible to the caller';
+revoke execute on function email_api.get_delivery(text) from public;
 grant execute on function email_api.get_delivery(text) to authenticated, service_role;
 
 /**
@@ -367,6 +372,7 @@ begin
 end
 $$;
 comment on function email_api.metrics(timestamptz, timestamptz, text) is 'Delivery metrics over a queued_at window, per workflow and in total, and the dead-letter queue (support and service_role)';
+revoke execute on function email_api.metrics(timestamptz, timestamptz, text) from public;
 grant execute on function email_api.metrics(timestamptz, timestamptz, text) to authenticated, service_role;
 
 -- ---------------------------------------------------------------------------------------------
@@ -382,6 +388,8 @@ set search_path = ''
 as $$
   select set_config('email.actor', left(btrim(actor), 200), true) where coalesce(btrim(actor), '') <> '';
 $$;
+revoke execute on function email._set_actor(text) from public;
+grant execute on function email._set_actor(text) to service_role;
 
 /** Requeues the given deliveries (all or none) through email.requeue; returns them as they are now. */
 create or replace function email_api.requeue(delivery_ids text[], reason text, actor text default null)
@@ -401,6 +409,7 @@ begin
 end
 $$;
 comment on function email_api.requeue(text[], text, text) is 'Operator requeue of the given deliveries (service_role)';
+revoke execute on function email_api.requeue(text[], text, text) from public;
 grant execute on function email_api.requeue(text[], text, text) to service_role;
 
 /** Requeues dead letters by workflow and dead-since (null: all) through email.requeue_dead_letters. */
@@ -425,6 +434,7 @@ begin
 end
 $$;
 comment on function email_api.requeue_dead_letters(text, timestamptz, text, text) is 'Operator requeue of dead letters by filter (service_role)';
+revoke execute on function email_api.requeue_dead_letters(text, timestamptz, text, text) from public;
 grant execute on function email_api.requeue_dead_letters(text, timestamptz, text, text) to service_role;
 
 /** Purges dead letters older than older_than (null: the retention setting) through email.purge_dead_letters. */
@@ -448,4 +458,5 @@ begin
 end
 $$;
 comment on function email_api.purge_dead_letters(interval, text, text) is 'Operator purge of old dead letters: payload erased, status purged (service_role)';
+revoke execute on function email_api.purge_dead_letters(interval, text, text) from public;
 grant execute on function email_api.purge_dead_letters(interval, text, text) to service_role;
