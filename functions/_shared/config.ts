@@ -1,0 +1,166 @@
+/**
+ * The email-worker's configuration: one zod schema over the environment, read once at start.
+ *
+ * | variable | default | meaning |
+ * | --- | --- | --- |
+ * | PORT | 8000 | port `deno run` listens on locally (Supabase ignores it) |
+ * | PUBSUB_VERIFY | true | verify the OIDC token Pub/Sub attaches; only the string "false" turns it off (a warning is logged at start) |
+ * | PUBSUB_JWKS_URL | https://www.googleapis.com/oauth2/v3/certs | where Google's signing keys are published (cached) |
+ * | PUBSUB_AUDIENCE | (required when verifying) | the audience the push subscription puts in its token (`--push-auth-token-audience`) |
+ * | PUBSUB_SERVICE_ACCOUNTS | (required when verifying) | comma-separated service-account emails allowed to push (`--push-auth-service-account`) |
+ * | SMTP_HOST | (required) | SMTP relay host |
+ * | SMTP_PORT | 465 | SMTP port (Supabase blocks outbound 25 and 587) |
+ * | SMTP_SECURE | true | implicit TLS from the first byte; the string "false" means plain/STARTTLS |
+ * | SMTP_USER | (none) | SMTP user; no authentication when unset |
+ * | SMTP_PASSWORD | (none) | SMTP password (never logged) |
+ * | SMTP_FROM | (required) | the From header, e.g. `Acme <no-reply@acme.test>` |
+ * | SMTP_CONNECTION_TIMEOUT_MS | 10000 | how long to wait for the TCP/TLS connection |
+ * | SMTP_GREETING_TIMEOUT_MS | 10000 | how long to wait for the server's greeting |
+ * | SMTP_SOCKET_TIMEOUT_MS | 30000 | idle time on an open connection before giving up |
+ * | TRACKING_MODE | optional | `optional`: when the tracking database is unreachable send anyway (2xx when sent, 5xx on a transient failure); `required`: answer 503 without sending |
+ * | DELIVERY_STATUS_DATABASE_URL | (none) | Postgres URL of the database holding schema `email`; wins over SUPABASE_DB_URL |
+ * | SUPABASE_DB_URL | (injected by Supabase) | used when DELIVERY_STATUS_DATABASE_URL is unset; no URL at all means no tracking |
+ * | TRACKER_POOL_SIZE | 3 | connections in the tracker's pool |
+ * | TRACKER_TIMEOUT_MS | 5000 | timeout of every tracker call (and of connecting) |
+ * | TRACKER_BREAKER_THRESHOLD | 3 | consecutive connection failures that open the circuit breaker |
+ * | TRACKER_BREAKER_COOLDOWN_MS | 30000 | how long the breaker stays open before one trial call (half-open) |
+ * | SWEEP_SECRET | (none) | bearer secret of `POST /email-worker/sweep`; the sweep is refused while unset |
+ * | SWEEP_BATCH_SIZE | 20 | deliveries one sweep claims at most |
+ * | LEASE_SECONDS | 60 | lease an attempt holds; the sweep reaps attempts that outlive it |
+ * | LOG_LEVEL | info | debug, info, warn or error |
+ */
+import { z } from "zod";
+
+const bool = (fallback: boolean) =>
+  z.enum(["true", "false", "1", "0", ""]).optional().transform((v) =>
+    v === undefined || v === "" ? fallback : v === "true" || v === "1"
+  );
+const int = (fallback: number, min: number, max: number) =>
+  z.string().optional().transform((v, ctx) => {
+    if (v === undefined || v.trim() === "") return fallback;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min || n > max) {
+      ctx.addIssue({ code: "custom", message: `must be an integer between ${min} and ${max}, got "${v}"` });
+      return z.NEVER;
+    }
+    return n;
+  });
+const optionalText = z.string().optional().transform((v) => (v === undefined || v.trim() === "" ? undefined : v));
+const postgresUrl = optionalText.refine((v) => v === undefined || /^postgres(ql)?:\/\//.test(v), {
+  message: "must be a postgres:// or postgresql:// URL",
+});
+
+const envSchema = z.object({
+  PORT: int(8000, 0, 65535),
+  PUBSUB_VERIFY: bool(true),
+  PUBSUB_JWKS_URL: z.url({ protocol: /^https?$/ }).default("https://www.googleapis.com/oauth2/v3/certs"),
+  PUBSUB_AUDIENCE: optionalText,
+  PUBSUB_SERVICE_ACCOUNTS: optionalText.transform((v) =>
+    (v ?? "").split(",").map((s) => s.trim().toLowerCase()).filter((s) => s !== "")
+  ),
+  SMTP_HOST: z.string().trim().min(1, "is required"),
+  SMTP_PORT: int(465, 1, 65535),
+  SMTP_SECURE: bool(true),
+  SMTP_USER: optionalText,
+  SMTP_PASSWORD: optionalText,
+  SMTP_FROM: z.string().trim().min(3, "is required").refine((v) => !/[\r\n]/.test(v), "must be one line"),
+  SMTP_CONNECTION_TIMEOUT_MS: int(10_000, 100, 600_000),
+  SMTP_GREETING_TIMEOUT_MS: int(10_000, 100, 600_000),
+  SMTP_SOCKET_TIMEOUT_MS: int(30_000, 100, 600_000),
+  TRACKING_MODE: z.enum(["optional", "required"]).default("optional"),
+  DELIVERY_STATUS_DATABASE_URL: postgresUrl,
+  SUPABASE_DB_URL: postgresUrl,
+  TRACKER_POOL_SIZE: int(3, 1, 50),
+  TRACKER_TIMEOUT_MS: int(5_000, 50, 120_000),
+  TRACKER_BREAKER_THRESHOLD: int(3, 1, 1000),
+  TRACKER_BREAKER_COOLDOWN_MS: int(30_000, 10, 3_600_000),
+  SWEEP_SECRET: optionalText.refine((v) => v === undefined || v.length >= 16, "must be at least 16 characters"),
+  SWEEP_BATCH_SIZE: int(20, 1, 500),
+  LEASE_SECONDS: int(60, 1, 3600),
+  LOG_LEVEL: z.enum(["debug", "info", "warn", "error"]).default("info"),
+});
+
+/** The validated configuration the worker runs with. */
+export type Config = {
+  port: number;
+  pubsub: { verify: boolean; jwksUrl: string; audience?: string; serviceAccounts: string[] };
+  smtp: {
+    host: string;
+    port: number;
+    secure: boolean;
+    user?: string;
+    password?: string;
+    from: string;
+    connectionTimeoutMs: number;
+    greetingTimeoutMs: number;
+    socketTimeoutMs: number;
+  };
+  tracking: {
+    mode: "optional" | "required";
+    databaseUrl?: string;
+    poolSize: number;
+    timeoutMs: number;
+    breakerThreshold: number;
+    breakerCooldownMs: number;
+  };
+  sweep: { secret?: string; batchSize: number };
+  leaseSeconds: number;
+  logLevel: "debug" | "info" | "warn" | "error";
+};
+
+/** A configuration error; its message names every variable that is wrong. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+/** Reads and validates the environment once; throws ConfigError naming each wrong variable. */
+export function loadConfig(env: Record<string, string | undefined>): Config {
+  const parsed = envSchema.safeParse(env);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((i) => `${i.path.join(".") || "environment"} ${i.message}`);
+    throw new ConfigError(`invalid configuration: ${problems.join("; ")}`);
+  }
+  const e = parsed.data;
+  const problems: string[] = [];
+  if (e.PUBSUB_VERIFY && !e.PUBSUB_AUDIENCE) problems.push("PUBSUB_AUDIENCE is required unless PUBSUB_VERIFY=false");
+  if (e.PUBSUB_VERIFY && e.PUBSUB_SERVICE_ACCOUNTS.length === 0) {
+    problems.push("PUBSUB_SERVICE_ACCOUNTS is required unless PUBSUB_VERIFY=false");
+  }
+  if (e.SMTP_USER && !e.SMTP_PASSWORD) problems.push("SMTP_PASSWORD is required when SMTP_USER is set");
+  const databaseUrl = e.DELIVERY_STATUS_DATABASE_URL ?? e.SUPABASE_DB_URL;
+  if (e.TRACKING_MODE === "required" && !databaseUrl) {
+    problems.push("DELIVERY_STATUS_DATABASE_URL (or SUPABASE_DB_URL) is required when TRACKING_MODE=required");
+  }
+  if (problems.length > 0) throw new ConfigError(`invalid configuration: ${problems.join("; ")}`);
+  return {
+    port: e.PORT,
+    pubsub: {
+      verify: e.PUBSUB_VERIFY,
+      jwksUrl: e.PUBSUB_JWKS_URL,
+      audience: e.PUBSUB_AUDIENCE,
+      serviceAccounts: e.PUBSUB_SERVICE_ACCOUNTS,
+    },
+    smtp: {
+      host: e.SMTP_HOST,
+      port: e.SMTP_PORT,
+      secure: e.SMTP_SECURE,
+      user: e.SMTP_USER,
+      password: e.SMTP_PASSWORD,
+      from: e.SMTP_FROM,
+      connectionTimeoutMs: e.SMTP_CONNECTION_TIMEOUT_MS,
+      greetingTimeoutMs: e.SMTP_GREETING_TIMEOUT_MS,
+      socketTimeoutMs: e.SMTP_SOCKET_TIMEOUT_MS,
+    },
+    tracking: {
+      mode: e.TRACKING_MODE,
+      databaseUrl,
+      poolSize: e.TRACKER_POOL_SIZE,
+      timeoutMs: e.TRACKER_TIMEOUT_MS,
+      breakerThreshold: e.TRACKER_BREAKER_THRESHOLD,
+      breakerCooldownMs: e.TRACKER_BREAKER_COOLDOWN_MS,
+    },
+    sweep: { secret: e.SWEEP_SECRET, batchSize: e.SWEEP_BATCH_SIZE },
+    leaseSeconds: e.LEASE_SECONDS,
+    logLevel: e.LOG_LEVEL,
+  };
+}

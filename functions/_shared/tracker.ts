@@ -1,0 +1,297 @@
+/**
+ * The status tracker (the seed's createStatusTracker): records every transition by calling the
+ * lifecycle RPCs in schema `email` over a small Postgres pool, and nothing else. It degrades
+ * gracefully and never blocks a send for long:
+ * - no database URL: a no-op tracker (one info line);
+ * - schema `email` missing (SQLSTATE 42P01, 42704, 3F000, 42883): disabled for good, one warning;
+ * - connection failures and timeouts: a circuit breaker opens after consecutive failures and lets
+ *   one trial call through after a cooldown;
+ * - every call has a timeout (the query is cancelled when it passes).
+ * EM002 (idempotency conflict) and EM003 (stale attempt) come back as typed results.
+ * Round trips per pushed delivery: one to queue and claim, one to record the outcome.
+ */
+import postgres from "postgres";
+import { type BreakerState, createCircuitBreaker } from "./circuit_breaker.ts";
+import type { Config } from "./config.ts";
+import type { Logger } from "./log.ts";
+
+/** Why the tracker could not record something. */
+export type Unavailable = { kind: "unavailable"; reason: "off" | "disabled" | "open" | "failed" | "error" };
+
+/** The event to record as queued. */
+export type QueueRequest = {
+  deliveryId: string;
+  workflow: string;
+  recipient: string;
+  payload: Record<string, unknown>;
+  metadata: Record<string, unknown>;
+  userId?: string;
+};
+
+/** What queue-and-claim found: an attempt to make, a delivery that is not claimable, or a conflict. */
+export type QueueResult =
+  | { kind: "claimed"; attempt: number }
+  | { kind: "not_claimable"; status: string }
+  | { kind: "conflict"; message: string }
+  | Unavailable;
+
+/** A delivery claimed by the sweep. */
+export type ClaimedDelivery = {
+  deliveryId: string;
+  attempt: number;
+  workflow: string;
+  recipient: string;
+  payload: Record<string, unknown>;
+  userId: string | null;
+  metadata: Record<string, unknown>;
+};
+
+/** An outcome write that may be fenced off by a newer attempt. */
+export type OutcomeResult = { kind: "recorded"; status: string; nextAttemptAt?: Date | null } | {
+  kind: "stale";
+  message: string;
+} | Unavailable;
+
+/** Rejected input to store with its reason. */
+export type Rejection = {
+  reasonCode: string;
+  reason: string;
+  rawBody?: Uint8Array;
+  bodyBytes?: number;
+  deliveryId?: string;
+  messageId?: string;
+  headers?: Record<string, string>;
+};
+
+/** The tracker's state for health checks (no secrets). */
+export type TrackerHealth = {
+  state: "off" | "disabled" | BreakerState;
+  consecutiveFailures: number;
+};
+
+/** Records delivery transitions through the lifecycle RPCs. */
+export type StatusTracker = {
+  /** record_queued, then mark_in_progress, in one round trip. */
+  queueAndClaim(request: QueueRequest, leaseSeconds: number): Promise<QueueResult>;
+  markSent(deliveryId: string, attempt: number, sent: { messageId: string; response: string }): Promise<OutcomeResult>;
+  recordFailure(
+    deliveryId: string,
+    attempt: number,
+    failure: { code: string; message: string; permanent: boolean },
+  ): Promise<OutcomeResult>;
+  /** mark_failed from queued or in_progress (a render failure after enqueue). */
+  markFailed(deliveryId: string, attempt: number, failure: { code: string; message: string }): Promise<OutcomeResult>;
+  claimDue(
+    maxCount: number,
+    leaseSeconds: number,
+  ): Promise<{ kind: "claimed"; deliveries: ClaimedDelivery[] } | Unavailable>;
+  reapExpiredLeases(): Promise<{ kind: "reaped"; count: number } | Unavailable>;
+  recordRejected(rejection: Rejection): Promise<{ kind: "stored"; id: number } | Unavailable>;
+  health(): TrackerHealth;
+  close(): Promise<void>;
+};
+
+const missingSchema = new Set(["42P01", "42704", "3F000", "42883"]);
+// SQLSTATEs that mean the server, not our call, is the problem: count them against the breaker.
+const serverTrouble = /^(08|53|57P0)/;
+
+class TimeoutError extends Error {
+  code = "TRACKER_TIMEOUT";
+}
+
+/** Creates the tracker from the tracking config; a no-op tracker when there is no URL. */
+export function createStatusTracker(
+  tracking: Config["tracking"],
+  options: { logger: Logger; now?: () => number },
+): StatusTracker {
+  const log = options.logger;
+  if (!tracking.databaseUrl) {
+    log.info("tracking_off", { reason: "no DELIVERY_STATUS_DATABASE_URL or SUPABASE_DB_URL" });
+    return noopTracker();
+  }
+  const sql = postgres(tracking.databaseUrl, {
+    max: tracking.poolSize,
+    connection: { application_name: "email-worker" },
+    connect_timeout: Math.max(1, Math.ceil(tracking.timeoutMs / 1000)),
+    idle_timeout: 30,
+    max_lifetime: 30 * 60,
+    prepare: false,
+    fetch_types: false,
+    onnotice: () => {},
+  });
+  const breaker = createCircuitBreaker({
+    threshold: tracking.breakerThreshold,
+    cooldownMs: tracking.breakerCooldownMs,
+    now: options.now,
+    onChange: (state) =>
+      (state === "open" ? log.warn : log.info)("tracker_breaker", { state, threshold: tracking.breakerThreshold }),
+  });
+  let disabled = false;
+
+  type Pending<T> = Promise<T> & { cancel?: () => unknown };
+  async function call<T>(action: string, run: () => Pending<T>): Promise<T | Unavailable> {
+    if (disabled) return { kind: "unavailable", reason: "disabled" };
+    if (!breaker.allow()) return { kind: "unavailable", reason: "open" };
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const query = run();
+    try {
+      const result = await Promise.race([
+        query,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => {
+            try {
+              query.cancel?.();
+            } catch { /* the connection may be gone already */ }
+            reject(new TimeoutError(`tracker call ${action} timed out after ${tracking.timeoutMs} ms`));
+          }, tracking.timeoutMs);
+        }),
+      ]);
+      breaker.success();
+      return result;
+    } catch (error) {
+      query.catch(() => {});
+      const code = errorCode(error);
+      if (code === "EM002" || code === "EM003") {
+        breaker.success();
+        throw error;
+      }
+      if (missingSchema.has(code)) {
+        disabled = true;
+        breaker.success();
+        log.warn("tracking_disabled", { reason: "schema email or its functions are missing", action, sqlstate: code });
+        return { kind: "unavailable", reason: "disabled" };
+      }
+      if (isPostgresError(error) && !serverTrouble.test(code)) {
+        breaker.success();
+        log.error("tracker_call_error", { action, sqlstate: code, message: oneLine(error) });
+        return { kind: "unavailable", reason: "error" };
+      }
+      breaker.failure();
+      log.warn("tracker_call_failed", { action, code, breaker: breaker.state() });
+      return { kind: "unavailable", reason: "failed" };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async function fenced(action: string, run: () => Pending<{ status: string; next_attempt_at?: Date | null }[]>) {
+    try {
+      const r = await call(action, run);
+      if (!Array.isArray(r)) return r;
+      return { kind: "recorded" as const, status: r[0]?.status, nextAttemptAt: r[0]?.next_attempt_at ?? null };
+    } catch (error) {
+      return { kind: "stale" as const, message: oneLine(error) };
+    }
+  }
+
+  return {
+    async queueAndClaim(q, leaseSeconds) {
+      try {
+        const r = await call("queue_and_claim", () =>
+          sql<{ status: string; attempt: number | null }[]>`
+            select q.status, email.mark_in_progress(q.delivery_id, ${leaseSeconds}::integer) as attempt
+            from email.record_queued(
+              ${q.deliveryId}, ${q.workflow}, ${q.recipient}, ${sql.json(q.payload as postgres.JSONValue)},
+              ${sql.json(q.metadata as postgres.JSONValue)}, ${q.userId ?? null}::uuid
+            ) q`);
+        if (!Array.isArray(r)) return r;
+        const row = r[0];
+        if (row.attempt !== null) return { kind: "claimed", attempt: row.attempt };
+        return { kind: "not_claimable", status: row.status };
+      } catch (error) {
+        return { kind: "conflict", message: oneLine(error) };
+      }
+    },
+    markSent: (id, attempt, sent) =>
+      fenced("mark_sent", () =>
+        sql`select status from email.mark_sent(
+          ${id}, ${attempt}::integer, ${sent.messageId.slice(0, 998)}, ${sent.response.slice(0, 512)})`),
+    recordFailure: (id, attempt, f) =>
+      fenced("record_failure", () =>
+        sql`select status, next_attempt_at from email.record_failure(
+          ${id}, ${attempt}::integer, ${f.code.slice(0, 64)}, ${f.message.slice(0, 512)}, ${f.permanent})`),
+    markFailed: (id, attempt, f) =>
+      fenced(
+        "mark_failed",
+        () =>
+          sql`select status from email.mark_failed(${id}, ${attempt}::integer, ${f.code.slice(0, 64)}, ${
+            f.message.slice(0, 512)
+          })`,
+      ),
+    async claimDue(maxCount, leaseSeconds) {
+      const r = await call("claim_due", () =>
+        sql<
+          {
+            delivery_id: string;
+            attempt: number;
+            workflow: string;
+            recipient: string;
+            payload: Record<string, unknown>;
+            user_id: string | null;
+            metadata: Record<string, unknown>;
+          }[]
+        >`select * from email.claim_due(${maxCount}::integer, ${leaseSeconds}::integer)`);
+      if (!Array.isArray(r)) return r;
+      return {
+        kind: "claimed",
+        deliveries: r.map((d) => ({
+          deliveryId: d.delivery_id,
+          attempt: d.attempt,
+          workflow: d.workflow,
+          recipient: d.recipient,
+          payload: d.payload,
+          userId: d.user_id,
+          metadata: d.metadata,
+        })),
+      };
+    },
+    async reapExpiredLeases() {
+      const r = await call("reap_expired_leases", () => sql<{ n: number }[]>`select email.reap_expired_leases() as n`);
+      return Array.isArray(r) ? { kind: "reaped", count: r[0].n } : r;
+    },
+    async recordRejected(x) {
+      const r = await call("record_rejected", () =>
+        sql<{ id: string }[]>`select email.record_rejected(
+          ${x.reasonCode}, ${x.reason.slice(0, 2000)}, ${x.rawBody ?? null}::bytea, ${
+          x.deliveryId?.slice(0, 200) ?? null
+        },
+          ${x.messageId?.slice(0, 200) ?? null}, ${sql.json(x.headers ?? {})}, ${x.bodyBytes ?? null}::integer
+        ) as id`);
+      return Array.isArray(r) ? { kind: "stored", id: Number(r[0].id) } : r;
+    },
+    health: () => ({
+      state: disabled ? "disabled" : breaker.state(),
+      consecutiveFailures: breaker.consecutiveFailures(),
+    }),
+    close: () => sql.end({ timeout: 2 }),
+  };
+}
+
+function noopTracker(): StatusTracker {
+  const off: Unavailable = { kind: "unavailable", reason: "off" };
+  return {
+    queueAndClaim: () => Promise.resolve(off),
+    markSent: () => Promise.resolve(off),
+    recordFailure: () => Promise.resolve(off),
+    markFailed: () => Promise.resolve(off),
+    claimDue: () => Promise.resolve(off),
+    reapExpiredLeases: () => Promise.resolve(off),
+    recordRejected: () => Promise.resolve(off),
+    health: () => ({ state: "off", consecutiveFailures: 0 }),
+    close: () => Promise.resolve(),
+  };
+}
+
+function errorCode(error: unknown): string {
+  const code = (error as { code?: unknown })?.code;
+  return typeof code === "string" ? code : "unknown";
+}
+
+function isPostgresError(error: unknown): boolean {
+  return (error as { name?: unknown })?.name === "PostgresError";
+}
+
+function oneLine(error: unknown): string {
+  const message = (error as { message?: unknown })?.message ?? error;
+  return String(message).replace(/[\r\n]+/g, " ").slice(0, 500);
+}

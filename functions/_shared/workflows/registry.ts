@@ -1,0 +1,38 @@
+/** The registered workflows: adding one means writing its module and listing it here. */
+import type { RenderedEmail, Workflow } from "./common.ts";
+import { invite } from "./invite.ts";
+import { passwordReset } from "./password_reset.ts";
+import { verificationCode } from "./verification_code.ts";
+
+const all: Workflow<never>[] = [verificationCode, invite, passwordReset] as Workflow<never>[];
+
+/** Workflows by name. */
+export const workflows: ReadonlyMap<string, Workflow<unknown>> = new Map(
+  all.map((w) => [w.name, w as unknown as Workflow<unknown>]),
+);
+
+/** The outcome of checking an event's workflow and data before it is accepted. */
+export type WorkflowCheck =
+  | { ok: true; workflow: Workflow<unknown>; data: unknown }
+  | { ok: false; reasonCode: "unknown_workflow" | "invalid_data"; reason: string };
+
+/** Finds the workflow and validates its data (zod); says why when it cannot. */
+export function checkWorkflow(name: string, data: unknown): WorkflowCheck {
+  const workflow = workflows.get(name);
+  if (!workflow) return { ok: false, reasonCode: "unknown_workflow", reason: `unknown workflow "${name}"` };
+  const parsed = workflow.schema.safeParse(data);
+  if (!parsed.success) {
+    const fields = parsed.error.issues.map((i) => `data.${i.path.join(".")}: ${i.message}`).join("; ");
+    return { ok: false, reasonCode: "invalid_data", reason: `invalid data for ${name}: ${fields}` };
+  }
+  return { ok: true, workflow, data: parsed.data };
+}
+
+/** Validates and renders; throws when the workflow is unknown or the data invalid. */
+export function renderEmail(name: string, data: unknown): RenderedEmail {
+  const check = checkWorkflow(name, data);
+  if (!check.ok) throw new Error(check.reason);
+  const rendered = check.workflow.render(check.data);
+  if (/[\r\n]/.test(rendered.subject)) throw new Error(`workflow ${name} rendered a subject with a line break`);
+  return rendered;
+}

@@ -1,0 +1,54 @@
+/**
+ * The email-worker's request handler, built from its dependencies so tests run it with real ones and
+ * test config: config, the status tracker, the mailer and the logger (and optionally the verifier).
+ */
+import type { Config } from "../_shared/config.ts";
+import { json, jsonError } from "../_shared/http.ts";
+import type { Logger } from "../_shared/log.ts";
+import type { Mailer } from "../_shared/mailer.ts";
+import { createPushVerifier, type PushVerifier } from "../_shared/pubsub.ts";
+import type { StatusTracker } from "../_shared/tracker.ts";
+import { createPushHandler } from "./push.ts";
+import { createRouter } from "./router.ts";
+import { createSweepHandler } from "./sweep.ts";
+
+/** What the handler is built from. */
+export type HandlerDeps = {
+  config: Config;
+  tracker: StatusTracker;
+  mailer: Mailer;
+  logger: Logger;
+  verifier?: PushVerifier;
+};
+
+/** Creates the handler for `Deno.serve`: push, sweep and health routes. */
+export function createHandler(deps: HandlerDeps): (request: Request) => Promise<Response> {
+  const { config, tracker, logger } = deps;
+  if (!config.pubsub.verify) {
+    logger.warn("pubsub_verify_off", { reason: "PUBSUB_VERIFY=false: pushes are not authenticated" });
+  }
+  const verifier = deps.verifier ?? createPushVerifier(config.pubsub);
+  const route = createRouter([
+    { method: "POST", path: "/email-worker", handle: createPushHandler({ ...deps, verifier }) },
+    { method: "POST", path: "/email-worker/sweep", handle: createSweepHandler(deps) },
+    { method: "GET", path: "/email-worker/health", handle: () => health(config, tracker) },
+  ]);
+  return async (request) => {
+    try {
+      return await route(request);
+    } catch (error) {
+      logger.error("unhandled", { error: error instanceof Error ? error.name : "unknown" });
+      return jsonError(500, "internal", "internal error");
+    }
+  };
+}
+
+function health(config: Config, tracker: StatusTracker): Response {
+  const t = tracker.health();
+  const degraded = config.tracking.mode === "required" && t.state !== "closed";
+  return json({
+    status: degraded ? "degraded" : "ok",
+    tracking: { mode: config.tracking.mode, ...t },
+    pubsubVerify: config.pubsub.verify,
+  }, degraded ? 503 : 200);
+}

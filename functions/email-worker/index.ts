@@ -1,0 +1,22 @@
+/** The email-worker Edge Function: Deno.serve of the handler, built from the environment read once. */
+import { ConfigError, loadConfig } from "../_shared/config.ts";
+import { createLogger } from "../_shared/log.ts";
+import { createMailer } from "../_shared/mailer.ts";
+import { createStatusTracker } from "../_shared/tracker.ts";
+import { createHandler } from "./handler.ts";
+
+let config;
+try {
+  config = loadConfig(Deno.env.toObject());
+} catch (error) {
+  if (!(error instanceof ConfigError)) throw error;
+  console.error(
+    JSON.stringify({ level: "error", component: "email-worker", action: "config", message: error.message }),
+  );
+  Deno.exit(1);
+}
+const logger = createLogger("email-worker", { level: config.logLevel });
+const tracker = createStatusTracker(config.tracking, { logger: logger.child("tracker") });
+const mailer = createMailer(config.smtp);
+
+Deno.serve({ port: config.port }, createHandler({ config, tracker, mailer, logger }));

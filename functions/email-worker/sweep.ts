@@ -1,0 +1,73 @@
+/**
+ * POST /email-worker/sweep (Bearer SWEEP_SECRET, called every 30 s by pg_cron + pg_net): reaps expired
+ * leases, claims due deliveries (retries, requeued, and queued ones no push claimed), sends them and
+ * records the outcomes; answers with counts.
+ */
+import { timingSafeEqual } from "node:crypto";
+import type { Config } from "../_shared/config.ts";
+import { json, jsonError } from "../_shared/http.ts";
+import type { Logger } from "../_shared/log.ts";
+import type { Mailer } from "../_shared/mailer.ts";
+import type { StatusTracker } from "../_shared/tracker.ts";
+import { attemptDelivery } from "./deliver.ts";
+
+/** What the sweep needs. */
+export type SweepDeps = { config: Config; tracker: StatusTracker; mailer: Mailer; logger: Logger };
+
+/** Deliveries sent at the same time within one sweep. */
+const concurrency = 4;
+
+/** Compares two secrets in constant time (over their SHA-256 digests, so lengths do not leak). */
+export async function secretsEqual(given: string, expected: string): Promise<boolean> {
+  const digest = async (s: string) =>
+    new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(s)));
+  const [a, b] = await Promise.all([digest(given), digest(expected)]);
+  return timingSafeEqual(a, b) && given.length === expected.length;
+}
+
+/** Creates the sweep route's handler. */
+export function createSweepHandler(deps: SweepDeps): (request: Request) => Promise<Response> {
+  const { config, tracker, logger } = deps;
+  return async (request) => {
+    const secret = config.sweep.secret;
+    if (!secret) return jsonError(403, "sweep_disabled", "SWEEP_SECRET is not set");
+    const given = /^Bearer (.+)$/i.exec(request.headers.get("authorization")?.trim() ?? "")?.[1] ?? "";
+    if (!(await secretsEqual(given, secret))) return jsonError(401, "unauthorized", "a valid sweep secret is required");
+    await request.body?.cancel();
+
+    const reaped = await tracker.reapExpiredLeases();
+    if (reaped.kind === "unavailable") {
+      return jsonError(503, "tracking_unavailable", `the tracking database is unavailable (${reaped.reason})`);
+    }
+    const claimed = await tracker.claimDue(config.sweep.batchSize, config.leaseSeconds);
+    if (claimed.kind === "unavailable") {
+      return jsonError(503, "tracking_unavailable", `the tracking database is unavailable (${claimed.reason})`);
+    }
+    const counts = {
+      reaped: reaped.count,
+      claimed: claimed.deliveries.length,
+      sent: 0,
+      retrying: 0,
+      failed: 0,
+      dead_letter: 0,
+      stale: 0,
+      unrecorded: 0,
+    };
+    const queue = [...claimed.deliveries];
+    const worker = async () => {
+      for (let d = queue.shift(); d; d = queue.shift()) {
+        const r = await attemptDelivery(deps, { ...d, data: d.payload });
+        if (r.recorded === "stale") counts.stale++;
+        else if (r.recorded === "no") counts.unrecorded++;
+        else if (
+          r.status === "sent" || r.status === "retrying" || r.status === "failed" || r.status === "dead_letter"
+        ) {
+          counts[r.status]++;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(concurrency, queue.length) }, worker));
+    logger.info("sweep", counts);
+    return json(counts);
+  };
+}
