@@ -1,0 +1,58 @@
+-- email_api as an end user who owns deliveries (by user_id, and by the email claim).
+begin;
+select plan(13);
+
+create function pg_temp.make_dead_letter(delivery_id text, workflow text, recipient text, user_id uuid, error_code text default 'smtp_timeout')
+returns void language plpgsql as $f$
+begin
+  insert into email.retry_policies (workflow, max_attempts) values (make_dead_letter.workflow, 1) on conflict do nothing;
+  perform email.record_queued(make_dead_letter.delivery_id, make_dead_letter.workflow, make_dead_letter.recipient,
+    '{"code": "482913"}', '{"trace": "t"}', make_dead_letter.user_id);
+  perform email.mark_in_progress(make_dead_letter.delivery_id);
+  perform email.record_failure(make_dead_letter.delivery_id, 1, make_dead_letter.error_code, 'the server timed out', false);
+end
+$f$;
+-- Ada owns t-api-ada-1 (by user_id) and t-api-ada-2 (by the email claim, another case); Bob owns t-api-bob.
+select pg_temp.make_dead_letter('t-api-ada-1', 't-api', 'ada@example.com', '00000000-0000-0000-0000-00000000000a');
+select email.record_queued('t-api-ada-2', 't-api', 'Ada@Example.com', '{"link": "https://x/reset?t=s3cret"}');
+select email.record_queued('t-api-bob', 't-api', 'bob@example.com', '{"code": "111111"}', '{}', '00000000-0000-0000-0000-00000000000b');
+
+set local role authenticated;
+set local request.jwt.claims to '{"sub": "00000000-0000-0000-0000-00000000000a", "role": "authenticated", "email": "ada@example.com"}';
+
+select is(email_api.get_delivery('t-api-ada-1') ->> 'status', 'dead_letter', 'the owner reads their delivery by user_id');
+select is(email_api.get_delivery('t-api-ada-2') ->> 'recipient', 'Ada@Example.com', 'the owner reads a delivery addressed to their email (any case)');
+select is(
+  (select array_agg(e ->> 'to_status' order by (e ->> 'id')::bigint) from jsonb_array_elements(email_api.get_delivery('t-api-ada-1') -> 'events') e),
+  array['queued', 'in_progress', 'dead_letter'],
+  'the timeline lists every event oldest first'
+);
+select is(
+  (email_api.get_delivery('t-api-ada-1') -> 'events' -> 2 ->> 'error_code'),
+  'smtp_timeout',
+  'the timeline carries the error of the failed attempt'
+);
+select ok(not (email_api.get_delivery('t-api-ada-1') ?| array['payload', 'request_hash']), 'the document has no payload and no request hash');
+select ok(position('482913' in email_api.get_delivery('t-api-ada-1')::text) = 0, 'the verification code appears nowhere in the document');
+select ok(position('s3cret' in email_api.get_delivery('t-api-ada-2')::text) = 0, 'the reset link appears nowhere in the document');
+select is(email_api.get_delivery('t-api-bob'), null, 'someone else''s delivery reads as null');
+select is(email_api.get_delivery('t-api-missing'), null, 'a missing delivery reads as null: the same answer');
+select results_eq(
+  $$select delivery_id from email_api.deliveries where workflow = 't-api' order by delivery_id$$,
+  array['t-api-ada-1', 't-api-ada-2'],
+  'the list shows the owner''s deliveries only'
+);
+select results_eq(
+  $$select delivery_id from email_api.deliveries where workflow = 't-api' and status = 'dead_letter'$$,
+  array['t-api-ada-1'],
+  'filters (as PostgREST query params become where clauses) apply within what the owner sees'
+);
+select is(
+  (select count(*)::int from email_api.delivery_events where delivery_id = 't-api-bob'),
+  0,
+  'the owner sees no events of someone else''s delivery'
+);
+select throws_ok($$select email_api.metrics()$$, '42501', 'only support staff and service_role may read email metrics', 'an end user cannot read metrics');
+
+select * from finish();
+rollback;

@@ -1,0 +1,41 @@
+-- email_api as support staff (app_metadata.role support or admin): every delivery, never a payload.
+begin;
+select plan(9);
+
+create function pg_temp.make_dead_letter(delivery_id text, workflow text, recipient text, user_id uuid, error_code text default 'smtp_timeout')
+returns void language plpgsql as $f$
+begin
+  insert into email.retry_policies (workflow, max_attempts) values (make_dead_letter.workflow, 1) on conflict do nothing;
+  perform email.record_queued(make_dead_letter.delivery_id, make_dead_letter.workflow, make_dead_letter.recipient,
+    '{"code": "482913"}', '{"trace": "t"}', make_dead_letter.user_id);
+  perform email.mark_in_progress(make_dead_letter.delivery_id);
+  perform email.record_failure(make_dead_letter.delivery_id, 1, make_dead_letter.error_code, 'the server timed out', false);
+end
+$f$;
+-- Ada owns t-api-ada-1 (by user_id) and t-api-ada-2 (by the email claim, another case); Bob owns t-api-bob.
+select pg_temp.make_dead_letter('t-api-ada-1', 't-api', 'ada@example.com', '00000000-0000-0000-0000-00000000000a');
+select email.record_queued('t-api-ada-2', 't-api', 'Ada@Example.com', '{"link": "https://x/reset?t=s3cret"}');
+select email.record_queued('t-api-bob', 't-api', 'bob@example.com', '{"code": "111111"}', '{}', '00000000-0000-0000-0000-00000000000b');
+
+set local role authenticated;
+set local request.jwt.claims to '{"sub": "00000000-0000-0000-0000-00000000000c", "role": "authenticated", "email": "sam@example.com", "app_metadata": {"role": "support"}}';
+
+select is(email_api.get_delivery('t-api-ada-1') ->> 'status', 'dead_letter', 'support reads Ada''s delivery');
+select is(email_api.get_delivery('t-api-bob') ->> 'recipient', 'bob@example.com', 'support reads Bob''s delivery');
+select is(jsonb_array_length(email_api.get_delivery('t-api-ada-1') -> 'events'), 3, 'support sees the whole timeline');
+select is(email_api.get_delivery('t-api-missing'), null, 'a missing delivery is null for support too');
+select results_eq(
+  $$select delivery_id from email_api.deliveries where workflow = 't-api' order by delivery_id$$,
+  array['t-api-ada-1', 't-api-ada-2', 't-api-bob'],
+  'support lists every delivery'
+);
+select ok(position('482913' in (select jsonb_agg(to_jsonb(d))::text from email_api.deliveries d where workflow = 't-api')) = 0,
+  'no payload reaches support through the list');
+select lives_ok($$select email_api.metrics()$$, 'support reads metrics');
+select throws_ok($$select * from email_api.requeue(array['t-api-ada-1'], 'x')$$, '42501', null, 'support cannot requeue through the API (operators use service_role)');
+
+set local request.jwt.claims to '{"sub": "00000000-0000-0000-0000-00000000000d", "role": "authenticated", "app_metadata": {"role": "admin"}}';
+select is(email_api.get_delivery('t-api-bob') ->> 'delivery_id', 't-api-bob', 'an admin reads every delivery too');
+
+select * from finish();
+rollback;
