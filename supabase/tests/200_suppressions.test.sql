@@ -1,0 +1,82 @@
+begin;
+select plan(38);
+
+-- The status, its transitions, and one list of statuses
+select ok((select terminal from email.statuses where status = 'suppressed'), 'suppressed is a terminal status');
+select ok(exists (select from email.transitions where from_status = 'queued' and to_status = 'suppressed'), 'queued -> suppressed is allowed');
+select ok(exists (select from email.transitions where from_status = 'retrying' and to_status = 'suppressed'), 'retrying -> suppressed is allowed');
+select ok(not exists (select from email.transitions where from_status = 'suppressed'), 'suppressed is never left');
+select fk_ok('email', 'deliveries', 'status', 'email', 'statuses', 'status');
+select ok(not exists (select from pg_constraint where conrelid = 'email.deliveries'::regclass and conname = 'deliveries_status_check'), 'no CHECK repeats the list of statuses');
+
+-- Hard-bounce codes, in every format a writer may use
+select ok(email.is_hard_bounce('smtp_550'), 'smtp_550 is a hard bounce');
+select ok(email.is_hard_bounce('smtp_550_5.1.1'), 'smtp_550_5.1.1 is a hard bounce');
+select ok(email.is_hard_bounce('550 5.1.1'), '550 5.1.1 is a hard bounce');
+select ok(email.is_hard_bounce('5.1.1'), 'a bare enhanced 5.1.1 is a hard bounce');
+select ok(email.is_hard_bounce('smtp_551') and email.is_hard_bounce('smtp_553'), '551 and 553 are hard bounces');
+select ok(email.is_hard_bounce('smtp_554_5.1.0'), 'any reply with enhanced 5.1.x is a hard bounce');
+select ok(not email.is_hard_bounce('smtp_550_5.7.1'), 'a 550 policy refusal (5.7.1) is not a hard bounce');
+select ok(not email.is_hard_bounce('smtp_552') and not email.is_hard_bounce('smtp_452_4.2.2'), 'mailbox full and 4xx are not');
+select ok(not email.is_hard_bounce('ECONNECTION') and not email.is_hard_bounce(null), 'connection errors and null are not');
+
+-- Operator suppression, case-insensitive
+select is((email.add_suppression('Ada <Ada.Lovelace@Example.COM>', 'asked us to stop')).address, 'ada.lovelace@example.com',
+  'add_suppression stores the bare lower-cased address');
+select throws_ok($$select email.add_suppression('not an address', 'x')$$, 'EM006', null, 'a non-address is refused with EM006');
+select throws_ok($$select email.add_suppression('x@example.com', ' ')$$, 'EM006', null, 'a suppression needs a reason');
+select ok(email.is_suppressed('ADA.LOVELACE@example.com'), 'is_suppressed compares case-insensitively');
+
+-- A delivery to a suppressed address ends suppressed without an attempt, payload never stored
+select lives_ok($$select email.record_queued('t200-sup-1', 'invite', 'ADA.lovelace@EXAMPLE.com', '{"link": "https://x.test/secret"}')$$,
+  'record_queued accepts a delivery to a suppressed address');
+select is((select status from email.deliveries where delivery_id = 't200-sup-1'), 'suppressed', 'it ends suppressed at once');
+select is((select array_agg(to_status order by id) from email.delivery_events where delivery_id = 't200-sup-1'),
+  array['queued', 'suppressed'], 'the trail shows queued then suppressed');
+select is((select detail ->> 'error_code' from email.delivery_events where delivery_id = 't200-sup-1' and to_status = 'suppressed'),
+  'address_suppressed', 'the suppressed event says why');
+select ok(not exists (select from email.delivery_payloads where delivery_id = 't200-sup-1'), 'its payload was never stored');
+select is(email.mark_in_progress('t200-sup-1'), null, 'mark_in_progress does not claim it');
+select is((select attempts from email.deliveries where delivery_id = 't200-sup-1'), 0, 'no attempt was made');
+select ok(not exists (select from email.claim_due(1000) where delivery_id = 't200-sup-1'), 'claim_due never returns it');
+
+-- A hard bounce suppresses the address; its other open deliveries end suppressed
+select email.record_queued('t200-hb-1', 'invite', 'Grace@Example.com', '{}');
+select email.record_queued('t200-hb-2', 'invite', 'grace@example.com', '{"code": "123456"}');
+select email.mark_in_progress('t200-hb-1');
+select is((select status from email.record_failure('t200-hb-1', 1, 'smtp_550_5.1.1', '550 5.1.1 no such user', true)), 'failed',
+  'a hard bounce fails the delivery');
+select is((select source || ' ' || delivery_id || ' ' || error_code from email.suppressions where address = 'grace@example.com'),
+  'hard_bounce t200-hb-1 smtp_550_5.1.1', 'and suppresses the address with the delivery and code');
+select is((select status from email.deliveries where delivery_id = 't200-hb-2'), 'suppressed', 'the address''s queued delivery ends suppressed');
+select ok(not exists (select from email.delivery_payloads where delivery_id = 't200-hb-2'), 'and its payload is erased');
+
+-- Other failures do not
+select email.record_queued('t200-soft-1', 'invite', 'linus@example.com', '{}');
+select email.mark_in_progress('t200-soft-1');
+select email.record_failure('t200-soft-1', 1, 'smtp_550_5.7.1', 'policy', true);
+select email.record_queued('t200-soft-2', 'invite', 'ken@example.com', '{}');
+select email.mark_in_progress('t200-soft-2');
+select email.record_failure('t200-soft-2', 1, 'smtp_451', 'try later', false);
+select ok(not email.is_suppressed('linus@example.com') and not email.is_suppressed('ken@example.com'),
+  'a policy refusal and a transient failure suppress nothing');
+
+-- Suppressing an address ends its retrying deliveries too
+select email.add_suppression('KEN@example.com', 'complaint');
+select is((select status from email.deliveries where delivery_id = 't200-soft-2'), 'suppressed', 'a retrying delivery ends suppressed');
+
+-- Removing the suppression lets later deliveries through
+select ok(email.remove_suppression('Ada.Lovelace@example.com'), 'remove_suppression is true when the address was suppressed');
+select ok(not email.remove_suppression('ada.lovelace@example.com'), 'and false the second time');
+select email.record_queued('t200-sup-2', 'invite', 'ada.lovelace@example.com', '{}');
+select is(email.mark_in_progress('t200-sup-2'), 1, 'a later delivery to the address is claimed normally');
+
+-- service_role only: not even support staff read or change the list
+set local role authenticated;
+set local request.jwt.claims to '{"sub": "00000000-0000-0000-0000-000000000200", "role": "authenticated", "app_metadata": {"role": "support"}}';
+select throws_ok($$select * from email.suppressions$$, '42501', null, 'support users cannot read the suppression list');
+select throws_ok($$select email.add_suppression('x@example.com', 'x')$$, '42501', null, 'nor call add_suppression');
+reset role;
+
+select * from finish();
+rollback;
