@@ -1,0 +1,110 @@
+/**
+ * `GET /email-worker/deliveries/:delivery_id`: a delivery and its timeline for the holder of a
+ * Supabase user JWT, read under that user's RLS exactly as PostgREST would read it.
+ *
+ * The token is verified with the project's JWT secret (HS256, `SUPABASE_JWT_SECRET`) or its JWKS
+ * (asymmetric signing keys, `<SUPABASE_URL>/auth/v1/.well-known/jwks.json`). Then, in one
+ * transaction: `set local role authenticated`, `request.jwt.claims` = the verified claims, and
+ * `email_api.get_delivery`, which answers null for a delivery that is missing or not visible, so
+ * both are a 404. Replies: 200 with the document, 400 malformed id, 401 missing or bad token,
+ * 403 a valid token that is not a user's (anon or service key), 404, 500.
+ */
+import { createRemoteJWKSet, decodeProtectedHeader, type JWTPayload, jwtVerify } from "jose";
+import type { Sql } from "postgres";
+import { json, jsonError } from "./http.ts";
+
+/** How user tokens are verified: the project's HS256 secret, its JWKS URL, or both. */
+export type JwtVerification = { secret?: string; jwksUrl?: string };
+
+/** What handleGetDelivery needs: a postgres.js client and how to verify tokens. */
+export type DeliveryLookupDeps = { sql: Sql; jwt: JwtVerification };
+
+const deliveryIdPattern = /^[A-Za-z0-9._:-]{1,200}$/;
+const asymmetricAlgorithms = ["RS256", "ES256", "EdDSA"];
+const jwksSets = new Map<string, ReturnType<typeof createRemoteJWKSet>>();
+
+/** Answers `GET /email-worker/deliveries/:delivery_id` for a Supabase user JWT. */
+export async function handleGetDelivery(req: Request, deliveryId: string, deps: DeliveryLookupDeps): Promise<Response> {
+  if (req.method !== "GET" && req.method !== "HEAD") {
+    return jsonError(405, "method_not_allowed", `${req.method} is not allowed here`);
+  }
+  const token = bearerToken(req);
+  if (!token) return unauthorized("missing_token", "an Authorization: Bearer <user JWT> header is required");
+
+  let claims: JWTPayload;
+  try {
+    claims = await verifyUserJwt(token, deps.jwt);
+  } catch {
+    return unauthorized("invalid_token", "the token is not valid (signature, expiry or format)");
+  }
+  if (claims.role !== "authenticated" || typeof claims.sub !== "string") {
+    return jsonError(403, "user_token_required", "this endpoint needs a signed-in user's token");
+  }
+
+  let id: string;
+  try {
+    id = decodeURIComponent(deliveryId);
+  } catch {
+    id = "";
+  }
+  if (!deliveryIdPattern.test(id)) {
+    return jsonError(400, "invalid_delivery_id", "a delivery id is 1 to 200 characters of A-Z a-z 0-9 . _ : -");
+  }
+
+  let doc: unknown;
+  try {
+    doc = await deps.sql.begin(async (tx) => {
+      await tx`set local role authenticated`;
+      await tx`select set_config('request.jwt.claims', ${JSON.stringify(claims)}, true)`;
+      const [row] = await tx`select email_api.get_delivery(${id}) as doc`;
+      return row?.doc ?? null;
+    });
+  } catch {
+    return jsonError(500, "lookup_failed", "the delivery could not be read; try again later");
+  }
+  if (doc === null) return jsonError(404, "not_found", `delivery ${id} not found`);
+  return json(doc, 200, { "cache-control": "no-store" });
+}
+
+/** Verifies a Supabase user JWT with the HS256 secret or the JWKS, by the token's algorithm. */
+export async function verifyUserJwt(token: string, jwt: JwtVerification): Promise<JWTPayload> {
+  const { alg } = decodeProtectedHeader(token);
+  if (alg === "HS256" && jwt.secret) {
+    const { payload } = await jwtVerify(token, new TextEncoder().encode(jwt.secret), {
+      algorithms: ["HS256"],
+      requiredClaims: ["exp", "sub"],
+    });
+    return payload;
+  }
+  if (alg && asymmetricAlgorithms.includes(alg) && jwt.jwksUrl) {
+    const { payload } = await jwtVerify(token, jwksFor(jwt.jwksUrl), {
+      algorithms: asymmetricAlgorithms,
+      requiredClaims: ["exp", "sub"],
+    });
+    return payload;
+  }
+  throw new Error(`no key to verify a ${alg ?? "unsigned"} token`);
+}
+
+function jwksFor(url: string): ReturnType<typeof createRemoteJWKSet> {
+  let set = jwksSets.get(url);
+  if (!set) {
+    set = createRemoteJWKSet(new URL(url), { timeoutDuration: 5000, cooldownDuration: 30_000 });
+    jwksSets.set(url, set);
+  }
+  return set;
+}
+
+function bearerToken(req: Request): string | null {
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.get("authorization") ?? "");
+  return match ? match[1] : null;
+}
+
+function unauthorized(code: string, message: string): Response {
+  const res = jsonError(401, code, message);
+  res.headers.set(
+    "www-authenticate",
+    `Bearer error="${code === "missing_token" ? "invalid_request" : "invalid_token"}"`,
+  );
+  return res;
+}
