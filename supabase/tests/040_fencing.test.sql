@@ -1,0 +1,100 @@
+-- Fencing: an outcome carries the attempt number of its claim; a stale one raises EM003 and changes nothing.
+begin;
+select plan(21);
+
+set local role service_role;
+
+-- Attempt 1 claims, its lease expires and is reaped, attempt 2 claims.
+select email.record_queued('pgtap-040-a', 'pgtap', 'someone@example.com', '{"code": "123456"}');
+select is(email.mark_in_progress('pgtap-040-a'), 1, 'attempt 1 claims');
+update email.deliveries set lease_expires_at = now() - interval '1 second' where delivery_id = 'pgtap-040-a';
+select is(email.reap_expired_leases() >= 1, true, 'attempt 1''s lease expires and is reaped');
+update email.deliveries set next_attempt_at = now() - interval '1 second' where delivery_id = 'pgtap-040-a';
+select is(email.mark_in_progress('pgtap-040-a'), 2, 'attempt 2 claims');
+
+create temp table before_a as select * from email.deliveries where delivery_id = 'pgtap-040-a';
+create temp table events_a as select count(*) as n from email.delivery_events where delivery_id = 'pgtap-040-a';
+
+select throws_ok(
+  $$ select email.mark_sent('pgtap-040-a', 1, '<late@example.com>') $$,
+  'EM003', 'attempt 1 of delivery pgtap-040-a is stale: the delivery is in_progress at attempt 2',
+  'mark_sent from the reaped attempt 1 raises EM003'
+);
+select throws_ok(
+  $$ select * from email.record_failure('pgtap-040-a', 1, 'smtp_421', 'late failure', false) $$,
+  'EM003', null, 'record_failure from attempt 1 raises EM003'
+);
+select throws_ok(
+  $$ select * from email.record_failure('pgtap-040-a', 1, 'smtp_550', 'late failure', true) $$,
+  'EM003', null, 'a permanent record_failure from attempt 1 raises EM003'
+);
+select throws_ok(
+  $$ select email.mark_retrying('pgtap-040-a', 1, 'smtp_421', 'late') $$, 'EM003', null, 'mark_retrying from attempt 1 raises EM003'
+);
+select throws_ok(
+  $$ select email.mark_failed('pgtap-040-a', 1, 'smtp_550', 'late') $$, 'EM003', null, 'mark_failed from attempt 1 raises EM003'
+);
+select throws_ok(
+  $$ select email.mark_dead_letter('pgtap-040-a', 1, 'smtp_421', 'late') $$, 'EM003', null,
+  'mark_dead_letter from attempt 1 raises EM003'
+);
+select throws_ok(
+  $$ select email.mark_sent('pgtap-040-a', 3) $$, 'EM003', null, 'an attempt from the future raises EM003'
+);
+select throws_ok(
+  $$ select email.mark_sent('pgtap-040-a', null) $$, 'EM003', null, 'no attempt number raises EM003'
+);
+select results_eq(
+  $$ select * from email.deliveries where delivery_id = 'pgtap-040-a' $$,
+  $$ select * from before_a $$,
+  'the stale reports changed nothing on the delivery'
+);
+select is(
+  (select count(*) from email.delivery_events where delivery_id = 'pgtap-040-a'), (select n from events_a),
+  'the stale reports wrote no event'
+);
+select is(
+  (select status from email.mark_sent('pgtap-040-a', 2, '<current@example.com>')), 'sent',
+  'the current attempt 2 records its success'
+);
+select throws_ok(
+  $$ select * from email.record_failure('pgtap-040-a', 2, 'smtp_421', 'after the fact', false) $$,
+  'EM003', null, 'a failure reported after success raises EM003'
+);
+select throws_ok(
+  $$ select email.mark_sent('pgtap-040-a', 1) $$, 'EM003', null, 'a success from another attempt after success raises EM003'
+);
+select throws_ok(
+  $$ select email.mark_sent('pgtap-040-does-not-exist', 1) $$, 'EM004', 'delivery pgtap-040-does-not-exist does not exist',
+  'mark_sent of an unknown delivery raises EM004'
+);
+
+-- Late success of an attempt that was reaped but not re-claimed: the mail did go out, so it is recorded.
+select email.record_queued('pgtap-040-b', 'pgtap', 'someone@example.com', '{"code": "123456"}');
+select email.mark_in_progress('pgtap-040-b');
+update email.deliveries set lease_expires_at = now() - interval '1 second' where delivery_id = 'pgtap-040-b';
+select email.reap_expired_leases();
+select results_eq(
+  $$ select status, attempts from email.deliveries where delivery_id = 'pgtap-040-b' $$,
+  $$ values ('retrying'::text, 1) $$,
+  'attempt 1 of pgtap-040-b was reaped and nobody re-claimed it'
+);
+select results_eq(
+  $$ select status, attempts, provider_message_id, next_attempt_at, completed_at = now()
+     from email.mark_sent('pgtap-040-b', 1, '<late@example.com>') $$,
+  $$ values ('sent'::text, 1, '<late@example.com>'::text, null::timestamptz, true) $$,
+  'its late success is recorded: sent, nothing due any more'
+);
+select results_eq(
+  $$ select from_status, to_status, attempt from email.delivery_events where delivery_id = 'pgtap-040-b' order by id $$,
+  $$ values (null::text, 'queued'::text, 0), ('queued', 'in_progress', 1), ('in_progress', 'retrying', 1),
+            ('retrying', 'sent', 1) $$,
+  'the trail shows the reap and the late success of attempt 1'
+);
+select is_empty(
+  $$ select 1 from email.claim_due(1000) where delivery_id = 'pgtap-040-b' $$,
+  'a late success is not claimed again'
+);
+
+select * from finish();
+rollback;
