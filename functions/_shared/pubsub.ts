@@ -30,7 +30,7 @@ export type PushMeta = { messageId?: string; subscription?: string; deliveryAtte
 /** Why input was refused; reasonCode is what email.rejected_messages stores. */
 export type InputRejection = {
   ok: false;
-  reasonCode: "invalid_envelope" | "invalid_base64" | "invalid_json" | "invalid_event";
+  reasonCode: "invalid_envelope" | "invalid_encoding" | "invalid_json" | "invalid_event";
   reason: string;
   meta: PushMeta;
   deliveryId?: string;
@@ -81,7 +81,7 @@ export function parsePush(body: Uint8Array, headers: Headers): ParsedPush {
   };
   if (m.data === undefined || m.data === "") return reject("invalid_envelope", "message.data is missing", meta);
   const bytes = decodeBase64(m.data);
-  if (!bytes) return reject("invalid_base64", "message.data is not valid base64", meta);
+  if (!bytes) return reject("invalid_encoding", "message.data is not valid base64", meta);
   let event: unknown;
   try {
     event = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
