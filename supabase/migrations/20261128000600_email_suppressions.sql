@@ -306,6 +306,8 @@ execute function email.tg_delivery_events__suppress_hard_bounce();
 -- ---------------------------------------------------------------------------------------------
 
 revoke all on email.suppressions from public, anon, authenticated;
+-- The triggers run as whoever writes the transition (service_role): it needs the helpers they call.
+grant execute on function email._suppress_delivery(text, email.suppressions) to service_role;
 grant select, insert, update, delete on email.suppressions to service_role;
 revoke execute on function
   email.normalize_address(text), email.is_hard_bounce(text), email.is_suppressed(text),
@@ -314,3 +316,5 @@ revoke execute on function
   email.tg_delivery_payloads__skip_suppressed(), email.tg_suppressions__suppress_open_deliveries(),
   email.tg_delivery_events__suppress_hard_bounce()
 from public, anon, authenticated;
+-- The triggers run as whoever writes the transition (service_role): it needs the helpers they call.
+grant execute on function email._suppress_delivery(text, email.suppressions) to service_role;
