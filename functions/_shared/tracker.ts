@@ -158,16 +158,20 @@ export function createStatusTracker(
       if (missingSchema.has(code)) {
         disabled = true;
         breaker.success();
-        log.warn("tracking_disabled", { reason: "schema email or its functions are missing", action, sqlstate: code });
+        log.warn("tracking_disabled", {
+          reason: "schema email or its functions are missing",
+          call: action,
+          sqlstate: code,
+        });
         return { kind: "unavailable", reason: "disabled" };
       }
       if (isPostgresError(error) && !serverTrouble.test(code)) {
         breaker.success();
-        log.error("tracker_call_error", { action, sqlstate: code, message: oneLine(error) });
+        log.error("tracker_call_error", { call: action, sqlstate: code, message: oneLine(error) });
         return { kind: "unavailable", reason: "error" };
       }
       breaker.failure();
-      log.warn("tracker_call_failed", { action, code, breaker: breaker.state() });
+      log.warn("tracker_call_failed", { call: action, code, breaker: breaker.state() });
       return { kind: "unavailable", reason: "failed" };
     } finally {
       clearTimeout(timer);

@@ -12,7 +12,7 @@ import { databaseUrl, startWorker, type TestWorker } from "./worker.ts";
 export type Harness = { smtp: TestSmtp; jwks: TestJwks; worker: TestWorker; db: TestDb; token: string };
 
 /** Deno.test with the resource and op sanitizers off. */
-export function test(name: string, fn: () => Promise<void>): void {
+export function test(name: string, fn: () => Promise<void> | void): void {
   Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
 }
 
