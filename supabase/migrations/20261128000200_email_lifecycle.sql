@@ -641,8 +641,8 @@ begin
     raise exception 'delivery % cannot be requeued from %', requeue.delivery_id, d.status
       using errcode = 'EM001', hint = 'Only failed and dead_letter deliveries can be requeued';
   end if;
-  if d.status = 'failed' and not exists (select from email.delivery_payloads p where p.delivery_id = d.delivery_id) then
-    raise exception 'delivery % cannot be requeued: its payload was erased when it failed', requeue.delivery_id
+  if not exists (select from email.delivery_payloads p where p.delivery_id = d.delivery_id) then
+    raise exception 'delivery % cannot be requeued: its payload was erased', requeue.delivery_id
       using errcode = 'EM001', hint = 'Publish the event again with a new delivery id';
   end if;
   perform email._set_event_detail(jsonb_build_object('reason', left(reason, 500)));

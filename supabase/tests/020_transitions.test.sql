@@ -1,6 +1,29 @@
 -- Transitions: every allowed one works, every other one raises EM001; what each transition implies.
 begin;
-select plan(46);
+-- One assertion per allowed transition and per forbidden status change (later migrations may add statuses).
+select plan(16
+  + (select count(*)::int from email.transitions)
+  + (select count(*)::int from email.statuses f cross join email.statuses t
+     where f.status <> t.status
+       and not exists (select from email.transitions x where x.from_status = f.status and x.to_status = t.status)));
+
+/** Moves delivery `id` (queued) to `status` through a state of the six that has a transition into it. */
+create function pg_temp.walk_to(id text, status text) returns void language plpgsql as $$
+declare
+  via text := (select t.from_status from email.transitions t
+               where t.to_status = status
+                 and t.from_status in ('queued', 'in_progress', 'retrying', 'sent', 'failed', 'dead_letter')
+               order by t.from_status = 'queued' desc, t.from_status limit 1);
+begin
+  if via = 'dead_letter' then
+    perform email.mark_in_progress(id);
+    perform email.mark_dead_letter(id, 1, 'smtp_421', 'given up');
+  elsif via is distinct from 'queued' then
+    raise exception 'no way to %', status;
+  end if;
+  update email.deliveries d set status = walk_to.status where d.delivery_id = id;
+end
+$$;
 
 /** A new delivery walked to `status` through the RPCs; returns its id. */
 create function pg_temp.delivery_in(status text) returns text language plpgsql as $$
@@ -16,7 +39,11 @@ begin
     when 'sent' then perform email.mark_sent(id, 1, '<m@example.com>', '250 ok');
     when 'failed' then perform email.mark_failed(id, 0, 'render_error', 'template not found');
     when 'dead_letter' then perform email.mark_dead_letter(id, 1, 'smtp_421', 'given up');
-    else null;
+    when 'queued' then null;
+    when 'in_progress' then null;
+    else
+      -- A status a later migration added: reach it from one of the six through an allowed transition.
+      perform pg_temp.walk_to(id, status);
   end case;
   if (select d.status from email.deliveries d where d.delivery_id = id) <> status then
     raise exception 'could not bring a delivery to %', status;
@@ -26,13 +53,13 @@ end
 $$;
 
 -- The transitions, as data: at least those the issue requires.
-select set_eq(
+select set_has(
   $$ select from_status, to_status from email.transitions $$,
   $$ values ('queued', 'in_progress'), ('queued', 'failed'),
             ('in_progress', 'sent'), ('in_progress', 'retrying'), ('in_progress', 'failed'), ('in_progress', 'dead_letter'),
             ('retrying', 'in_progress'), ('retrying', 'dead_letter'), ('retrying', 'sent'),
             ('failed', 'queued'), ('dead_letter', 'queued') $$,
-  'email.transitions holds the allowed transitions'
+  'email.transitions holds (at least) the transitions the lifecycle needs'
 );
 
 -- Every allowed transition works through a plain UPDATE (the trigger is the gate, not the RPCs).
@@ -58,7 +85,12 @@ from email.statuses f cross join email.statuses t
 where f.status <> t.status
   and not exists (select from email.transitions x where x.from_status = f.status and x.to_status = t.status);
 
-select is((select count(*)::int from forbidden), 19, '19 status changes are not allowed');
+select is(
+  (select count(*)::int from forbidden
+   where from_status in ('queued', 'in_progress', 'retrying', 'sent', 'failed', 'dead_letter')
+     and to_status in ('queued', 'in_progress', 'retrying', 'sent', 'failed', 'dead_letter')),
+  19, 'among the six states, 19 status changes are not allowed'
+);
 
 select throws_ok(
   format('update email.deliveries set status = %L where delivery_id = %L', f.to_status, f.id),

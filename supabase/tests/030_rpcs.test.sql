@@ -164,7 +164,7 @@ select is(
 -- record_failure: the database decides
 -- ------------------------------------------------------------------------------------------------
 select results_eq(
-  $$ select status, next_attempt_at from email.record_failure('pgtap-030-count', 2, 'smtp_550', 'no such user', true) $$,
+  $$ select status, next_attempt_at from email.record_failure('pgtap-030-count', 2, 'smtp_554', 'transaction failed', true) $$,
   $$ values ('failed'::text, null::timestamptz) $$,
   'a permanent failure: failed, nothing due'
 );
@@ -194,7 +194,7 @@ select ok(
 );
 select pg_temp.walk('pgtap-030-last-permanent', 'in_progress', 'pgtap-two');
 select is(
-  (select status from email.record_failure('pgtap-030-last-permanent', 1, 'smtp_550', 'no such user', true)),
+  (select status from email.record_failure('pgtap-030-last-permanent', 1, 'smtp_554', 'transaction failed', true)),
   'failed', 'a permanent failure is failed even with attempts left'
 );
 select throws_ok(
@@ -277,7 +277,7 @@ select is(
 );
 select throws_ok(
   $$ select email.requeue('pgtap-030-c-failed', 'try again') $$,
-  'EM001', 'delivery pgtap-030-c-failed cannot be requeued: its payload was erased when it failed',
+  'EM001', 'delivery pgtap-030-c-failed cannot be requeued: its payload was erased',
   'requeue of a failed delivery whose payload was erased raises EM001'
 );
 insert into email.delivery_payloads (delivery_id, payload) values ('pgtap-030-c-failed', '{"code": "999999"}');
