@@ -1,0 +1,143 @@
+import { assert, assertEquals } from "./support/assert.ts";
+import { test, withHarness } from "./support/harness.ts";
+import { envelope, newDeliveryId, newRecipient, verificationEvent } from "./support/pubsub.ts";
+import { mailTo } from "./support/smtp.ts";
+
+test("a transient failure, then success through the sweep", async () => {
+  await withHarness(async ({ smtp, worker, db, token }) => {
+    smtp.respond = () => ({ code: 451, message: "4.4.1 Connection timed out upstream" });
+    const event = verificationEvent();
+    assertEquals((await (await worker.push(envelope(event), { token })).json()).status, "retrying");
+
+    smtp.respond = () => undefined;
+    await db.makeDue(event.deliveryId!);
+    const res = await worker.sweep();
+    assertEquals(res.status, 200);
+    const counts = await res.json();
+    assert(counts.claimed >= 1 && counts.sent >= 1, JSON.stringify(counts));
+
+    assertEquals(mailTo(smtp, event.recipient).length, 1);
+    const d = await db.delivery(event.deliveryId!);
+    assertEquals([d?.status, d?.attempts], ["sent", 2]);
+    const trail = (await db.events(event.deliveryId!)).map((e) => `${e.to_status}:${e.attempt}`);
+    assertEquals(trail, ["queued:0", "in_progress:1", "retrying:1", "in_progress:2", "sent:2"]);
+  });
+});
+
+test("attempts exhausted end in dead_letter, and a later duplicate push sends nothing", async () => {
+  await withHarness(async ({ smtp, worker, db, token }) => {
+    smtp.respond = () => ({ code: 452, message: "4.2.2 Mailbox full" });
+    const event = verificationEvent();
+    await worker.push(envelope(event), { token });
+    const max = (await db.delivery(event.deliveryId!))!.max_attempts as number;
+    for (let attempt = 2; attempt <= max; attempt++) {
+      await db.makeDue(event.deliveryId!);
+      assertEquals((await worker.sweep()).status, 200);
+      assertEquals((await db.delivery(event.deliveryId!))?.attempts, attempt);
+    }
+    const d = await db.delivery(event.deliveryId!);
+    assertEquals([d?.status, d?.last_error_code], ["dead_letter", "smtp_452"]);
+    const before = smtp.attempts;
+    const again = await (await worker.push(envelope(event), { token })).json();
+    assertEquals([again.status, again.deliveryStatus], ["duplicate", "dead_letter"]);
+    assertEquals(smtp.attempts, before);
+  });
+});
+
+test("a lease that expires mid-send is reaped by the sweep, and the late success still records sent", async () => {
+  await withHarness(async ({ smtp, worker, db, token }) => {
+    smtp.delayMs = 2500;
+    const event = verificationEvent();
+    const push = worker.push(envelope(event), { token });
+    await new Promise((r) => setTimeout(r, 1500));
+    const counts = await (await worker.sweep()).json();
+    assert(counts.reaped >= 1, JSON.stringify(counts));
+    assertEquals((await db.delivery(event.deliveryId!))?.status, "retrying");
+
+    const reply = await (await push).json();
+    assertEquals([reply.outcome, reply.status], ["sent", "sent"]);
+    const trail = (await db.events(event.deliveryId!)).map((e) => `${e.to_status}:${e.error_code ?? ""}`);
+    assertEquals(trail, ["queued:", "in_progress:", "retrying:lease_expired", "sent:"]);
+    assertEquals(mailTo(smtp, event.recipient).length, 1);
+  }, { env: { LEASE_SECONDS: "1" } });
+});
+
+test("an attempt whose lease was reaped and re-claimed is fenced off as stale", async () => {
+  await withHarness(async ({ smtp, worker, db, token }) => {
+    smtp.delayMs = 2000;
+    const event = verificationEvent();
+    const push = worker.push(envelope(event), { token });
+    await new Promise((r) => setTimeout(r, 1300));
+    await worker.sweep(); // reaps attempt 1
+    await db.makeDue(event.deliveryId!);
+    smtp.delayMs = 0;
+    const sweep = worker.sweep(); // claims attempt 2 while attempt 1 is still sending
+    const reply = await (await push).json();
+    await sweep;
+    assertEquals([reply.attempt, reply.outcome, reply.tracked], [1, "sent", false]);
+    assert(worker.logs.some((l) => l.action === "outcome_stale" && l.deliveryId === event.deliveryId));
+    const d = await db.delivery(event.deliveryId!);
+    assertEquals([d?.status, d?.attempts], ["sent", 2]);
+  }, { env: { LEASE_SECONDS: "1" } });
+});
+
+test("a delivery that cannot be rendered after enqueue ends failed through mark_failed", async () => {
+  await withHarness(async ({ smtp, worker, db }) => {
+    const id = newDeliveryId("render");
+    const recipient = newRecipient();
+    // Accepted by an older publisher, before the schema tightened: the payload no longer renders.
+    await db.sql`select email.record_queued(${id}, 'invite', ${recipient},
+      ${db.sql.json({ inviterName: "Ada", organizationName: "Acme", inviteUrl: "javascript:alert(1)" })})`;
+    await db.makeDue(id);
+    const counts = await (await worker.sweep()).json();
+    assert(counts.failed >= 1, JSON.stringify(counts));
+    const d = await db.delivery(id);
+    assertEquals([d?.status, d?.last_error_code], ["failed", "render_failed"]);
+    assertEquals(mailTo(smtp, recipient).length, 0);
+  });
+});
+
+test("the sweep refuses a missing or wrong secret with 401 and does nothing", async () => {
+  await withHarness(async ({ worker }) => {
+    const wrong = await worker.sweep("not-the-sweep-secret-at-all");
+    assertEquals([wrong.status, (await wrong.json()).error.code], [401, "unauthorized"]);
+    const none = await fetch(`${worker.url}/email-worker/sweep`, { method: "POST" });
+    assertEquals(none.status, 401);
+    await none.body?.cancel();
+    assert(!worker.logs.some((l) => l.action === "sweep"));
+  });
+});
+
+test("the sweep is refused while SWEEP_SECRET is unset", async () => {
+  await withHarness(async ({ worker }) => {
+    const res = await worker.sweep("anything-anything-anything");
+    assertEquals([res.status, (await res.json()).error.code], [403, "sweep_disabled"]);
+  }, { env: { SWEEP_SECRET: undefined } });
+});
+
+test("the sweep answers 503 when the tracking database is unreachable", async () => {
+  await withHarness(async ({ worker }) => {
+    const res = await worker.sweep();
+    assertEquals([res.status, (await res.json()).error.code], [503, "tracking_unavailable"]);
+  }, { env: { DELIVERY_STATUS_DATABASE_URL: "postgresql://postgres@127.0.0.1:1/none", TRACKER_TIMEOUT_MS: "1000" } });
+});
+
+test("health reports the tracker state and no secrets; unknown paths are 404 and wrong methods 405", async () => {
+  await withHarness(async ({ worker }) => {
+    const res = await worker.health();
+    assertEquals(res.status, 200);
+    const text = await res.text();
+    const body = JSON.parse(text);
+    assertEquals([body.status, body.tracking.mode, body.tracking.state, body.pubsubVerify], [
+      "ok",
+      "optional",
+      "closed",
+      true,
+    ]);
+    for (const secret of ["test-sweep-secret", "postgres:postgres", "SMTP"]) assert(!text.includes(secret));
+    const missing = await fetch(`${worker.url}/email-worker/nope`);
+    assertEquals([missing.status, (await missing.json()).error.code], [404, "not_found"]);
+    const wrongMethod = await fetch(`${worker.url}/email-worker`);
+    assertEquals([wrongMethod.status, (await wrongMethod.json()).error.code], [405, "method_not_allowed"]);
+  });
+});
