@@ -1,0 +1,102 @@
+import { ConfigError, loadConfig } from "../functions/_shared/config.ts";
+import { createCircuitBreaker } from "../functions/_shared/circuit_breaker.ts";
+import { maskEmail } from "../functions/_shared/log.ts";
+import { decodeBase64 } from "../functions/_shared/pubsub.ts";
+import { secretsEqual } from "../functions/email-worker/sweep.ts";
+import { assertEquals, assertRejects } from "./support/assert.ts";
+import { test } from "./support/harness.ts";
+
+const minimal = {
+  SMTP_HOST: "smtp.test",
+  SMTP_FROM: "no-reply@acme.test",
+  PUBSUB_AUDIENCE: "https://x.supabase.co/functions/v1/email-worker",
+  PUBSUB_SERVICE_ACCOUNTS: "push@p.iam.gserviceaccount.com, Other@p.iam.gserviceaccount.com",
+};
+
+test("defaults: port 8000, SMTP 465 over TLS, verification on with Google's JWKS, tracking optional", () => {
+  const c = loadConfig(minimal);
+  assertEquals(c.port, 8000);
+  assertEquals([c.smtp.port, c.smtp.secure], [465, true]);
+  assertEquals([c.pubsub.verify, c.pubsub.jwksUrl], [true, "https://www.googleapis.com/oauth2/v3/certs"]);
+  assertEquals(c.pubsub.serviceAccounts, ["push@p.iam.gserviceaccount.com", "other@p.iam.gserviceaccount.com"]);
+  assertEquals([c.tracking.mode, c.tracking.databaseUrl, c.leaseSeconds, c.sweep.batchSize], [
+    "optional",
+    undefined,
+    60,
+    20,
+  ]);
+});
+
+test("SMTP_SECURE: only the string false (or 0) means false", () => {
+  assertEquals(loadConfig({ ...minimal, SMTP_SECURE: "false" }).smtp.secure, false);
+  assertEquals(loadConfig({ ...minimal, SMTP_SECURE: "true" }).smtp.secure, true);
+});
+
+const bad: [string, Record<string, string | undefined>][] = [
+  ["SMTP_HOST", { SMTP_HOST: undefined }],
+  ["SMTP_PORT", { SMTP_PORT: "smtp" }],
+  ["SMTP_SECURE", { SMTP_SECURE: "yes please" }],
+  ["PUBSUB_AUDIENCE", { PUBSUB_AUDIENCE: undefined }],
+  ["PUBSUB_SERVICE_ACCOUNTS", { PUBSUB_SERVICE_ACCOUNTS: " , " }],
+  ["PUBSUB_JWKS_URL", { PUBSUB_JWKS_URL: "file:///etc/passwd" }],
+  ["TRACKING_MODE", { TRACKING_MODE: "sometimes" }],
+  ["DELIVERY_STATUS_DATABASE_URL", { TRACKING_MODE: "required" }],
+  ["DELIVERY_STATUS_DATABASE_URL", { DELIVERY_STATUS_DATABASE_URL: "mysql://x" }],
+  ["SWEEP_SECRET", { SWEEP_SECRET: "short" }],
+  ["LEASE_SECONDS", { LEASE_SECONDS: "0" }],
+  ["LOG_LEVEL", { LOG_LEVEL: "loud" }],
+  ["SMTP_PASSWORD", { SMTP_USER: "relay" }],
+];
+for (const [name, env] of bad) {
+  test(`a wrong ${name} stops start-up with a message naming it`, async () => {
+    await assertRejects(() => loadConfig({ ...minimal, ...env }), new RegExp(name));
+    try {
+      loadConfig({ ...minimal, ...env });
+    } catch (e) {
+      assertEquals(e instanceof ConfigError, true);
+    }
+  });
+}
+
+test("PUBSUB_VERIFY=false needs neither audience nor service accounts", () => {
+  const c = loadConfig({ SMTP_HOST: "smtp.test", SMTP_FROM: "a@b.test", PUBSUB_VERIFY: "false" });
+  assertEquals(c.pubsub.verify, false);
+});
+
+test("the circuit breaker opens after N consecutive failures, half-opens after the cooldown, closes on success", () => {
+  let now = 0;
+  const b = createCircuitBreaker({ threshold: 2, cooldownMs: 100, now: () => now });
+  b.failure();
+  assertEquals([b.state(), b.allow()], ["closed", true]);
+  b.success();
+  b.failure();
+  b.failure();
+  assertEquals([b.state(), b.allow()], ["open", false]);
+  now = 100;
+  assertEquals([b.allow(), b.state(), b.allow()], [true, "half_open", false]);
+  b.failure();
+  assertEquals([b.state(), b.allow()], ["open", false]);
+  now = 250;
+  assertEquals(b.allow(), true);
+  b.success();
+  assertEquals([b.state(), b.allow(), b.consecutiveFailures()], ["closed", true, 0]);
+});
+
+test("recipients are masked in logs", () => {
+  assertEquals(maskEmail("ada.lovelace@example.com"), "a***@example.com");
+  assertEquals(maskEmail("nonsense"), "***");
+});
+
+test("base64 decoding is strict and accepts both alphabets", () => {
+  assertEquals(new TextDecoder().decode(decodeBase64("aGk/Pz4+")!), "hi??>>");
+  assertEquals(new TextDecoder().decode(decodeBase64("aGk_Pz4-")!), "hi??>>");
+  assertEquals(new TextDecoder().decode(decodeBase64("aGk")!), "hi");
+  assertEquals(decodeBase64("a"), undefined);
+  assertEquals(decodeBase64("%%%"), undefined);
+});
+
+test("sweep secrets compare equal only when identical", async () => {
+  assertEquals(await secretsEqual("s3cret-s3cret-s3cret", "s3cret-s3cret-s3cret"), true);
+  assertEquals(await secretsEqual("s3cret-s3cret-s3creT", "s3cret-s3cret-s3cret"), false);
+  assertEquals(await secretsEqual("", "s3cret-s3cret-s3cret"), false);
+});
