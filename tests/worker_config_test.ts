@@ -100,3 +100,52 @@ test("sweep secrets compare equal only when identical", async () => {
   assertEquals(await secretsEqual("s3cret-s3cret-s3creT", "s3cret-s3cret-s3cret"), false);
   assertEquals(await secretsEqual("", "s3cret-s3cret-s3cret"), false);
 });
+
+const entry = new URL("../functions/email-worker/index.ts", import.meta.url).pathname;
+
+test("the entrypoint exits non-zero at start naming the missing variable", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", entry],
+    env: { PUBSUB_VERIFY: "false", SMTP_FROM: "a@b.test", SMTP_HOST: "" },
+    clearEnv: true,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assertEquals(out.code, 1);
+  const stderr = new TextDecoder().decode(out.stderr);
+  assertEquals(/SMTP_HOST/.test(stderr), true, stderr);
+});
+
+test("the entrypoint serves /email-worker/health on PORT", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = listener.addr.port;
+  listener.close();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", entry],
+    env: {
+      PORT: String(port),
+      PUBSUB_VERIFY: "false",
+      SMTP_HOST: "127.0.0.1",
+      SMTP_FROM: "a@b.test",
+      LOG_LEVEL: "error",
+    },
+    clearEnv: true,
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  try {
+    let body: Record<string, unknown> | undefined;
+    for (let i = 0; i < 100 && !body; i++) {
+      try {
+        body = await (await fetch(`http://127.0.0.1:${port}/email-worker/health`)).json();
+      } catch {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    assertEquals(body?.status, "ok");
+    assertEquals((body?.tracking as { state: string }).state, "off");
+  } finally {
+    child.kill("SIGTERM");
+    await child.status;
+  }
+});
