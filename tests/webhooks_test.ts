@@ -7,6 +7,7 @@ import { Webhook } from "standardwebhooks";
 import postgres from "postgres";
 import { assert, assertEquals, assertMatch } from "./support/assert.ts";
 import { dispatchWebhooks, parseRetryAfter, signWebhook } from "../functions/_shared/webhooks.ts";
+import { webhooksCommand } from "../cli/webhooks.ts";
 
 const databaseUrl = Deno.env.get("DATABASE_URL");
 if (!databaseUrl) throw new Error("DATABASE_URL must point at a migrated database");
@@ -271,4 +272,74 @@ Deno.test("replay sends one message again, and a time range to an endpoint added
       await sql`select email.remove_webhook_endpoint(${late.id}::uuid)`;
     }
   });
+});
+
+/** Runs `email-status webhooks <args>` and returns its exit code and output. */
+async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const out: string[] = [];
+  const err: string[] = [];
+  const [log, error] = [console.log, console.error];
+  console.log = (...a: unknown[]) => out.push(a.join(" "));
+  console.error = (...a: unknown[]) => err.push(a.join(" "));
+  try {
+    const code = await webhooksCommand(args, { DATABASE_URL: databaseUrl });
+    return { code, out: out.join("\n"), err: err.join("\n") };
+  } finally {
+    console.log = log;
+    console.error = error;
+  }
+}
+
+Deno.test("operators manage endpoints and replay messages with the CLI", async () => {
+  const receiver = startReceiver();
+  const sql = postgres(databaseUrl!, { max: 2, onnotice: () => {} });
+  try {
+    assertEquals((await cli(["add", "ftp://x"])).code, 2);
+    assertEquals((await cli(["disable", crypto.randomUUID()])).code, 2, "disable needs --reason");
+    const added = await cli([
+      "add",
+      receiver.url,
+      "--events",
+      "email.sent",
+      "--description",
+      "webhooks_test",
+      "--json",
+    ]);
+    assertEquals(added.code, 0, added.err);
+    const endpoint = JSON.parse(added.out);
+    assertMatch(endpoint.secret, /^whsec_/);
+    assertEquals(endpoint.event_types, ["email.sent"]);
+    try {
+      assertEquals(
+        (await cli(["add", receiver.url, "--events", "email.opened"])).code,
+        1,
+        "unknown event types are refused",
+      );
+      const listed = await cli(["list"]);
+      assert(listed.out.includes(endpoint.id) && listed.out.includes("email.sent"), listed.out);
+
+      await sendOne(sql, `wh-cli-${crypto.randomUUID()}`);
+      await dispatchWebhooks(sql, { batchSize: 100, timeoutMs: 2000 });
+      const messages = JSON.parse((await cli(["messages", "--endpoint", endpoint.id, "--json"])).out);
+      assertEquals(messages.map((m: { status: string }) => m.status), ["delivered"]);
+
+      const replayed = await cli(["replay", messages[0].message_id, "--endpoint", endpoint.id]);
+      assertEquals([replayed.code, replayed.out], [0, "1 webhook message due again"]);
+      const ranged = await cli(["replay", "--since", "1h", "--endpoint", endpoint.id, "--json"]);
+      assertEquals(JSON.parse(ranged.out).replayed >= 1, true);
+      assertEquals((await cli(["replay", "msg_0"])).code, 3, "an unknown message is not found");
+
+      const rotated = JSON.parse((await cli(["rotate-secret", endpoint.id, "--keep", "1h", "--json"])).out);
+      assert(rotated.secret !== endpoint.secret);
+      const disabled = JSON.parse((await cli(["disable", endpoint.id, "--reason", "maintenance", "--json"])).out);
+      assertEquals([disabled.enabled, disabled.disabled_reason], [false, "maintenance"]);
+      assertEquals(JSON.parse((await cli(["enable", endpoint.id, "--json"])).out).enabled, true);
+    } finally {
+      assertEquals((await cli(["remove", endpoint.id])).code, 0);
+      assertEquals((await cli(["remove", endpoint.id])).code, 3);
+    }
+  } finally {
+    await receiver.close();
+    await sql.end({ timeout: 2 });
+  }
 });

@@ -1,0 +1,144 @@
+/**
+ * `email-status suppressions`: the suppression list (addresses never sent to again).
+ *
+ *   email-status suppressions list [--search TEXT] [--limit N]
+ *   email-status suppressions check <address>
+ *   email-status suppressions add <address> --reason R
+ *   email-status suppressions remove <address>
+ *   --json prints JSON. Needs a Postgres URL (DATABASE_URL or DELIVERY_STATUS_DATABASE_URL): the list
+ *   lives in schema `email`, which PostgREST does not expose. Exit codes: 0 done, 1 error, 2 bad usage,
+ *   3 not found.
+ */
+import { parseArgs } from "node:util";
+import postgres from "postgres";
+import { cliActor, CliError, connectionFromEnv, explainError } from "./email_status.ts";
+
+/** One entry of the suppression list. */
+export type Suppression = {
+  address: string;
+  reason: string;
+  source: "operator" | "hard_bounce";
+  delivery_id: string | null;
+  error_code: string | null;
+  created_at: Date;
+  created_by: string;
+};
+
+/** Usage of `email-status suppressions`. */
+export const suppressionsUsage = `usage:
+  email-status suppressions list [--search TEXT] [--limit N] [--json]
+  email-status suppressions check <address> [--json]
+  email-status suppressions add <address> --reason R [--json]
+  email-status suppressions remove <address> [--json]`;
+
+/** Opens a Postgres connection for the CLI with the actor set for the audit trail. */
+export function cliSql(env: Record<string, string | undefined>): postgres.Sql {
+  const conn = connectionFromEnv(env);
+  if (conn.kind !== "postgres") {
+    throw new CliError(
+      "this command needs DATABASE_URL (or DELIVERY_STATUS_DATABASE_URL): schema email is not exposed over PostgREST",
+      2,
+    );
+  }
+  return postgres(conn.url, {
+    max: 1,
+    connect_timeout: 5,
+    idle_timeout: 5,
+    onnotice: () => {},
+    connection: { application_name: "email-status" },
+  });
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd()).join("\n");
+}
+
+/** Formats suppressions as a table. */
+export function formatSuppressions(rows: Suppression[]): string {
+  if (rows.length === 0) return "no suppressed addresses";
+  return table([
+    ["ADDRESS", "SOURCE", "SINCE", "DELIVERY", "REASON"],
+    ...rows.map((s) => [
+      s.address,
+      s.source,
+      new Date(s.created_at).toISOString().slice(0, 19).replace("T", " "),
+      s.delivery_id ?? "-",
+      s.reason,
+    ]),
+  ]);
+}
+
+/** Runs `email-status suppressions <args>`; returns the exit code. */
+export async function suppressionsCommand(
+  args: string[],
+  env: Record<string, string | undefined> = Deno.env.toObject(),
+): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      allowPositionals: true,
+      options: {
+        json: { type: "boolean", default: false },
+        reason: { type: "string" },
+        search: { type: "string" },
+        limit: { type: "string" },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    });
+  } catch (e) {
+    console.error(`email-status suppressions: ${e instanceof Error ? e.message : e}\n${suppressionsUsage}`);
+    return 2;
+  }
+  const { values: o, positionals: [command, ...rest] } = parsed;
+  if (o.help) {
+    console.log(suppressionsUsage);
+    return 0;
+  }
+  const print = (value: unknown, human: () => string) => console.log(o.json ? JSON.stringify(value, null, 2) : human());
+  let sql: postgres.Sql | undefined;
+  try {
+    const needsAddress = ["check", "add", "remove"].includes(command);
+    if (!["list", ...(needsAddress ? [command] : [])].includes(command) || (needsAddress && rest.length !== 1)) {
+      throw new CliError(suppressionsUsage, 2);
+    }
+    if (command === "add" && !o.reason?.trim()) throw new CliError("add needs --reason", 2);
+    const limit = o.limit === undefined ? 100 : Number(o.limit);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 100000) throw new CliError("--limit must be 1 to 100000", 2);
+
+    sql = cliSql(env);
+    await sql`select set_config('email.actor', ${cliActor()}, false)`;
+    if (command === "list") {
+      const search = o.search?.trim().toLowerCase() ?? "";
+      const rows = await sql<Suppression[]>`
+        select * from email.suppressions
+        where ${search} = '' or strpos(address, ${search}) > 0
+        order by created_at desc, address limit ${limit}`;
+      print(rows, () => formatSuppressions(rows));
+    } else if (command === "check") {
+      const rows = await sql<Suppression[]>`
+        select * from email.suppressions where address = email.normalize_address(${rest[0]})`;
+      print(
+        { address: rest[0], suppressed: rows.length > 0, entry: rows[0] ?? null },
+        () => rows.length ? `suppressed\n${formatSuppressions(rows)}` : `${rest[0]} is not suppressed`,
+      );
+      return rows.length ? 0 : 3;
+    } else if (command === "add") {
+      const [row] = await sql<Suppression[]>`select * from email.add_suppression(${rest[0]}, ${o.reason!.trim()})`;
+      print(row, () => `suppressed ${row.address}`);
+    } else {
+      const [{ removed }] = await sql<{ removed: boolean }[]>`select email.remove_suppression(${rest[0]}) as removed`;
+      print({ address: rest[0], removed }, () => removed ? `removed ${rest[0]}` : `${rest[0]} was not suppressed`);
+      return removed ? 0 : 3;
+    }
+    return 0;
+  } catch (e) {
+    const err = e instanceof CliError ? e : explainError(e, "the database");
+    if (o.json) console.log(JSON.stringify({ error: { message: err.message, exit_code: err.exitCode } }));
+    console.error(`email-status suppressions: ${err.message}`);
+    return err.exitCode;
+  } finally {
+    await sql?.end({ timeout: 2 }).catch(() => {});
+  }
+}

@@ -1,0 +1,215 @@
+/**
+ * `email-status webhooks`: webhook endpoints and their messages.
+ *
+ *   email-status webhooks list
+ *   email-status webhooks add <url> [--events email.sent,email.failed] [--description D]   prints the secret once
+ *   email-status webhooks remove <endpoint_id>
+ *   email-status webhooks enable <endpoint_id>
+ *   email-status webhooks disable <endpoint_id> --reason R
+ *   email-status webhooks rotate-secret <endpoint_id> [--keep 24h]       the old secret stays valid for --keep
+ *   email-status webhooks messages [--endpoint ID] [--status pending|delivered|failed] [--limit N]
+ *   email-status webhooks replay <message_id> [--endpoint ID]             one message again (same webhook-id)
+ *   email-status webhooks replay --since T [--until T] [--endpoint ID]    every event of a time range again
+ *   --json prints JSON. Needs a Postgres URL (DATABASE_URL or DELIVERY_STATUS_DATABASE_URL).
+ *   Exit codes: 0 done, 1 error, 2 bad usage, 3 not found.
+ */
+import { parseArgs } from "node:util";
+import type postgres from "postgres";
+import { cliActor, CliError, explainError, parseDuration, parseSince } from "./email_status.ts";
+import { cliSql } from "./suppressions.ts";
+
+/** An endpoint as listed (the secret only when it was just created or rotated). */
+export type WebhookEndpoint = {
+  id: string;
+  url: string;
+  description: string | null;
+  event_types: string[];
+  enabled: boolean;
+  disabled_reason: string | null;
+  failing_since: Date | null;
+  created_at: Date;
+  secret?: string;
+  pending?: number;
+  failed?: number;
+};
+
+/** Usage of `email-status webhooks`. */
+export const webhooksUsage = `usage:
+  email-status webhooks list [--json]
+  email-status webhooks add <url> [--events email.sent,email.failed] [--description D] [--json]
+  email-status webhooks remove <endpoint_id>
+  email-status webhooks enable <endpoint_id>
+  email-status webhooks disable <endpoint_id> --reason R
+  email-status webhooks rotate-secret <endpoint_id> [--keep 24h] [--json]
+  email-status webhooks messages [--endpoint ID] [--status pending|delivered|failed] [--limit N] [--json]
+  email-status webhooks replay <message_id> [--endpoint ID]
+  email-status webhooks replay --since T [--until T] [--endpoint ID]      (T: 24h, 7d or an ISO date)`;
+
+const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+function checkUuid(id: string | undefined, what = "endpoint id"): string {
+  if (!id || !uuid.test(id)) throw new CliError(`not an ${what}: ${JSON.stringify(id ?? "")}`, 2);
+  return id;
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd()).join("\n");
+}
+
+const iso = (d: Date | string | null) => d === null ? "-" : new Date(d).toISOString().slice(0, 19).replace("T", " ");
+
+/** Formats endpoints as a table. */
+export function formatEndpoints(rows: WebhookEndpoint[]): string {
+  if (rows.length === 0) return "no webhook endpoints";
+  return table([
+    ["ID", "URL", "EVENTS", "STATE", "PENDING", "FAILED"],
+    ...rows.map((w) => [
+      w.id,
+      w.url,
+      w.event_types.length ? w.event_types.join(",") : "(all)",
+      w.enabled
+        ? (w.failing_since ? `enabled, failing since ${iso(w.failing_since)}` : "enabled")
+        : `disabled: ${w.disabled_reason}`,
+      String(w.pending ?? 0),
+      String(w.failed ?? 0),
+    ]),
+  ]);
+}
+
+/** Runs `email-status webhooks <args>`; returns the exit code. */
+export async function webhooksCommand(
+  args: string[],
+  env: Record<string, string | undefined> = Deno.env.toObject(),
+): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      allowPositionals: true,
+      options: {
+        json: { type: "boolean", default: false },
+        events: { type: "string" },
+        description: { type: "string" },
+        reason: { type: "string" },
+        keep: { type: "string" },
+        endpoint: { type: "string" },
+        status: { type: "string" },
+        limit: { type: "string" },
+        since: { type: "string" },
+        until: { type: "string" },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    });
+  } catch (e) {
+    console.error(`email-status webhooks: ${e instanceof Error ? e.message : e}\n${webhooksUsage}`);
+    return 2;
+  }
+  const { values: o, positionals: [command, ...rest] } = parsed;
+  if (o.help) {
+    console.log(webhooksUsage);
+    return 0;
+  }
+  const print = (value: unknown, human: () => string) => console.log(o.json ? JSON.stringify(value, null, 2) : human());
+  let sql: postgres.Sql | undefined;
+  try {
+    // Validate everything before connecting, so usage errors never need a database.
+    const arity: Record<string, number> = {
+      list: 0,
+      add: 1,
+      remove: 1,
+      enable: 1,
+      disable: 1,
+      "rotate-secret": 1,
+      messages: 0,
+      replay: o.since ? 0 : 1,
+    };
+    if (!(command in arity) || rest.length !== arity[command]) throw new CliError(webhooksUsage, 2);
+    if (["remove", "enable", "disable", "rotate-secret"].includes(command)) checkUuid(rest[0]);
+    if (o.endpoint !== undefined) checkUuid(o.endpoint);
+    if (command === "disable" && !o.reason?.trim()) throw new CliError("disable needs --reason", 2);
+    if (command === "add" && !/^https?:\/\/\S+$/.test(rest[0])) throw new CliError("the URL must be http(s)", 2);
+    const events = o.events?.split(",").map((s) => s.trim()).filter((s) => s !== "") ?? [];
+    const keepSeconds = o.keep === undefined ? 86400 : parseDuration(o.keep);
+    if (o.status !== undefined && !["pending", "delivered", "failed"].includes(o.status)) {
+      throw new CliError("--status must be pending, delivered or failed", 2);
+    }
+    const limit = o.limit === undefined ? 50 : Number(o.limit);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 10000) throw new CliError("--limit must be 1 to 10000", 2);
+    const since = o.since === undefined ? undefined : parseSince(o.since);
+    const until = o.until === undefined ? new Date(Date.now() + 1000) : parseSince(o.until);
+
+    sql = cliSql(env);
+    await sql`select set_config('email.actor', ${cliActor()}, false)`;
+    const endpointColumns =
+      sql`id::text, url, description, event_types, enabled, disabled_reason, failing_since, created_at`;
+
+    if (command === "list") {
+      const rows = await sql<WebhookEndpoint[]>`
+        select ${endpointColumns},
+          (select count(*)::int from email.webhook_outbox o where o.endpoint_id = w.id and o.status = 'pending') as pending,
+          (select count(*)::int from email.webhook_outbox o where o.endpoint_id = w.id and o.status = 'failed') as failed
+        from email.webhook_endpoints w order by created_at`;
+      print(rows, () => formatEndpoints(rows));
+    } else if (command === "add") {
+      const [w] = await sql<WebhookEndpoint[]>`
+        select ${endpointColumns}, secret
+        from email.add_webhook_endpoint(${rest[0]}, ${events}::text[], ${o.description ?? null})`;
+      print(w, () => `${formatEndpoints([w])}\n\nsigning secret (shown once; give it to the receiver):\n${w.secret}`);
+    } else if (command === "remove") {
+      const [{ removed }] = await sql<{ removed: boolean }[]>`select email.remove_webhook_endpoint(${
+        rest[0]
+      }::uuid) as removed`;
+      if (!removed) throw new CliError(`webhook endpoint ${rest[0]} not found`, 3);
+      print({ id: rest[0], removed }, () => `removed ${rest[0]}`);
+    } else if (command === "enable" || command === "disable") {
+      const [w] = await sql<WebhookEndpoint[]>`
+        select ${endpointColumns}
+        from email.set_webhook_endpoint_enabled(${rest[0]}::uuid, ${command === "enable"}, ${
+        o.reason?.trim() ?? null
+      })`;
+      print(w, () => formatEndpoints([w]));
+    } else if (command === "rotate-secret") {
+      const [w] = await sql<WebhookEndpoint[]>`
+        select ${endpointColumns}, secret
+        from email.rotate_webhook_secret(${rest[0]}::uuid, make_interval(secs => ${keepSeconds}))`;
+      print(w, () => `new signing secret (the old one stays valid for ${o.keep ?? "24h"}):\n${w.secret}`);
+    } else if (command === "messages") {
+      const rows = await sql`
+        select o.id::text, o.message_id, o.endpoint_id::text, o.event_type, o.body #>> '{data,delivery_id}' as delivery_id,
+          o.status, o.attempts, o.next_attempt_at, o.last_status_code, o.last_error, o.delivered_at, o.created_at
+        from email.webhook_outbox o
+        where (${o.endpoint ?? null}::uuid is null or o.endpoint_id = ${o.endpoint ?? null}::uuid)
+          and (${o.status ?? null}::text is null or o.status = ${o.status ?? null}::text)
+        order by o.id desc limit ${limit}`;
+      print(rows, () =>
+        rows.length === 0 ? "no webhook messages" : table([
+          ["WEBHOOK-ID", "TYPE", "DELIVERY", "STATUS", "ATTEMPTS", "NEXT", "LAST"],
+          ...rows.map((m) => [
+            m.message_id,
+            m.event_type,
+            m.delivery_id,
+            m.status,
+            String(m.attempts),
+            m.status === "pending" ? iso(m.next_attempt_at) : "-",
+            m.last_error ?? (m.last_status_code ? String(m.last_status_code) : "-"),
+          ]),
+        ]));
+    } else if (command === "replay") {
+      const [{ n }] = since
+        ? await sql<{ n: number }[]>`select email.replay_webhook_messages(${since}, ${until}, ${
+          o.endpoint ?? null
+        }::uuid) as n`
+        : await sql<{ n: number }[]>`select email.replay_webhook_message(${rest[0]}, ${o.endpoint ?? null}::uuid) as n`;
+      print({ replayed: n }, () => `${n} webhook message${n === 1 ? "" : "s"} due again`);
+    }
+    return 0;
+  } catch (e) {
+    const err = e instanceof CliError ? e : explainError(e, "the database");
+    if (o.json) console.log(JSON.stringify({ error: { message: err.message, exit_code: err.exitCode } }));
+    console.error(`email-status webhooks: ${err.message}`);
+    return err.exitCode;
+  } finally {
+    await sql?.end({ timeout: 2 }).catch(() => {});
+  }
+}
