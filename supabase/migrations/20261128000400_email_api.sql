@@ -259,7 +259,8 @@ grant execute on function email_api.get_delivery(text) to authenticated, service
  * - dead_letter_queue: now, regardless of the window: size and age of the oldest dead letter.
  * Support staff and service_role only (42501 otherwise). Security definer so it reads the table
  * without per-row RLS; the caller is checked first. Served from the covering index
- * deliveries_queued_at_idx and the partial index deliveries_dead_letter_idx.
+ * deliveries_queued_at_idx and the partial index deliveries_dead_letter_idx; work_mem is raised
+ * for the call so a month of deliveries sorts in memory.
  */
 create or replace function email_api.metrics(
   since timestamptz default now() - interval '24 hours',
@@ -271,6 +272,7 @@ language plpgsql
 stable
 security definer
 set search_path = ''
+set work_mem = '64MB'
 as $$
 declare
   result jsonb;
@@ -281,7 +283,9 @@ begin
   end if;
 
   with w as materialized (
-    select d.workflow, d.status, d.attempts, d.last_error_code, d.queued_at, d.sent_at
+    -- collate "C": grouping sorts by workflow, and byte order sorts several times faster
+    select d.workflow collate "C" as workflow, d.status collate "C" as status, d.attempts, d.last_error_code,
+      d.queued_at, d.sent_at
     from email.deliveries d
     where d.queued_at >= metrics.since and d.queued_at < metrics.until
       and (metrics.workflow is null or d.workflow = metrics.workflow)
