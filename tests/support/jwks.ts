@@ -25,10 +25,15 @@ export type TestJwks = {
   close(): Promise<void>;
 };
 
+// RSA key generation is slow; one pair of keys serves every test in the process.
+const keys = Promise.all([
+  generateKeyPair("RS256", { extractable: true }),
+  generateKeyPair("RS256", { extractable: true }),
+]);
+
 /** Starts a JWKS server on a free port with one trusted key; the "unknown" key is not published. */
 export async function startJwks(): Promise<TestJwks> {
-  const trusted = await generateKeyPair("RS256", { extractable: true });
-  const unknown = await generateKeyPair("RS256", { extractable: true });
+  const [trusted, unknown] = await keys;
   const jwk = { ...(await exportJWK(trusted.publicKey)), kid: "test-key-1", alg: "RS256", use: "sig" };
   const state = { fetches: 0 };
   const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen: () => {} }, () => {
