@@ -339,7 +339,8 @@ grant execute on function email.record_queued(text, text, text, jsonb, jsonb, uu
  * Claims a delivery for an attempt and returns the attempt number, or null when it is not claimable
  * (sent, failed, dead_letter, in progress under a live lease, retrying but not yet due). Among
  * concurrent callers exactly one wins: the row lock serialises them and the losers re-check the
- * condition. An in_progress delivery whose lease expired is reaped first (in the trail), then claimed.
+ * condition. An in_progress delivery whose lease expired is reaped first (in the trail): it becomes
+ * retrying (or dead_letter) and is claimable again once its backoff is due, so this call returns null.
  */
 create or replace function email.mark_in_progress(delivery_id text, lease_seconds integer default 60)
 returns integer

@@ -9,6 +9,7 @@
 -- other sessions cannot see an uncommitted role; they act as service_role, as the worker does.
 
 select 'pgtap090_' || md5(random()::text || clock_timestamp()::text) as pgtap_090_password \gset
+set client_min_messages = warning;
 drop role if exists pgtap_090_worker;
 create role pgtap_090_worker login password :'pgtap_090_password' in role service_role;
 
