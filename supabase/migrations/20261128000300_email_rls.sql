@@ -31,7 +31,14 @@ revoke all on all tables in schema email from public, anon, authenticated;
 grant select, insert, update, delete on all tables in schema email to service_role;
 grant usage, select on all sequences in schema email to service_role;
 -- Readable by end users and support under the policies below; no end user writes anything.
-grant select on email.deliveries, email.delivery_events to authenticated;
+-- Column grants: request_hash (a sha256 over the payload, which a short verification code would make
+-- guessable) is readable by service_role only.
+grant select (
+  delivery_id, workflow, recipient, user_id, status, attempts, max_attempts, last_error_code, last_error_message,
+  queued_at, last_attempted_at, next_attempt_at, lease_expires_at, sent_at, completed_at, provider_message_id,
+  provider_response, metadata, created_at, updated_at
+) on email.deliveries to authenticated;
+grant select on email.delivery_events to authenticated;
 
 create policy deliveries_select_own_or_support on email.deliveries
 for select to authenticated

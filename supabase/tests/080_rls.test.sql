@@ -1,7 +1,7 @@
 -- The RLS matrix, acting as each role the way PostgREST applies a JWT: anon, the owner, another user,
 -- support, service_role; every table and the RPCs.
 begin;
-select plan(61);
+select plan(62);
 
 -- Three deliveries: one owned by user_id, one by recipient only, one of somebody else; each with events,
 -- a payload, and a rejected message.
@@ -63,6 +63,7 @@ select is(
   (select count(*)::int from email.delivery_events where delivery_id in ('pgtap-080-by-uid', 'pgtap-080-by-email')), 4,
   'owner: all their events (queued and in_progress of each)'
 );
+select throws_ok($$ select request_hash from email.deliveries $$, '42501', null, 'owner: request_hash (a hash over the payload), permission denied');
 select throws_ok($$ select * from email.delivery_payloads $$, '42501', null, 'owner: delivery_payloads, permission denied');
 select throws_ok($$ select * from email.rejected_messages $$, '42501', null, 'owner: rejected_messages, permission denied');
 select throws_ok($$ select * from email.retry_policies $$, '42501', null, 'owner: retry_policies, permission denied');
