@@ -1,0 +1,159 @@
+/**
+ * The metrics dashboard: `GET /email-worker/dashboard` serves a self-contained page (no build step,
+ * no external script), which reads its data from two JSON routes beside it:
+ * - `GET .../dashboard/data?since=24h&workflow=W`: email_api.metrics (success rate per workflow,
+ *   latency percentiles, error codes, dead-letter size), deliveries over time by status, the recent
+ *   failures and the workflows seen;
+ * - `GET .../dashboard/deliveries/<delivery_id>`: one delivery and its timeline (email_api.get_delivery).
+ * The page itself holds no data and is served to anyone; the JSON routes need
+ * `Authorization: Bearer <token>`, where the token is a Supabase user JWT whose app_metadata.role is
+ * support or admin (verified with the project's HS256 secret or its JWKS), or the configured
+ * DASHBOARD_TOKEN. The page asks for the token, keeps it in sessionStorage, and also takes it from the
+ * URL fragment (`#token=...`, which never reaches a server or a log).
+ */
+import type { Sql } from "postgres";
+import { type JwtVerification, verifyUserJwt } from "./delivery_lookup.ts";
+import { json, jsonError } from "./http.ts";
+import type { Logger } from "./log.ts";
+import { dashboardPage } from "./dashboard_page.ts";
+
+/** What the dashboard needs: the service database connection and how to check callers. */
+export type DashboardDeps = {
+  sql: Sql;
+  jwt: JwtVerification;
+  /** A shared secret that also opens the dashboard (DASHBOARD_TOKEN); at least 16 characters. */
+  dashboardToken?: string;
+  logger?: Logger;
+};
+
+const windows: Record<string, { seconds: number; bucket: string }> = {
+  "1h": { seconds: 3600, bucket: "2 minutes" },
+  "6h": { seconds: 6 * 3600, bucket: "15 minutes" },
+  "24h": { seconds: 86400, bucket: "1 hour" },
+  "7d": { seconds: 7 * 86400, bucket: "6 hours" },
+  "30d": { seconds: 30 * 86400, bucket: "1 day" },
+};
+
+const bucketSeconds: Record<string, number> = {
+  "2 minutes": 120,
+  "15 minutes": 900,
+  "1 hour": 3600,
+  "6 hours": 21600,
+  "1 day": 86400,
+};
+
+/** Whether a request path is one of the dashboard's (…/dashboard, …/dashboard/…). */
+export function isDashboardPath(pathname: string): boolean {
+  return /\/dashboard(\/.*)?$/.test(pathname);
+}
+
+function timingSafeEqual(a: string, b: string): boolean {
+  const x = new TextEncoder().encode(a);
+  const y = new TextEncoder().encode(b);
+  let diff = x.length ^ y.length;
+  for (let i = 0; i < Math.max(x.length, y.length); i++) diff |= (x[i] ?? 0) ^ (y[i] ?? 0);
+  return diff === 0;
+}
+
+/** Who the caller is when allowed: "token" or "user:<sub>"; else the error response to send. */
+async function authorize(req: Request, deps: DashboardDeps): Promise<{ who: string } | { response: Response }> {
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.get("authorization") ?? "");
+  if (!match) {
+    return { response: jsonError(401, "unauthorized", "sign in: a support user's token or the dashboard token") };
+  }
+  const token = match[1];
+  if (deps.dashboardToken && deps.dashboardToken.length >= 16 && timingSafeEqual(token, deps.dashboardToken)) {
+    return { who: "token" };
+  }
+  let claims;
+  try {
+    claims = await verifyUserJwt(token, deps.jwt);
+  } catch {
+    return { response: jsonError(401, "unauthorized", "the token is not valid") };
+  }
+  const role = (claims.app_metadata as { role?: unknown } | undefined)?.role;
+  if (role !== "support" && role !== "admin") {
+    return { response: jsonError(403, "forbidden", "the dashboard is for support and admin users") };
+  }
+  return { who: `user:${claims.sub}` };
+}
+
+/** Handles GET …/dashboard, …/dashboard/data and …/dashboard/deliveries/<id>. */
+export async function handleDashboard(req: Request, deps: DashboardDeps): Promise<Response> {
+  const url = new URL(req.url);
+  const sub = /\/dashboard(\/.*)?$/.exec(url.pathname)?.[1] ?? "";
+  if (req.method !== "GET" && req.method !== "HEAD") {
+    return json({ error: { code: "method_not_allowed", message: "use GET" } }, 405, { allow: "GET, HEAD" });
+  }
+  if (sub === "" || sub === "/") {
+    return new Response(dashboardPage, {
+      headers: {
+        "content-type": "text/html; charset=utf-8",
+        "cache-control": "no-store",
+        "content-security-policy":
+          "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        "x-content-type-options": "nosniff",
+        "referrer-policy": "no-referrer",
+      },
+    });
+  }
+  const auth = await authorize(req, deps);
+  if ("response" in auth) return auth.response;
+  try {
+    if (sub === "/data") {
+      return json(await dashboardData(deps.sql, url.searchParams), 200, { "cache-control": "no-store" });
+    }
+    const m = /^\/deliveries\/([^/]+)$/.exec(sub);
+    if (m) {
+      const id = decodeURIComponent(m[1]);
+      if (!/^[A-Za-z0-9._:-]{1,200}$/.test(id)) return jsonError(400, "bad_delivery_id", "not a delivery id");
+      const [row] = await deps.sql<{ doc: unknown }[]>`select email_api.get_delivery(${id}) as doc`;
+      if (!row?.doc) return jsonError(404, "not_found", `delivery ${id} not found`);
+      return json(row.doc, 200, { "cache-control": "no-store" });
+    }
+  } catch (e) {
+    deps.logger?.error("dashboard_query_failed", { error: String((e as Error)?.message ?? e).slice(0, 300) });
+    return jsonError(500, "query_failed", "the metrics could not be read; try again later");
+  }
+  return jsonError(404, "not_found", "no such dashboard route");
+}
+
+/** The dashboard's data for a window (`since`: 1h, 6h, 24h, 7d, 30d) and an optional workflow. */
+export async function dashboardData(sql: Sql, params: URLSearchParams): Promise<Record<string, unknown>> {
+  const windowName = windows[params.get("since") ?? ""] ? params.get("since")! : "24h";
+  const { seconds, bucket } = windows[windowName];
+  const workflow = params.get("workflow") || null;
+  const until = new Date(Date.now() + 1000);
+  const since = new Date(until.getTime() - seconds * 1000);
+  const [[metrics], series, failures, workflows] = await Promise.all([
+    sql<{ doc: Record<string, unknown> }[]>`select email_api.metrics(${since}, ${until}, ${workflow}) as doc`,
+    sql<{ t: Date; status: string; n: number }[]>`
+      select date_bin(${bucket}::interval, d.queued_at, ${since}::timestamptz) as t, d.status, count(*)::int as n
+      from email.deliveries d
+      where d.queued_at >= ${since} and d.queued_at < ${until} and (${workflow}::text is null or d.workflow = ${workflow})
+      group by 1, 2 order by 1, 2`,
+    sql`
+      select d.delivery_id, d.workflow, d.recipient, d.status, d.attempts, d.last_error_code, d.last_error_message,
+        d.updated_at
+      from email.deliveries d
+      where d.status in ('failed', 'dead_letter', 'suppressed', 'retrying') and d.updated_at >= ${since}
+        and (${workflow}::text is null or d.workflow = ${workflow})
+      order by d.updated_at desc limit 25`,
+    sql<{ workflow: string }[]>`
+      select d.workflow from email.deliveries d where d.queued_at >= ${since} group by 1 order by 1 limit 200`,
+  ]);
+  return {
+    window: {
+      name: windowName,
+      since: since.toISOString(),
+      until: until.toISOString(),
+      bucket,
+      bucket_seconds: bucketSeconds[bucket],
+      workflow,
+    },
+    metrics: metrics.doc,
+    series: series.map((r) => ({ t: r.t.toISOString(), status: r.status, n: r.n })),
+    recent_failures: failures,
+    workflows: workflows.map((r) => r.workflow),
+  };
+}
