@@ -88,6 +88,7 @@ as $$
   select 'whsec_' || encode(extensions.gen_random_bytes(32), 'base64')
 $$;
 comment on function email.new_webhook_secret() is 'A fresh whsec_ signing secret (32 random bytes)';
+grant execute on function email.new_webhook_secret() to service_role;
 
 /** The webhook body of an audit event: {"type", "timestamp", "data": {...}}. */
 create or replace function email.webhook_body(e email.delivery_events, workflow text)
@@ -110,6 +111,7 @@ as $$
   )
 $$;
 comment on function email.webhook_body(email.delivery_events, text) is 'The JSON body sent for an audit event';
+grant execute on function email.webhook_body(email.delivery_events, text) to service_role;
 
 /** Whether an endpoint wants an event type (an empty list: every type). */
 create or replace function email._webhook_wants(event_types text[], event_type text)
@@ -120,6 +122,8 @@ set search_path = ''
 as $$
   select cardinality(event_types) = 0 or event_type = any (event_types)
 $$;
+-- The trigger runs as whoever writes the transition (service_role).
+grant execute on function email._webhook_wants(text[], text) to service_role;
 
 /**
  * The delay before the retry after failed attempt number `n` (counted since the last replay): the
@@ -137,6 +141,7 @@ as $$
   ])[n]
 $$;
 comment on function email.webhook_retry_delay(integer) is 'Retry schedule after failed attempt n: 5s, 5m, 30m, 2h, 5h, 10h, 10h, then null (give up)';
+grant execute on function email.webhook_retry_delay(integer) to service_role;
 
 -- ---------------------------------------------------------------------------------------------
 -- The outbox trigger
@@ -225,6 +230,7 @@ begin
 end
 $$;
 comment on function email.add_webhook_endpoint(text, text[], text, text) is 'Register a webhook endpoint; returns it with its whsec_ secret';
+grant execute on function email.add_webhook_endpoint(text, text[], text, text) to service_role;
 
 /**
  * Replaces an endpoint's secret with a fresh one; the old one stays valid (messages are signed with
@@ -259,6 +265,7 @@ begin
 end
 $$;
 comment on function email.rotate_webhook_secret(uuid, interval) is 'New secret; the old one is still signed with for keep_previous';
+grant execute on function email.rotate_webhook_secret(uuid, interval) to service_role;
 
 /** The secrets a message is signed with now: the current one and the rotated ones not yet expired. */
 create or replace function email.webhook_signing_secrets(w email.webhook_endpoints)
@@ -273,6 +280,7 @@ as $$
   ), '{}')
 $$;
 comment on function email.webhook_signing_secrets(email.webhook_endpoints) is 'Current secret plus rotated secrets not yet expired';
+grant execute on function email.webhook_signing_secrets(email.webhook_endpoints) to service_role;
 
 /** Enables or disables an endpoint (a reason is required to disable); enabling clears the failure run. */
 create or replace function email.set_webhook_endpoint_enabled(endpoint_id uuid, enabled boolean, reason text default null)
@@ -301,6 +309,7 @@ begin
 end
 $$;
 comment on function email.set_webhook_endpoint_enabled(uuid, boolean, text) is 'Enable, or disable with a reason, a webhook endpoint';
+grant execute on function email.set_webhook_endpoint_enabled(uuid, boolean, text) to service_role;
 
 /** Deletes an endpoint and its outbox rows; true when it existed. */
 create or replace function email.remove_webhook_endpoint(endpoint_id uuid)
@@ -313,6 +322,7 @@ as $$
   select exists (select from gone)
 $$;
 comment on function email.remove_webhook_endpoint(uuid) is 'Delete a webhook endpoint and its outbox';
+grant execute on function email.remove_webhook_endpoint(uuid) to service_role;
 
 -- ---------------------------------------------------------------------------------------------
 -- Dispatch: claim, then record the outcome (the retry decision lives here)
@@ -359,6 +369,7 @@ begin
 end
 $$;
 comment on function email.claim_webhook_messages(integer, integer) is 'Claim due webhook messages of enabled endpoints (skip locked)';
+grant execute on function email.claim_webhook_messages(integer, integer) to service_role;
 
 /**
  * Records the outcome of attempt `attempt` of an outbox message and decides what follows:
@@ -446,6 +457,7 @@ begin
 end
 $$;
 comment on function email.record_webhook_result(bigint, integer, integer, text, integer) is 'Record a webhook attempt; the database decides delivered, retry (schedule or Retry-After), failed, endpoint disabled';
+grant execute on function email.record_webhook_result(bigint, integer, integer, text, integer) to service_role;
 
 -- ---------------------------------------------------------------------------------------------
 -- Replay
@@ -473,6 +485,7 @@ begin
 end
 $$;
 comment on function email.replay_webhook_message(text, uuid) is 'Send one webhook message again (same webhook-id), due now';
+grant execute on function email.replay_webhook_message(text, uuid) to service_role;
 
 /**
  * Sends the events of [since, until) again to the enabled endpoints that want them (or one endpoint):
@@ -506,6 +519,7 @@ begin
 end
 $$;
 comment on function email.replay_webhook_messages(timestamptz, timestamptz, uuid) is 'Send the webhook messages of a time range again (and the ones never written)';
+grant execute on function email.replay_webhook_messages(timestamptz, timestamptz, uuid) to service_role;
 
 -- ---------------------------------------------------------------------------------------------
 -- Privileges: service_role only
@@ -515,6 +529,7 @@ revoke all on email.webhook_endpoints, email.webhook_outbox from public, anon, a
 grant select, insert, update, delete on email.webhook_endpoints, email.webhook_outbox to service_role;
 grant usage, select on sequence email.webhook_outbox_id_seq to service_role;
 
+-- Postgres grants EXECUTE to PUBLIC on every new function: take it back; the grants above remain.
 revoke execute on function
   email.new_webhook_secret(), email.webhook_body(email.delivery_events, text), email._webhook_wants(text[], text),
   email.webhook_retry_delay(integer), email.tg_delivery_events__webhook_outbox(), email.tg_webhooks__touch_updated_at(),
@@ -524,13 +539,3 @@ revoke execute on function
   email.record_webhook_result(bigint, integer, integer, text, integer), email.replay_webhook_message(text, uuid),
   email.replay_webhook_messages(timestamptz, timestamptz, uuid)
 from public, anon, authenticated;
--- The trigger runs as whoever writes the transition (service_role): it needs the helpers it calls.
-grant execute on function
-  email.new_webhook_secret(), email.webhook_body(email.delivery_events, text), email.webhook_retry_delay(integer),
-  email._webhook_wants(text[], text),
-  email.add_webhook_endpoint(text, text[], text, text), email.rotate_webhook_secret(uuid, interval),
-  email.webhook_signing_secrets(email.webhook_endpoints), email.set_webhook_endpoint_enabled(uuid, boolean, text),
-  email.remove_webhook_endpoint(uuid), email.claim_webhook_messages(integer, integer),
-  email.record_webhook_result(bigint, integer, integer, text, integer), email.replay_webhook_message(text, uuid),
-  email.replay_webhook_messages(timestamptz, timestamptz, uuid)
-to service_role;
