@@ -7,6 +7,7 @@
  *   deno task email-status requeue --dead-letters [--workflow W] [--since 7d] [--reason R] [--yes]
  *   deno task email-status purge [--older-than 30d] [--reason R] [--yes]   (default: email.settings retention)
  *   deno task email-status metrics [--since 24h] [--workflow W]
+ *   deno task email-status webhooks ... | suppressions ...   (cli/webhooks.ts, cli/suppressions.ts; Postgres only)
  *   --json on every command prints JSON for scripts; colour only on a terminal (and never with NO_COLOR).
  *
  * Connection, read once from the environment: DELIVERY_STATUS_DATABASE_URL or DATABASE_URL (Postgres,
@@ -19,6 +20,8 @@ import { parseArgs } from "node:util";
 import { userInfo } from "node:os";
 import postgres from "postgres";
 import { z } from "zod";
+import { suppressionsCommand } from "./suppressions.ts";
+import { webhooksCommand } from "./webhooks.ts";
 
 /** A delivery as the API lists it (email_api.deliveries). */
 export type Delivery = {
@@ -321,6 +324,8 @@ const usage = `usage:
   email-status requeue --dead-letters [--workflow W] [--since 7d] [--reason R] [--yes] [--json]
   email-status purge [--older-than 30d] [--reason R] [--yes] [--json]
   email-status metrics [--since 24h] [--workflow W] [--json]
+  email-status webhooks list|add|remove|enable|disable|rotate-secret|messages|replay ...   (--help for each)
+  email-status suppressions list|check|add|remove ...
 environment: DATABASE_URL or DELIVERY_STATUS_DATABASE_URL, or SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY`;
 
 // ---------------------------------------------------------------------------------------------
@@ -491,6 +496,8 @@ async function confirm(question: string): Promise<boolean> {
 
 /** Runs the CLI with `args`; returns the exit code. */
 export async function main(args: string[]): Promise<number> {
+  if (args[0] === "webhooks") return await webhooksCommand(args.slice(1));
+  if (args[0] === "suppressions") return await suppressionsCommand(args.slice(1));
   let parsed;
   try {
     parsed = parseArgs({
