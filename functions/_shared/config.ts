@@ -28,6 +28,12 @@
  * | SWEEP_BATCH_SIZE | 20 | deliveries one sweep claims at most |
  * | LEASE_SECONDS | 60 | lease an attempt holds; the sweep reaps attempts that outlive it |
  * | LOG_LEVEL | info | debug, info, warn or error |
+ * | SUPABASE_URL | (injected by Supabase) | the project URL; its JWKS (`/auth/v1/.well-known/jwks.json`) verifies user tokens for `GET /email-worker/deliveries/:id` and the dashboard |
+ * | SUPABASE_JWT_SECRET | (none) | the project's legacy HS256 JWT secret, for projects that still sign user tokens with it |
+ * | DASHBOARD_TOKEN | (none) | a shared secret (at least 16 characters) that opens the dashboard besides a support or admin user's token |
+ * | WEBHOOK_TIMEOUT_MS | 15000 | how long a webhook receiver has to answer |
+ * | WEBHOOK_CONCURRENCY | 8 | webhook requests in flight at once during a sweep |
+ * | WEBHOOK_BATCH_SIZE | 50 | webhook messages one sweep claims at most |
  */
 import { z } from "zod";
 
@@ -78,6 +84,12 @@ const envSchema = z.object({
   SWEEP_BATCH_SIZE: int(20, 1, 500),
   LEASE_SECONDS: int(60, 1, 3600),
   LOG_LEVEL: z.enum(["debug", "info", "warn", "error"]).default("info"),
+  SUPABASE_URL: optionalText.refine((v) => v === undefined || /^https?:\/\//.test(v), "must be an http(s) URL"),
+  SUPABASE_JWT_SECRET: optionalText,
+  DASHBOARD_TOKEN: optionalText.refine((v) => v === undefined || v.length >= 16, "must be at least 16 characters"),
+  WEBHOOK_TIMEOUT_MS: int(15_000, 100, 120_000),
+  WEBHOOK_CONCURRENCY: int(8, 1, 64),
+  WEBHOOK_BATCH_SIZE: int(50, 1, 1000),
 });
 
 /** The validated configuration the worker runs with. */
@@ -106,6 +118,9 @@ export type Config = {
   sweep: { secret?: string; batchSize: number };
   leaseSeconds: number;
   logLevel: "debug" | "info" | "warn" | "error";
+  /** How user tokens are verified (the deliveries endpoint and the dashboard), and the dashboard token. */
+  api: { jwtSecret?: string; jwksUrl?: string; dashboardToken?: string };
+  webhooks: { timeoutMs: number; concurrency: number; batchSize: number };
 };
 
 /** A configuration error; its message names every variable that is wrong. */
@@ -162,5 +177,15 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     sweep: { secret: e.SWEEP_SECRET, batchSize: e.SWEEP_BATCH_SIZE },
     leaseSeconds: e.LEASE_SECONDS,
     logLevel: e.LOG_LEVEL,
+    api: {
+      jwtSecret: e.SUPABASE_JWT_SECRET,
+      jwksUrl: e.SUPABASE_URL ? `${e.SUPABASE_URL.replace(/\/+$/, "")}/auth/v1/.well-known/jwks.json` : undefined,
+      dashboardToken: e.DASHBOARD_TOKEN,
+    },
+    webhooks: {
+      timeoutMs: e.WEBHOOK_TIMEOUT_MS,
+      concurrency: e.WEBHOOK_CONCURRENCY,
+      batchSize: e.WEBHOOK_BATCH_SIZE,
+    },
   };
 }

@@ -2,7 +2,10 @@
  * The email-worker's request handler, built from its dependencies so tests run it with real ones and
  * test config: config, the status tracker, the mailer and the logger (and optionally the verifier).
  */
+import type { Sql } from "postgres";
 import type { Config } from "../_shared/config.ts";
+import { handleDashboard } from "../_shared/dashboard.ts";
+import { handleGetDelivery } from "../_shared/delivery_lookup.ts";
 import { json, jsonError } from "../_shared/http.ts";
 import type { Logger } from "../_shared/log.ts";
 import type { Mailer } from "../_shared/mailer.ts";
@@ -19,9 +22,11 @@ export type HandlerDeps = {
   mailer: Mailer;
   logger: Logger;
   verifier?: PushVerifier;
+  /** A client of the tracking database for the read API, the dashboard and webhooks (none: those answer 503). */
+  sql?: Sql;
 };
 
-/** Creates the handler for `Deno.serve`: push, sweep and health routes. */
+/** Creates the handler for `Deno.serve`: push, sweep, health, the deliveries endpoint and the dashboard. */
 export function createHandler(deps: HandlerDeps): (request: Request) => Promise<Response> {
   const { config, tracker, logger } = deps;
   if (!config.pubsub.verify) {
@@ -32,6 +37,25 @@ export function createHandler(deps: HandlerDeps): (request: Request) => Promise<
     { method: "POST", path: "/email-worker", handle: createPushHandler({ ...deps, verifier }) },
     { method: "POST", path: "/email-worker/sweep", handle: createSweepHandler(deps) },
     { method: "GET", path: "/email-worker/health", handle: () => health(config, tracker) },
+    {
+      method: "GET",
+      path: "/email-worker/deliveries/:delivery_id",
+      handle: (req, p) =>
+        deps.sql ? handleGetDelivery(req, p.delivery_id ?? "", { sql: deps.sql, jwt: jwt(config) }) : noDatabase(),
+    },
+    ...["/email-worker/dashboard", "/email-worker/dashboard/*"].map((path) => ({
+      method: "GET",
+      path,
+      handle: (req: Request) =>
+        deps.sql
+          ? handleDashboard(req, {
+            sql: deps.sql,
+            jwt: jwt(config),
+            dashboardToken: config.api.dashboardToken,
+            logger: logger.child("dashboard"),
+          })
+          : noDatabase(),
+    })),
   ]);
   return async (request) => {
     try {
@@ -41,6 +65,18 @@ export function createHandler(deps: HandlerDeps): (request: Request) => Promise<
       return jsonError(500, "internal", "internal error");
     }
   };
+}
+
+function jwt(config: Config) {
+  return { secret: config.api.jwtSecret, jwksUrl: config.api.jwksUrl };
+}
+
+function noDatabase(): Response {
+  return jsonError(
+    503,
+    "no_database",
+    "no tracking database is configured (DELIVERY_STATUS_DATABASE_URL or SUPABASE_DB_URL)",
+  );
 }
 
 function health(config: Config, tracker: StatusTracker): Response {

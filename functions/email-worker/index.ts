@@ -2,6 +2,7 @@
 import { ConfigError, loadConfig } from "../_shared/config.ts";
 import { createLogger } from "../_shared/log.ts";
 import { createMailer } from "../_shared/mailer.ts";
+import { createServiceDb } from "../_shared/service_db.ts";
 import { createStatusTracker } from "../_shared/tracker.ts";
 import { createHandler } from "./handler.ts";
 
@@ -18,5 +19,6 @@ try {
 const logger = createLogger("email-worker", { level: config.logLevel });
 const tracker = createStatusTracker(config.tracking, { logger: logger.child("tracker") });
 const mailer = createMailer(config.smtp);
+const sql = createServiceDb(config.tracking);
 
-Deno.serve({ port: config.port }, createHandler({ config, tracker, mailer, logger }));
+Deno.serve({ port: config.port }, createHandler({ config, tracker, mailer, logger, sql }));

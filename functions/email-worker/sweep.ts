@@ -9,10 +9,12 @@ import { json, jsonError } from "../_shared/http.ts";
 import type { Logger } from "../_shared/log.ts";
 import type { Mailer } from "../_shared/mailer.ts";
 import type { StatusTracker } from "../_shared/tracker.ts";
+import type { Sql } from "postgres";
+import { type DispatchResult, dispatchWebhooks } from "../_shared/webhooks.ts";
 import { attemptDelivery } from "./deliver.ts";
 
 /** What the sweep needs. */
-export type SweepDeps = { config: Config; tracker: StatusTracker; mailer: Mailer; logger: Logger };
+export type SweepDeps = { config: Config; tracker: StatusTracker; mailer: Mailer; logger: Logger; sql?: Sql };
 
 /** Deliveries sent at the same time within one sweep. */
 const concurrency = 4;
@@ -67,7 +69,25 @@ export function createSweepHandler(deps: SweepDeps): (request: Request) => Promi
       }
     };
     await Promise.all(Array.from({ length: Math.min(concurrency, queue.length) }, worker));
-    logger.info("sweep", counts);
-    return json(counts);
+    const webhooks = await sweepWebhooks(deps);
+    logger.info("sweep", { ...counts, webhooks: JSON.stringify(webhooks) });
+    return json({ ...counts, webhooks });
   };
+}
+
+/** Sends the webhook messages that are due (the outbox is filled by the audit trail); errors are reported, not thrown. */
+async function sweepWebhooks(deps: SweepDeps): Promise<DispatchResult | { error: string } | null> {
+  if (!deps.sql) return null;
+  const { timeoutMs, concurrency, batchSize } = deps.config.webhooks;
+  try {
+    return await dispatchWebhooks(deps.sql, {
+      timeoutMs,
+      concurrency,
+      batchSize,
+      logger: deps.logger.child("webhooks"),
+    });
+  } catch (error) {
+    deps.logger.warn("webhooks_failed", { error: error instanceof Error ? error.message.slice(0, 200) : "unknown" });
+    return { error: "webhook dispatch failed; it is retried at the next sweep" };
+  }
 }

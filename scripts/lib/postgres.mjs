@@ -29,7 +29,14 @@ export async function startServer({ name = "pg", port = 54329, log = console.log
     postgresFlags: ["-c", "max_connections=200", "-c", "shared_buffers=256MB"],
   });
   if (!existsSync(path.join(dataDir, "PG_VERSION"))) await pg.initialise();
-  await pg.start();
+  try {
+    await pg.start();
+  } catch (e) {
+    throw new Error(
+      `could not start the embedded Postgres on port ${port} with data in ${dataDir}` +
+        ` (is the port taken by another server?): ${e?.message ?? e}`,
+    );
+  }
   return {
     url: `postgresql://postgres:postgres@127.0.0.1:${port}/postgres`,
     embedded: true,

@@ -321,6 +321,8 @@ begin
   if found then
     insert into email.delivery_payloads (delivery_id, payload)
     values (record_queued.delivery_id, coalesce(record_queued.payload, '{}'));
+    -- Read the row again: triggers of later migrations may already have moved it on (e.g. suppressed).
+    select x.* into d from email.deliveries x where x.delivery_id = record_queued.delivery_id;
     return d;
   end if;
 

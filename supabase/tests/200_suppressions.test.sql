@@ -1,5 +1,5 @@
 begin;
-select plan(38);
+select plan(40);
 
 -- The status, its transitions, and one list of statuses
 select ok((select terminal from email.statuses where status = 'suppressed'), 'suppressed is a terminal status');
@@ -31,6 +31,10 @@ select ok(email.is_suppressed('ADA.LOVELACE@example.com'), 'is_suppressed compar
 select lives_ok($$select email.record_queued('t200-sup-1', 'invite', 'ADA.lovelace@EXAMPLE.com', '{"link": "https://x.test/secret"}')$$,
   'record_queued accepts a delivery to a suppressed address');
 select is((select status from email.deliveries where delivery_id = 't200-sup-1'), 'suppressed', 'it ends suppressed at once');
+select is((email.record_queued('t200-sup-1', 'invite', 'ADA.lovelace@EXAMPLE.com', '{"link": "https://x.test/secret"}')).status,
+  'suppressed', 'record_queued returns the row as it is now: suppressed, not queued');
+select is((select (email.record_queued('t200-sup-new', 'invite', 'ada.lovelace@example.com', '{}')).status), 'suppressed',
+  'a new delivery to a suppressed address is returned suppressed by record_queued itself');
 select is((select array_agg(to_status order by id) from email.delivery_events where delivery_id = 't200-sup-1'),
   array['queued', 'suppressed'], 'the trail shows queued then suppressed');
 select is((select detail ->> 'error_code' from email.delivery_events where delivery_id = 't200-sup-1' and to_status = 'suppressed'),

@@ -6,6 +6,7 @@
 import { type Config, loadConfig } from "../../functions/_shared/config.ts";
 import { createLogger } from "../../functions/_shared/log.ts";
 import { createMailer } from "../../functions/_shared/mailer.ts";
+import { createServiceDb } from "../../functions/_shared/service_db.ts";
 import { createStatusTracker, type StatusTracker } from "../../functions/_shared/tracker.ts";
 import { createHandler } from "../../functions/email-worker/handler.ts";
 import { testAudience, testServiceAccount } from "./jwks.ts";
@@ -71,7 +72,8 @@ export function startWorker(
   });
   const tracker = createStatusTracker(config.tracking, { logger: logger.child("tracker") });
   const mailer = createMailer(config.smtp);
-  const handler = createHandler({ config, tracker, mailer, logger });
+  const sql = createServiceDb(config.tracking);
+  const handler = createHandler({ config, tracker, mailer, logger, sql });
   const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen: () => {} }, handler);
   const url = `http://127.0.0.1:${server.addr.port}`;
   return {
@@ -97,6 +99,7 @@ export function startWorker(
       await server.shutdown();
       mailer.close();
       await tracker.close();
+      await sql?.end({ timeout: 1 });
     },
   };
 }
