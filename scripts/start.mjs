@@ -64,6 +64,7 @@ async function main() {
     SMTP_FROM: env.SMTP_FROM ?? "Email Worker <no-reply@localhost>",
     DELIVERY_STATUS_DATABASE_URL: dbUrl,
     SWEEP_SECRET: state.sweepSecret,
+    DASHBOARD_TOKEN: state.dashboardToken,
   };
   say("starting the email-worker function (deno run)");
   const worker = spawn(path.join(root, "node_modules/.bin/deno"), ["run", "-A", "functions/email-worker/index.ts"], {
@@ -100,13 +101,14 @@ async function main() {
   email-worker is running
     worker (Pub/Sub push)  POST ${workerUrl}
     health                 GET  ${workerUrl}/health
+    dashboard              ${workerUrl}/dashboard#token=${state.dashboardToken}
     sweep (every ${sweepEverySeconds}s)     POST ${workerUrl}/sweep
     inbox (maildev)        http://127.0.0.1:${ports.inbox}   (SMTP on 127.0.0.1:${ports.smtp})
     database               ${masked}
     JWKS (local Google)    http://127.0.0.1:${ports.jwks}/certs
 
   publish a test message:  npm run publish -- --to ada@example.com
-  delivery status:         deno task email-status list   (with DATABASE_URL=${masked})
+  delivery status:         DATABASE_URL=${dbUrl} npm run email-status -- list
   stop:                    Ctrl-C
 `);
 }

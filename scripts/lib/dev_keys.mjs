@@ -11,9 +11,16 @@ const statePath = path.join(devDir, "state.json");
 
 export const PUBLISHER = "local-publisher@email-worker-dev.iam.gserviceaccount.com";
 
-/** Loads (or creates once) the local signing key, the sweep secret and the ports. */
+/** Loads (or creates once) the local signing key, the sweep secret and the dashboard token. */
 export async function loadDevState() {
-  if (existsSync(statePath)) return JSON.parse(readFileSync(statePath, "utf8"));
+  if (existsSync(statePath)) {
+    const state = JSON.parse(readFileSync(statePath, "utf8"));
+    if (!state.dashboardToken) {
+      state.dashboardToken = randomBytes(24).toString("base64url");
+      writeFileSync(statePath, JSON.stringify(state, null, 2), { mode: 0o600 });
+    }
+    return state;
+  }
   mkdirSync(devDir, { recursive: true });
   const { privateKey, publicKey } = await generateKeyPair("RS256", { extractable: true });
   const kid = randomBytes(8).toString("hex");
@@ -22,6 +29,7 @@ export async function loadDevState() {
     privateJwk: { ...(await exportJWK(privateKey)), kid, alg: "RS256", use: "sig" },
     publicJwk: { ...(await exportJWK(publicKey)), kid, alg: "RS256", use: "sig" },
     sweepSecret: randomBytes(24).toString("base64url"),
+    dashboardToken: randomBytes(24).toString("base64url"),
   };
   writeFileSync(statePath, JSON.stringify(state, null, 2), { mode: 0o600 });
   return state;
