@@ -11,6 +11,10 @@
  * - who may call what: execute is granted to service_role under each function, and revoked from public,
  *   anon and authenticated for every function at the end (Postgres grants execute to PUBLIC by default).
  *
+ * Small helpers called on every transition are plpgsql, not `language sql`: a SQL function with a
+ * SET clause is never inlined and is planned again on every call, while plpgsql keeps its plans for
+ * the connection (measured by `npm run bench`, see docs/performance.md).
+ *
  * SQLSTATEs callers can match:
  *   EM001 transition not allowed        EM002 idempotency conflict     EM003 stale attempt (fencing)
  *   EM004 delivery not found            EM005 audit trail is immutable EM006 invalid argument
@@ -23,15 +27,17 @@
 /** Who is acting: the email.actor setting, else the JWT's subject, else the database user and application. */
 create or replace function email._actor()
 returns text
-language sql
+language plpgsql
 stable
 set search_path = ''
 as $$
-  select coalesce(
+begin
+  return coalesce(
     nullif(current_setting('email.actor', true), ''),
     'user:' || (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'),
     current_user || coalesce('@' || nullif(current_setting('application_name', true), ''), '')
-  )
+  );
+end
 $$;
 comment on function email._actor() is 'The actor recorded in the audit trail';
 grant execute on function email._actor() to service_role;
@@ -39,15 +45,20 @@ grant execute on function email._actor() to service_role;
 /** The retry policy that applies to a workflow: its own row, else the default row '*'. */
 create or replace function email.retry_policy(workflow text)
 returns email.retry_policies
-language sql
+language plpgsql
 stable
 set search_path = ''
 as $$
-  select p.*
-  from email.retry_policies p
-  where p.workflow in (retry_policy.workflow, '*')
-  order by p.workflow = '*'
-  limit 1
+declare
+  p email.retry_policies;
+begin
+  select x.* into p
+  from email.retry_policies x
+  where x.workflow in (retry_policy.workflow, '*')
+  order by x.workflow = '*'
+  limit 1;
+  return p;
+end
 $$;
 comment on function email.retry_policy(text) is 'Retry policy for a workflow (falls back to the ''*'' row)';
 grant execute on function email.retry_policy(text) to service_role;
@@ -80,24 +91,28 @@ grant execute on function email.backoff_delay(text, integer) to service_role;
 /** sha256 over what makes a request the same request: workflow, recipient, user and payload. */
 create or replace function email._request_hash(workflow text, recipient text, payload jsonb, user_id uuid)
 returns text
-language sql
+language plpgsql
 immutable
 set search_path = ''
 as $$
-  select encode(sha256(convert_to(jsonb_build_object(
+begin
+  return encode(sha256(convert_to(jsonb_build_object(
     'workflow', workflow, 'recipient', lower(recipient), 'payload', payload, 'user_id', user_id
-  )::text, 'UTF8')), 'hex')
+  )::text, 'UTF8')), 'hex');
+end
 $$;
 grant execute on function email._request_hash(text, text, jsonb, uuid) to service_role;
 
 /** Sets the detail the audit trigger attaches to the next event in this transaction. */
 create or replace function email._set_event_detail(detail jsonb)
 returns void
-language sql
+language plpgsql
 volatile
 set search_path = ''
 as $$
-  select set_config('email.event_detail', coalesce(detail, '{}')::text, true);
+begin
+  perform set_config('email.event_detail', coalesce(detail, '{}')::text, true);
+end
 $$;
 grant execute on function email._set_event_detail(jsonb) to service_role;
 

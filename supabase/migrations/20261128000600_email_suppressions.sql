@@ -74,11 +74,13 @@ create index deliveries_open_recipient_idx on email.deliveries (lower(recipient)
 /** The address part of a recipient, lower-cased: `Ada <ADA@Example.com>` becomes `ada@example.com`. */
 create or replace function email.normalize_address(address text)
 returns text
-language sql
+language plpgsql
 immutable
 set search_path = ''
 as $$
-  select lower(btrim(coalesce(substring(address from '<([^<>]*)>\s*$'), address)))
+begin
+  return lower(btrim(coalesce(substring(address from '<([^<>]*)>\s*$'), address)));
+end
 $$;
 comment on function email.normalize_address(text) is 'Lower-cased bare address of a recipient (the part in <...> when present)';
 grant execute on function email.normalize_address(text) to service_role;
@@ -116,11 +118,13 @@ grant execute on function email.is_hard_bounce(text) to service_role;
 /** Whether an address is suppressed (case-insensitive). */
 create or replace function email.is_suppressed(address text)
 returns boolean
-language sql
+language plpgsql
 stable
 set search_path = ''
 as $$
-  select exists (select from email.suppressions s where s.address = email.normalize_address(is_suppressed.address))
+begin
+  return exists (select from email.suppressions s where s.address = email.normalize_address(is_suppressed.address));
+end
 $$;
 comment on function email.is_suppressed(text) is 'Whether the address is on the suppression list (case-insensitive)';
 grant execute on function email.is_suppressed(text) to service_role;

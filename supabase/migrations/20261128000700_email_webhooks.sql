@@ -116,11 +116,13 @@ grant execute on function email.webhook_body(email.delivery_events, text) to ser
 /** Whether an endpoint wants an event type (an empty list: every type). */
 create or replace function email._webhook_wants(event_types text[], event_type text)
 returns boolean
-language sql
+language plpgsql
 immutable
 set search_path = ''
 as $$
-  select cardinality(event_types) = 0 or event_type = any (event_types)
+begin
+  return cardinality(event_types) = 0 or event_type = any (event_types);
+end
 $$;
 -- The trigger runs as whoever writes the transition (service_role).
 grant execute on function email._webhook_wants(text[], text) to service_role;
