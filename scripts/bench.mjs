@@ -42,18 +42,26 @@ const log = (m) => console.log(m);
 const started = new Date();
 const results = {
   started_at: started.toISOString(),
-  machine: { cpus: os.cpus().length, cpu_model: os.cpus()[0]?.model, memory_gb: round(os.totalmem() / 2 ** 30, 1), node: process.version },
+  machine: {
+    cpus: os.cpus().length,
+    cpu_model: os.cpus()[0]?.model,
+    memory_gb: round(os.totalmem() / 2 ** 30, 1),
+    node: process.version,
+  },
   options: { parts, seconds, rounds, clients: clientsList, rows, deliveries },
 };
 
 const server = await startServer({ name: `pg-bench-${port}`, port, log });
 try {
   const admin = postgres(server.url, { max: 1, onnotice: () => {} });
-  const [v] = await admin`select current_setting('server_version') as version, current_setting('synchronous_commit') as sc,
+  const [v] =
+    await admin`select current_setting('server_version') as version, current_setting('synchronous_commit') as sc,
                                  current_setting('shared_buffers') as sb, current_setting('fsync') as fsync`;
   await admin.end();
   results.postgres = v;
-  log(`Postgres ${v.version} (synchronous_commit=${v.sc}, fsync=${v.fsync}, shared_buffers=${v.sb}) on ${results.machine.cpus} cores`);
+  log(
+    `Postgres ${v.version} (synchronous_commit=${v.sc}, fsync=${v.fsync}, shared_buffers=${v.sb}) on ${results.machine.cpus} cores`,
+  );
 
   if (parts.includes("lifecycle") || parts.includes("growth")) {
     const url = await recreateDatabase(server.url, "email_bench");
@@ -114,18 +122,43 @@ function report(r) {
     const g = r.growth?.lifecycle ? byKey(r.growth.lifecycle) : null;
     const rowsOut = [];
     for (const c of clientsList) {
-      const em = e.get(`email/${c}`), e2 = e.get(`email-2rt/${c}`), pl = e.get(`plain/${c}`), pa = e.get(`plain+audit/${c}`);
+      const em = e.get(`email/${c}`),
+        e2 = e.get(`email-2rt/${c}`),
+        pl = e.get(`plain/${c}`),
+        pa = e.get(`plain+audit/${c}`);
       const gm = g?.get(`email/${c}`), g2 = g?.get(`email-2rt/${c}`);
       rowsOut.push([
-        c, pl.per_second, pa.per_second, em.per_second, e2.per_second, round(em.per_second / pl.per_second, 2),
-        round(e2.per_second / pl.per_second, 2), em.p50_ms, em.p99_ms,
-        gm?.per_second ?? null, gm ? round(gm.per_second / em.per_second, 2) : null,
+        c,
+        pl.per_second,
+        pa.per_second,
+        em.per_second,
+        e2.per_second,
+        round(em.per_second / pl.per_second, 2),
+        round(e2.per_second / pl.per_second, 2),
+        em.p50_ms,
+        em.p99_ms,
+        gm?.per_second ?? null,
+        gm ? round(gm.per_second / em.per_second, 2) : null,
         g2 ? round(g2.per_second / e2.per_second, 2) : null,
       ]);
     }
     log("\nlifecycles/s (record_queued -> mark_in_progress -> mark_sent, 3 transactions each)");
-    log(table(["clients", "plain", "plain+audit", "email", "email-2rt", "email/plain", "email-2rt/plain", "email p50 ms",
-      "email p99 ms", `email @${r.growth?.history?.deliveries ?? "-"} rows`, "growth email", "growth email-2rt"], rowsOut));
+    log(
+      table([
+        "clients",
+        "plain",
+        "plain+audit",
+        "email",
+        "email-2rt",
+        "email/plain",
+        "email-2rt/plain",
+        "email p50 ms",
+        "email p99 ms",
+        `email @${r.growth?.history?.deliveries ?? "-"} rows`,
+        "growth email",
+        "growth email-2rt",
+      ], rowsOut),
+    );
     const walRows = [];
     for (const variant of ["plain", "plain+audit", "email", "email-2rt"]) {
       const x = e.get(`${variant}/8`) ?? e.get(`${variant}/${clientsList[0]}`);
@@ -134,9 +167,13 @@ function report(r) {
     log("\nper lifecycle (at 8 clients): WAL bytes, WAL fsyncs, round trips");
     log(table(["variant", "WAL bytes", "WAL fsyncs", "round trips"], walRows));
     const at8 = e.get("email/8") && round(e.get("email/8").per_second / e.get("plain/8").per_second, 2);
-    if (at8 !== undefined) log(`\ntarget (b): email >= 0.7 x plain at 8 clients: ${at8} ${at8 >= 0.7 ? "MET" : "MISSED"}`);
+    if (at8 !== undefined) {
+      log(`\ntarget (b): email >= 0.7 x plain at 8 clients: ${at8} ${at8 >= 0.7 ? "MET" : "MISSED"}`);
+    }
     const w8 = e.get("email-2rt/8") && round(e.get("email-2rt/8").per_second / e.get("plain/8").per_second, 2);
-    if (w8 !== undefined) log(`target (b), as the worker calls it (2 round trips): ${w8} ${w8 >= 0.7 ? "MET" : "MISSED"}`);
+    if (w8 !== undefined) {
+      log(`target (b), as the worker calls it (2 round trips): ${w8} ${w8 >= 0.7 ? "MET" : "MISSED"}`);
+    }
     if (g) {
       const gr = round(g.get("email/8").per_second / e.get("email/8").per_second, 2);
       log(`target (c): email with history >= 0.9 x empty at 8 clients: ${gr} ${gr >= 0.9 ? "MET" : "MISSED"}`);
@@ -144,14 +181,18 @@ function report(r) {
   }
   if (r.growth?.queries) {
     const q = r.growth.queries;
-    log(`\nat ${r.growth.history.deliveries} deliveries / ${r.growth.history.events} events ` +
-      `(${round(r.growth.history.email_total_bytes / 2 ** 20, 0)} MiB):`);
+    log(
+      `\nat ${r.growth.history.deliveries} deliveries / ${r.growth.history.events} events ` +
+        `(${round(r.growth.history.email_total_bytes / 2 ** 20, 0)} MiB):`,
+    );
     const qrows = [
       ["email.claim_due(100)", q.claim_due_100.median_ms, q.claim_due_100.max_ms, q.claim_due_100.rows],
       ["due select (partial index)", q.due_select.median_ms, q.due_select.max_ms, q.due_select.rows],
       ["email.reap_expired_leases()", q.reap_expired_leases.median_ms, q.reap_expired_leases.max_ms, null],
     ];
-    for (const [name, m] of Object.entries(q.metrics)) qrows.push([name, m.median_ms ?? m.error, m.max_ms ?? null, m.rows ?? null]);
+    for (const [name, m] of Object.entries(q.metrics)) {
+      qrows.push([name, m.median_ms ?? m.error, m.max_ms ?? null, m.rows ?? null]);
+    }
     log(table(["query", "median ms", "max ms", "rows"], qrows));
     if (!q.metrics_present) log("metrics functions: not present in this schema (no email_api metrics migration yet)");
     log("due select plan:\n  " + q.due_plan.join("\n  "));
@@ -163,8 +204,10 @@ function report(r) {
       ["off", x.off.deliveries, x.off.per_second, x.off.p50_ms, x.off.p99_ms, x.off.round_trips_per_delivery],
       ["on", x.on.deliveries, x.on.per_second, x.on.p50_ms, x.on.p99_ms, x.on.round_trips_per_delivery],
     ]));
-    log(`tracked/untracked: ${x.ratio} (target >= 0.9: ${x.ratio >= 0.9 ? "MET" : "MISSED"}); ` +
-      `added latency per delivery p50 ${x.added_p50_ms} ms, p99 ${x.added_p99_ms} ms`);
+    log(
+      `tracked/untracked: ${x.ratio} (target >= 0.9: ${x.ratio >= 0.9 ? "MET" : "MISSED"}); ` +
+        `added latency per delivery p50 ${x.added_p50_ms} ms, p99 ${x.added_p99_ms} ms`,
+    );
   } else if (r.e2e?.error) {
     log(`\nend to end: ${r.e2e.error}`);
   }

@@ -184,7 +184,12 @@ export async function timeSweepAndMetrics(url) {
       out.metrics_present = true;
       for (const f of fns) {
         try {
-          out.metrics[f.signature] = await timeQuery(sql, `select * from ${f.name}()`, 5, `set local role service_role`);
+          out.metrics[f.signature] = await timeQuery(
+            sql,
+            `select * from ${f.name}()`,
+            5,
+            `set local role service_role`,
+          );
         } catch (e) {
           out.metrics[f.signature] = { error: String(e.message ?? e) };
         }

@@ -36,7 +36,9 @@ function statements(variant) {
   if (variant === "email") {
     return {
       accept: (sql, d) =>
-        sql`select status from email.record_queued(${d.id}, ${d.workflow}, ${d.recipient}, ${sql.json(d.payload)}, '{}'::jsonb, ${d.userId}::uuid)`,
+        sql`select status from email.record_queued(${d.id}, ${d.workflow}, ${d.recipient}, ${
+          sql.json(d.payload)
+        }, '{}'::jsonb, ${d.userId}::uuid)`,
       claim: (sql, d) => sql`select email.mark_in_progress(${d.id}, 60) as attempt`,
       sent: (sql, d, attempt) =>
         sql`select status from email.mark_sent(${d.id}, ${attempt}, ${d.messageId}, '250 2.0.0 OK queued')`,
@@ -46,7 +48,9 @@ function statements(variant) {
     return {
       accept: (sql, d) =>
         sql`select q.status, email.mark_in_progress(q.delivery_id, 60) as attempt
-            from email.record_queued(${d.id}, ${d.workflow}, ${d.recipient}, ${sql.json(d.payload)}, '{}'::jsonb, ${d.userId}::uuid) q`,
+            from email.record_queued(${d.id}, ${d.workflow}, ${d.recipient}, ${
+          sql.json(d.payload)
+        }, '{}'::jsonb, ${d.userId}::uuid) q`,
       claim: null,
       sent: (sql, d, attempt) =>
         sql`select status from email.mark_sent(${d.id}, ${attempt}, ${d.messageId}, '250 2.0.0 OK queued')`,
@@ -59,20 +63,28 @@ function statements(variant) {
         ? sql`with d as (
               insert into bench_baseline.deliveries (delivery_id, workflow, recipient, user_id, max_attempts, request_hash, metadata, next_attempt_at)
               values (${d.id}, ${d.workflow}, ${d.recipient}, ${d.userId}::uuid, 5,
-                      encode(sha256(convert_to(${sql.json(d.payload)}::text, 'UTF8')), 'hex'), '{}', now() + interval '60 seconds')
+                      encode(sha256(convert_to(${
+          sql.json(d.payload)
+        }::text, 'UTF8')), 'hex'), '{}', now() + interval '60 seconds')
               returning delivery_id, status, attempts
             ), p as (
-              insert into bench_baseline.delivery_payloads (delivery_id, payload) select delivery_id, ${sql.json(d.payload)} from d
+              insert into bench_baseline.delivery_payloads (delivery_id, payload) select delivery_id, ${
+          sql.json(d.payload)
+        } from d
             )
             insert into bench_baseline.delivery_events (delivery_id, from_status, to_status, attempt, actor)
             select delivery_id, null, status, attempts, current_user from d returning to_status as status`
         : sql`with d as (
               insert into bench_baseline.deliveries (delivery_id, workflow, recipient, user_id, max_attempts, request_hash, metadata, next_attempt_at)
               values (${d.id}, ${d.workflow}, ${d.recipient}, ${d.userId}::uuid, 5,
-                      encode(sha256(convert_to(${sql.json(d.payload)}::text, 'UTF8')), 'hex'), '{}', now() + interval '60 seconds')
+                      encode(sha256(convert_to(${
+          sql.json(d.payload)
+        }::text, 'UTF8')), 'hex'), '{}', now() + interval '60 seconds')
               returning delivery_id, status
             )
-            insert into bench_baseline.delivery_payloads (delivery_id, payload) select delivery_id, ${sql.json(d.payload)} from d
+            insert into bench_baseline.delivery_payloads (delivery_id, payload) select delivery_id, ${
+          sql.json(d.payload)
+        } from d
             returning 'queued' as status`,
     claim: (sql, d) =>
       audit
@@ -196,8 +208,18 @@ export async function measureMatrix(url, { clientsList, seconds, rounds, label, 
     for (let r = 0; r < rounds; r++) {
       const order = r % 2 === 0 ? VARIANTS : [...VARIANTS].reverse();
       for (const variant of order) {
-        const res = await runLifecycles(url, { variant, clients, seconds, tag: `bench-${label}-${variant.replace("+", "-")}-${clients}`, prepare });
-        log(`  ${label} ${variant.padEnd(11)} ${prepare ? "prepared" : ""} ${String(clients).padStart(2)} clients: ${res.per_second}/s (p50 ${res.p50_ms} ms)`);
+        const res = await runLifecycles(url, {
+          variant,
+          clients,
+          seconds,
+          tag: `bench-${label}-${variant.replace("+", "-")}-${clients}`,
+          prepare,
+        });
+        log(
+          `  ${label} ${variant.padEnd(11)} ${prepare ? "prepared" : ""} ${
+            String(clients).padStart(2)
+          } clients: ${res.per_second}/s (p50 ${res.p50_ms} ms)`,
+        );
         const a = acc.get(variant) ?? [];
         a.push(res);
         acc.set(variant, a);
