@@ -1,7 +1,7 @@
 import postgres from "postgres";
 import { loadConfig } from "../functions/_shared/config.ts";
 import { createLogger } from "../functions/_shared/log.ts";
-import { createStatusTracker } from "../functions/_shared/tracker.ts";
+import { createStatusTracker, storable } from "../functions/_shared/tracker.ts";
 import { assert, assertEquals } from "./support/assert.ts";
 import { test, withHarness } from "./support/harness.ts";
 import { startPrivatePostgres } from "./support/postgres.ts";
@@ -151,5 +151,168 @@ test("circuit breaker opens while Postgres is stopped and closes after it is sta
   } finally {
     await tracker.close().catch(() => {});
     await pg.destroy();
+  }
+});
+
+test("an outage with more calls in flight than tracker connections: the tracker recovers once Postgres is back", async () => {
+  // npm:postgres's shared reconnect backoff grew to 10-20 s and wedged the connections whose queries
+  // were cancelled while connecting: without a fresh pool every later call timed out.
+  const pg = await startPrivatePostgres(54362);
+  const { lines, logger } = capture();
+  const tracker = createStatusTracker(
+    loadConfig({
+      ...baseEnv,
+      DELIVERY_STATUS_DATABASE_URL: pg.url,
+      TRACKER_POOL_SIZE: "3",
+      TRACKER_TIMEOUT_MS: "800",
+      TRACKER_BREAKER_THRESHOLD: "2",
+      TRACKER_BREAKER_COOLDOWN_MS: "200",
+    }).tracking,
+    { logger },
+  );
+  try {
+    assertEquals((await tracker.reapExpiredLeases()).kind, "reaped");
+    await pg.stop();
+    const during = await Promise.all(Array.from({ length: 8 }, () => tracker.reapExpiredLeases()));
+    assertEquals(during.map((r) => r.kind), during.map(() => "unavailable"));
+    await pg.start();
+
+    const started = Date.now();
+    let recovered = false;
+    while (!recovered && Date.now() - started < 5000) {
+      await new Promise((r) => setTimeout(r, 250));
+      recovered = (await tracker.reapExpiredLeases()).kind === "reaped";
+    }
+    assert(recovered, "tracking resumed within 5 s of Postgres coming back");
+    assertEquals(tracker.health(), { state: "closed", consecutiveFailures: 0 });
+    const after = await Promise.all(Array.from({ length: 8 }, () => tracker.reapExpiredLeases()));
+    assertEquals(after.map((r) => r.kind), after.map(() => "reaped"));
+    assert(lines.some((l) => l.action === "tracker_pool_recycled" && l.reason === "breaker_open"));
+  } finally {
+    await tracker.close().catch(() => {});
+    await pg.destroy();
+  }
+});
+
+/** A TCP gate in front of Postgres: while shut it accepts connections and holds them unanswered. */
+function startGate(target: URL) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns: Deno.Conn[] = [];
+  const held: Deno.Conn[] = [];
+  let open = false;
+  const pipe = async (c: Deno.Conn) => {
+    const up = await Deno.connect({ hostname: target.hostname, port: Number(target.port || 5432) });
+    conns.push(up);
+    await Promise.all([c.readable.pipeTo(up.writable), up.readable.pipeTo(c.writable)]).catch(() => {});
+  };
+  (async () => {
+    for await (const c of listener) {
+      conns.push(c);
+      if (open) pipe(c).catch(() => {});
+      else held.push(c);
+    }
+  })().catch(() => {});
+  const url = new URL(target);
+  url.port = String(listener.addr.port);
+  return {
+    url: url.toString(),
+    open() {
+      open = true;
+      for (const c of held.splice(0)) pipe(c).catch(() => {});
+    },
+    close() {
+      listener.close();
+      for (const c of conns) {
+        try {
+          c.close();
+        } catch { /* closed already */ }
+      }
+    },
+  };
+}
+
+test("connections that come up only after their calls timed out do not wedge the tracker (breaker still closed)", async () => {
+  // npm:postgres keeps a query cancelled while its connection was connecting as that connection's
+  // first query; once connected it never returns to the pool, and later calls wait behind it.
+  const gate = startGate(new URL(Deno.env.get("DATABASE_URL")!));
+  const { lines, logger } = capture();
+  const tracker = createStatusTracker(
+    loadConfig({
+      ...baseEnv,
+      DELIVERY_STATUS_DATABASE_URL: gate.url,
+      TRACKER_POOL_SIZE: "3",
+      TRACKER_TIMEOUT_MS: "500",
+      TRACKER_BREAKER_THRESHOLD: "1000",
+    }).tracking,
+    { logger },
+  );
+  const reject = () => tracker.recordRejected({ reasonCode: "invalid_json", reason: `gate ${crypto.randomUUID()}` });
+  try {
+    const during = await Promise.all(Array.from({ length: 8 }, reject));
+    assertEquals(during, during.map(() => ({ kind: "unavailable", reason: "failed" })));
+    assertEquals(tracker.health().state, "closed");
+    gate.open();
+
+    const started = Date.now();
+    let recovered = false;
+    while (!recovered && Date.now() - started < 5000) {
+      await new Promise((r) => setTimeout(r, 250));
+      recovered = (await reject()).kind === "stored";
+    }
+    assert(recovered, "calls work again within 5 s of the connections coming up");
+    const after = await Promise.all(Array.from({ length: 8 }, reject));
+    assertEquals(after.map((r) => r.kind), after.map(() => "stored"));
+    assert(lines.some((l) => l.action === "tracker_pool_recycled" && l.reason === "timeout_before_send"));
+  } finally {
+    await tracker.close().catch(() => {});
+    gate.close();
+  }
+});
+
+test("storable replaces U+0000 and lone surrogates, keeps everything else, and cuts to the limit", () => {
+  assertEquals(storable("a\u0000b", 10), "a\ufffdb");
+  assertEquals(storable("x\ud800y\udc00", 10), "x\ufffdy\ufffd");
+  assertEquals(storable("\ud83d\ude00 ß İ \u202e \r\n", 100), "\ud83d\ude00 ß İ \u202e \r\n");
+  // A cut through a surrogate pair leaves no half of it behind.
+  assertEquals(storable("ab\ud83d\ude00", 3), "ab\ufffd");
+});
+
+test("a rejection with U+0000 and lone surrogates in its reason, ids and headers is stored, the raw body byte for byte", async () => {
+  const { logger } = capture();
+  const tracker = createStatusTracker(
+    loadConfig({ ...baseEnv, DELIVERY_STATUS_DATABASE_URL: Deno.env.get("DATABASE_URL") }).tracking,
+    { logger },
+  );
+  const db = postgres(Deno.env.get("DATABASE_URL")!, { max: 1, onnotice: () => {} });
+  try {
+    const rawBody = new Uint8Array([0x7b, 0x00, 0xff, 0xfe, 0xed, 0xa0, 0x80, 0x7d]);
+    const tag = crypto.randomUUID();
+    const stored = await tracker.recordRejected({
+      reasonCode: "invalid_json",
+      reason: `bad \u0000 and \ud800 in ${tag}`,
+      rawBody,
+      bodyBytes: rawBody.length,
+      deliveryId: `id-\u0000-${tag}`,
+      messageId: "m\u0000\udc00",
+      headers: { "x-goog-pubsub-message-id": "v\u0000", "x-\u0000": "\ud800" },
+    });
+    assert(stored.kind === "stored", JSON.stringify(stored));
+    const [row] = await db<
+      {
+        reason: string;
+        delivery_id: string;
+        message_id: string;
+        headers: Record<string, string>;
+        raw_body: Uint8Array;
+      }[]
+    >`select reason, delivery_id, message_id, headers, raw_body from email.rejected_messages where id = ${stored.id}`;
+    assertEquals(row.reason, `bad \ufffd and \ufffd in ${tag}`);
+    assertEquals(row.delivery_id, `id-\ufffd-${tag}`);
+    assertEquals(row.message_id, "m\ufffd\ufffd");
+    assertEquals(row.headers, { "x-goog-pubsub-message-id": "v\ufffd", "x-\ufffd": "\ufffd" });
+    assertEquals([...row.raw_body], [...rawBody]);
+  } finally {
+    await tracker.close();
+    await db.end();
   }
 });

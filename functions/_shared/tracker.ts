@@ -6,7 +6,16 @@
  * - schema `email` missing (SQLSTATE 42P01, 42704, 3F000, 42883): disabled for good, one warning;
  * - connection failures and timeouts: a circuit breaker opens after consecutive failures and lets
  *   one trial call through after a cooldown;
- * - every call has a timeout (the query is cancelled when it passes).
+ * - every call has a timeout (the query is cancelled when it passes);
+ * - the pool is replaced by a fresh one whenever the breaker opens, and whenever a call timed out
+ *   before its query reached a connection. npm:postgres 3.4.9 cannot be trusted after that: a
+ *   query cancelled while its connection is still connecting stays that connection's `initial`
+ *   query; when the connection comes up it "executes" the cancelled query (a no-op) and never
+ *   leaves the pool's `connecting` queue, so once every connection went that way every later call
+ *   waits in the queue until it times out, for good (until max_lifetime). Its reconnect backoff,
+ *   shared by the pool, also grows to 10-20 s after a few refused connects; a fresh pool starts at 0.
+ * - text handed to Postgres has U+0000 and lone surrogates replaced (text and jsonb cannot hold
+ *   NUL: SQLSTATE 22021), so a poison message can always be stored; raw bodies stay bytes.
  * EM002 (idempotency conflict) and EM003 (stale attempt) come back as typed results.
  * Round trips per pushed delivery: one to queue and claim, one to record the outcome.
  */
@@ -109,31 +118,51 @@ export function createStatusTracker(
     log.info("tracking_off", { reason: "no DELIVERY_STATUS_DATABASE_URL or SUPABASE_DB_URL" });
     return noopTracker();
   }
-  const sql = postgres(tracking.databaseUrl, {
-    max: tracking.poolSize,
-    connection: { application_name: "email-worker" },
-    connect_timeout: Math.max(1, Math.ceil(tracking.timeoutMs / 1000)),
-    idle_timeout: 30,
-    max_lifetime: 30 * 60,
-    prepare: false,
-    fetch_types: false,
-    onnotice: () => {},
-  });
+  const connect = () =>
+    postgres(tracking.databaseUrl!, {
+      max: tracking.poolSize,
+      connection: { application_name: "email-worker" },
+      connect_timeout: Math.max(1, Math.ceil(tracking.timeoutMs / 1000)),
+      idle_timeout: 30,
+      max_lifetime: 30 * 60,
+      // The default backoff (3^retries / 100 s, up to 20 s) outlasts any sensible call timeout.
+      backoff: (retries: number) => Math.min(0.05 * 2 ** retries, tracking.timeoutMs / 4000),
+      prepare: false,
+      fetch_types: false,
+      onnotice: () => {},
+    });
+  let sql = connect();
+  const retiring = new Set<Promise<void>>();
+  /** Swaps in a fresh pool; the old one gets one call timeout to finish its queries, then is destroyed. */
+  function recycle(reason: string) {
+    const old = sql;
+    sql = connect();
+    const ended: Promise<void> = old.end({ timeout: tracking.timeoutMs / 1000 }).catch(() => {}).finally(() =>
+      retiring.delete(ended)
+    );
+    retiring.add(ended);
+    log.info("tracker_pool_recycled", { reason });
+  }
   const breaker = createCircuitBreaker({
     threshold: tracking.breakerThreshold,
     cooldownMs: tracking.breakerCooldownMs,
     now: options.now,
-    onChange: (state) =>
-      (state === "open" ? log.warn : log.info)("tracker_breaker", { state, threshold: tracking.breakerThreshold }),
+    onChange: (state) => {
+      (state === "open" ? log.warn : log.info)("tracker_breaker", { state, threshold: tracking.breakerThreshold });
+      if (state === "open") recycle("breaker_open");
+    },
   });
   let disabled = false;
 
-  type Pending<T> = Promise<T> & { cancel?: () => unknown };
-  async function call<T>(action: string, run: () => Pending<T>): Promise<T | Unavailable> {
+  type Pending<T> = Promise<T> & { cancel?: () => unknown; state?: unknown };
+  async function call<T>(action: string, run: (db: postgres.Sql) => Pending<T>): Promise<T | Unavailable> {
     if (disabled) return { kind: "unavailable", reason: "disabled" };
     if (!breaker.allow()) return { kind: "unavailable", reason: "open" };
+    const db = sql;
+    // A call that ends after its pool was replaced says nothing about the current one.
+    const current = () => db === sql;
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const query = run();
+    const query = run(db);
     try {
       const result = await Promise.race([
         query,
@@ -146,13 +175,13 @@ export function createStatusTracker(
           }, tracking.timeoutMs);
         }),
       ]);
-      breaker.success();
+      if (current()) breaker.success();
       return result;
     } catch (error) {
       query.catch(() => {});
       const code = errorCode(error);
       if (code === "EM002" || code === "EM003") {
-        breaker.success();
+        if (current()) breaker.success();
         throw error;
       }
       if (missingSchema.has(code)) {
@@ -166,11 +195,17 @@ export function createStatusTracker(
         return { kind: "unavailable", reason: "disabled" };
       }
       if (isPostgresError(error) && !serverTrouble.test(code)) {
-        breaker.success();
+        if (current()) breaker.success();
         log.error("tracker_call_error", { call: action, sqlstate: code, message: oneLine(error) });
         return { kind: "unavailable", reason: "error" };
       }
-      breaker.failure();
+      if (current()) {
+        breaker.failure();
+        // `state` is set by npm:postgres once the query is written to a connection (its own
+        // cancel() tells queued from sent queries the same way). Unsent means no connection came up
+        // in time, and the one it waited on would be wedged by the cancel: drop the pool.
+        if (error instanceof TimeoutError && !query.state && current()) recycle("timeout_before_send");
+      }
       log.warn("tracker_call_failed", { call: action, code, breaker: breaker.state() });
       return { kind: "unavailable", reason: "failed" };
     } finally {
@@ -178,7 +213,10 @@ export function createStatusTracker(
     }
   }
 
-  async function fenced(action: string, run: () => Pending<{ status: string; next_attempt_at?: Date | null }[]>) {
+  async function fenced(
+    action: string,
+    run: (db: postgres.Sql) => Pending<{ status: string; next_attempt_at?: Date | null }[]>,
+  ) {
     try {
       const r = await call(action, run);
       if (!Array.isArray(r)) return r;
@@ -191,12 +229,12 @@ export function createStatusTracker(
   return {
     async queueAndClaim(q, leaseSeconds) {
       try {
-        const r = await call("queue_and_claim", () =>
-          sql<{ status: string; attempt: number | null }[]>`
+        const r = await call("queue_and_claim", (db) =>
+          db<{ status: string; attempt: number | null }[]>`
             select q.status, email.mark_in_progress(q.delivery_id, ${leaseSeconds}::integer) as attempt
             from email.record_queued(
-              ${q.deliveryId}, ${q.workflow}, ${q.recipient}, ${sql.json(q.payload as postgres.JSONValue)},
-              ${sql.json(q.metadata as postgres.JSONValue)}, ${q.userId ?? null}::uuid
+              ${q.deliveryId}, ${q.workflow}, ${q.recipient}, ${db.json(q.payload as postgres.JSONValue)},
+              ${db.json(q.metadata as postgres.JSONValue)}, ${q.userId ?? null}::uuid
             ) q`);
         if (!Array.isArray(r)) return r;
         const row = r[0];
@@ -207,24 +245,20 @@ export function createStatusTracker(
       }
     },
     markSent: (id, attempt, sent) =>
-      fenced("mark_sent", () =>
-        sql`select status from email.mark_sent(
-          ${id}, ${attempt}::integer, ${sent.messageId.slice(0, 998)}, ${sent.response.slice(0, 512)})`),
+      fenced("mark_sent", (db) =>
+        db`select status from email.mark_sent(
+          ${id}, ${attempt}::integer, ${storable(sent.messageId, 998)}, ${storable(sent.response, 512)})`),
     recordFailure: (id, attempt, f) =>
-      fenced("record_failure", () =>
-        sql`select status, next_attempt_at from email.record_failure(
-          ${id}, ${attempt}::integer, ${f.code.slice(0, 64)}, ${f.message.slice(0, 512)}, ${f.permanent})`),
+      fenced("record_failure", (db) =>
+        db`select status, next_attempt_at from email.record_failure(
+          ${id}, ${attempt}::integer, ${storable(f.code, 64)}, ${storable(f.message, 512)}, ${f.permanent})`),
     markFailed: (id, attempt, f) =>
-      fenced(
-        "mark_failed",
-        () =>
-          sql`select status from email.mark_failed(${id}, ${attempt}::integer, ${f.code.slice(0, 64)}, ${
-            f.message.slice(0, 512)
-          })`,
-      ),
+      fenced("mark_failed", (db) =>
+        db`select status from email.mark_failed(
+          ${id}, ${attempt}::integer, ${storable(f.code, 64)}, ${storable(f.message, 512)})`),
     async claimDue(maxCount, leaseSeconds) {
-      const r = await call("claim_due", () =>
-        sql<
+      const r = await call("claim_due", (db) =>
+        db<
           {
             delivery_id: string;
             attempt: number;
@@ -250,16 +284,19 @@ export function createStatusTracker(
       };
     },
     async reapExpiredLeases() {
-      const r = await call("reap_expired_leases", () => sql<{ n: number }[]>`select email.reap_expired_leases() as n`);
+      const r = await call("reap_expired_leases", (db) => db<{ n: number }[]>`select email.reap_expired_leases() as n`);
       return Array.isArray(r) ? { kind: "reaped", count: r[0].n } : r;
     },
     async recordRejected(x) {
-      const r = await call("record_rejected", () =>
-        sql<{ id: string }[]>`select email.record_rejected(
-          ${x.reasonCode}, ${x.reason.slice(0, 2000)}, ${x.rawBody ?? null}::bytea, ${
-          x.deliveryId?.slice(0, 200) ?? null
-        },
-          ${x.messageId?.slice(0, 200) ?? null}, ${sql.json(x.headers ?? {})}, ${x.bodyBytes ?? null}::integer
+      // Rejected input is whatever arrived: only the raw body (bytea) keeps it byte for byte.
+      const headers: Record<string, string> = {};
+      for (const [k, v] of Object.entries(x.headers ?? {})) headers[storable(k, 200)] = storable(v, 2000);
+      const r = await call("record_rejected", (db) =>
+        db<{ id: string }[]>`select email.record_rejected(
+          ${storable(x.reasonCode, 200)}, ${storable(x.reason, 2000)}, ${x.rawBody ?? null}::bytea,
+          ${x.deliveryId === undefined ? null : storable(x.deliveryId, 200)},
+          ${x.messageId === undefined ? null : storable(x.messageId, 200)}, ${db.json(headers)},
+          ${x.bodyBytes ?? null}::integer
         ) as id`);
       return Array.isArray(r) ? { kind: "stored", id: Number(r[0].id) } : r;
     },
@@ -267,8 +304,18 @@ export function createStatusTracker(
       state: disabled ? "disabled" : breaker.state(),
       consecutiveFailures: breaker.consecutiveFailures(),
     }),
-    close: () => sql.end({ timeout: 2 }),
+    close: async () => {
+      await Promise.all([sql.end({ timeout: 2 }), ...retiring]);
+    },
   };
+}
+
+/**
+ * `value` cut to `max` UTF-16 units and made storable in text and jsonb: U+0000 (which neither can
+ * hold, SQLSTATE 22021 / 22P05) and lone surrogates (which jsonb refuses as escapes) become U+FFFD.
+ */
+export function storable(value: string, max: number): string {
+  return value.slice(0, max).replaceAll("\u0000", "\ufffd").toWellFormed();
 }
 
 function noopTracker(): StatusTracker {
