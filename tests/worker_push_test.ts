@@ -81,6 +81,22 @@ const invalidInputs: { name: string; reasonCode: string; body: (id: string) => s
     body: () => envelope(verificationEvent({ deliveryId: "a b/c" })),
   },
   {
+    name: "a NUL character in data or metadata (Postgres cannot store it)",
+    reasonCode: "invalid_event",
+    body: (id) => envelope(verificationEvent({ deliveryId: id, metadata: { note: "a\u0000b" } })),
+  },
+  {
+    name: "a lone surrogate in data (not storable text)",
+    reasonCode: "invalid_event",
+    body: (id) =>
+      envelope(null, {
+        rawData: base64(
+          `{"deliveryId":"${id}","workflow":"verification-code","recipient":"ada@example.com",` +
+            `"data":{"code":"123456","expiresInMinutes":10,"x":"\\ud800"}}`,
+        ),
+      }),
+  },
+  {
     name: "an unknown workflow",
     reasonCode: "unknown_workflow",
     body: (id) => envelope(verificationEvent({ deliveryId: id, workflow: "newsletter" })),

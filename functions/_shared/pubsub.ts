@@ -97,11 +97,38 @@ function toEvent(json: unknown, meta: PushMeta): ParsedPush {
     ? (json as { deliveryId: string }).deliveryId
     : undefined;
   if (!parsed.success) return reject("invalid_event", `invalid event: ${issues(parsed.error)}`, meta, claimedId);
+  const unstorable = unstorableTextPath(parsed.data);
+  if (unstorable !== undefined) {
+    return reject(
+      "invalid_event",
+      `invalid event: ${unstorable || "(root)"}: contains U+0000 or a lone surrogate, which cannot be stored`,
+      meta,
+      claimedId,
+    );
+  }
   const deliveryId = parsed.data.deliveryId ?? meta.messageId;
   if (!deliveryId || !deliveryIdPattern.test(deliveryId)) {
     return reject("invalid_event", "invalid event: no deliveryId and no usable Pub/Sub messageId", meta);
   }
   return { ok: true, event: { ...parsed.data, deliveryId }, meta };
+}
+
+/** Whether Postgres text and jsonb can hold `s` (they cannot hold U+0000 or lone surrogates). */
+function storableText(s: string): boolean {
+  return !s.includes("\u0000") && s.isWellFormed();
+}
+
+/** The path of the first string or key Postgres cannot store (U+0000, lone surrogates), or undefined. */
+function unstorableTextPath(value: unknown, path = ""): string | undefined {
+  if (typeof value === "string") return storableText(value) ? undefined : path;
+  if (typeof value !== "object" || value === null) return undefined;
+  for (const [key, inner] of Object.entries(value)) {
+    const at = path ? `${path}.${key}` : key;
+    if (!storableText(key)) return at;
+    const found = unstorableTextPath(inner, at);
+    if (found !== undefined) return found;
+  }
+  return undefined;
 }
 
 function reject(
