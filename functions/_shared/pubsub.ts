@@ -118,15 +118,23 @@ function storableText(s: string): boolean {
   return !s.includes("\u0000") && s.isWellFormed();
 }
 
-/** The path of the first string or key Postgres cannot store (U+0000, lone surrogates), or undefined. */
-function unstorableTextPath(value: unknown, path = ""): string | undefined {
-  if (typeof value === "string") return storableText(value) ? undefined : path;
-  if (typeof value !== "object" || value === null) return undefined;
-  for (const [key, inner] of Object.entries(value)) {
-    const at = path ? `${path}.${key}` : key;
-    if (!storableText(key)) return at;
-    const found = unstorableTextPath(inner, at);
-    if (found !== undefined) return found;
+/**
+ * The path of the first string or key Postgres cannot store (U+0000, lone surrogates), or undefined.
+ * Iterative, so arbitrarily deep input cannot overflow the stack.
+ */
+function unstorableTextPath(root: unknown): string | undefined {
+  const stack: [unknown, string][] = [[root, ""]];
+  for (let item = stack.pop(); item; item = stack.pop()) {
+    const [value, path] = item;
+    if (typeof value === "string") {
+      if (!storableText(value)) return path;
+    } else if (typeof value === "object" && value !== null) {
+      for (const [key, inner] of Object.entries(value)) {
+        const at = path ? `${path}.${key}` : key;
+        if (!storableText(key)) return at;
+        stack.push([inner, at]);
+      }
+    }
   }
   return undefined;
 }
