@@ -9,9 +9,8 @@
  *   lives in schema `email`, which PostgREST does not expose. Exit codes: 0 done, 1 error, 2 bad usage,
  *   3 not found.
  */
-import { parseArgs } from "node:util";
-import postgres from "postgres";
-import { cliActor, CliError, connectionFromEnv, explainError } from "./email_status.ts";
+import { CliError } from "./email_status.ts";
+import { runSqlSubcommand } from "./sql_subcommand.ts";
 
 /** One entry of the suppression list. */
 export type Suppression = {
@@ -30,24 +29,6 @@ export const suppressionsUsage = `usage:
   email-status suppressions check <address> [--json]
   email-status suppressions add <address> --reason R [--json]
   email-status suppressions remove <address> [--json]`;
-
-/** Opens a Postgres connection for the CLI with the actor set for the audit trail. */
-export function cliSql(env: Record<string, string | undefined>): postgres.Sql {
-  const conn = connectionFromEnv(env);
-  if (conn.kind !== "postgres") {
-    throw new CliError(
-      "this command needs DATABASE_URL (or DELIVERY_STATUS_DATABASE_URL): schema email is not exposed over PostgREST",
-      2,
-    );
-  }
-  return postgres(conn.url, {
-    max: 1,
-    connect_timeout: 5,
-    idle_timeout: 5,
-    onnotice: () => {},
-    connection: { application_name: "email-status" },
-  });
-}
 
 function table(rows: string[][]): string {
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
@@ -70,35 +51,18 @@ export function formatSuppressions(rows: Suppression[]): string {
 }
 
 /** Runs `email-status suppressions <args>`; returns the exit code. */
-export async function suppressionsCommand(
+export function suppressionsCommand(
   args: string[],
   env: Record<string, string | undefined> = Deno.env.toObject(),
 ): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args,
-      allowPositionals: true,
-      options: {
-        json: { type: "boolean", default: false },
-        reason: { type: "string" },
-        search: { type: "string" },
-        limit: { type: "string" },
-        help: { type: "boolean", short: "h", default: false },
-      },
-    });
-  } catch (e) {
-    console.error(`email-status suppressions: ${e instanceof Error ? e.message : e}\n${suppressionsUsage}`);
-    return 2;
-  }
-  const { values: o, positionals: [command, ...rest] } = parsed;
-  if (o.help) {
-    console.log(suppressionsUsage);
-    return 0;
-  }
-  const print = (value: unknown, human: () => string) => console.log(o.json ? JSON.stringify(value, null, 2) : human());
-  let sql: postgres.Sql | undefined;
-  try {
+  const options = {
+    reason: { type: "string" },
+    search: { type: "string" },
+    limit: { type: "string" },
+  } as const;
+  return runSqlSubcommand({ name: "suppressions", usage: suppressionsUsage, options }, args, env, async (
+    { o, command, rest, print, connect },
+  ) => {
     const needsAddress = ["check", "add", "remove"].includes(command);
     if (!["list", ...(needsAddress ? [command] : [])].includes(command) || (needsAddress && rest.length !== 1)) {
       throw new CliError(suppressionsUsage, 2);
@@ -107,18 +71,17 @@ export async function suppressionsCommand(
     const limit = o.limit === undefined ? 100 : Number(o.limit);
     if (!Number.isInteger(limit) || limit < 1 || limit > 100000) throw new CliError("--limit must be 1 to 100000", 2);
 
-    sql = cliSql(env);
-    await sql`select set_config('email.actor', ${cliActor()}, false)`;
+    const sql = await connect();
     if (command === "list") {
       const search = o.search?.trim().toLowerCase() ?? "";
       const rows = await sql<Suppression[]>`
-        select * from email.suppressions
-        where ${search} = '' or strpos(address, ${search}) > 0
-        order by created_at desc, address limit ${limit}`;
+      select * from email.suppressions
+      where ${search} = '' or strpos(address, ${search}) > 0
+      order by created_at desc, address limit ${limit}`;
       print(rows, () => formatSuppressions(rows));
     } else if (command === "check") {
       const rows = await sql<Suppression[]>`
-        select * from email.suppressions where address = email.normalize_address(${rest[0]})`;
+      select * from email.suppressions where address = email.normalize_address(${rest[0]})`;
       print(
         { address: rest[0], suppressed: rows.length > 0, entry: rows[0] ?? null },
         () => rows.length ? `suppressed\n${formatSuppressions(rows)}` : `${rest[0]} is not suppressed`,
@@ -133,12 +96,5 @@ export async function suppressionsCommand(
       return removed ? 0 : 3;
     }
     return 0;
-  } catch (e) {
-    const err = e instanceof CliError ? e : explainError(e, "the database");
-    if (o.json) console.log(JSON.stringify({ error: { message: err.message, exit_code: err.exitCode } }));
-    console.error(`email-status suppressions: ${err.message}`);
-    return err.exitCode;
-  } finally {
-    await sql?.end({ timeout: 2 }).catch(() => {});
-  }
+  });
 }

@@ -13,10 +13,8 @@
  *   --json prints JSON. Needs a Postgres URL (DATABASE_URL or DELIVERY_STATUS_DATABASE_URL).
  *   Exit codes: 0 done, 1 error, 2 bad usage, 3 not found.
  */
-import { parseArgs } from "node:util";
-import type postgres from "postgres";
-import { cliActor, CliError, explainError, parseDuration, parseSince } from "./email_status.ts";
-import { cliSql } from "./suppressions.ts";
+import { CliError, parseDuration, parseSince } from "./email_status.ts";
+import { runSqlSubcommand } from "./sql_subcommand.ts";
 
 /** An endpoint as listed (the secret only when it was just created or rotated). */
 export type WebhookEndpoint = {
@@ -78,41 +76,24 @@ export function formatEndpoints(rows: WebhookEndpoint[]): string {
 }
 
 /** Runs `email-status webhooks <args>`; returns the exit code. */
-export async function webhooksCommand(
+export function webhooksCommand(
   args: string[],
   env: Record<string, string | undefined> = Deno.env.toObject(),
 ): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args,
-      allowPositionals: true,
-      options: {
-        json: { type: "boolean", default: false },
-        events: { type: "string" },
-        description: { type: "string" },
-        reason: { type: "string" },
-        keep: { type: "string" },
-        endpoint: { type: "string" },
-        status: { type: "string" },
-        limit: { type: "string" },
-        since: { type: "string" },
-        until: { type: "string" },
-        help: { type: "boolean", short: "h", default: false },
-      },
-    });
-  } catch (e) {
-    console.error(`email-status webhooks: ${e instanceof Error ? e.message : e}\n${webhooksUsage}`);
-    return 2;
-  }
-  const { values: o, positionals: [command, ...rest] } = parsed;
-  if (o.help) {
-    console.log(webhooksUsage);
-    return 0;
-  }
-  const print = (value: unknown, human: () => string) => console.log(o.json ? JSON.stringify(value, null, 2) : human());
-  let sql: postgres.Sql | undefined;
-  try {
+  const options = {
+    events: { type: "string" },
+    description: { type: "string" },
+    reason: { type: "string" },
+    keep: { type: "string" },
+    endpoint: { type: "string" },
+    status: { type: "string" },
+    limit: { type: "string" },
+    since: { type: "string" },
+    until: { type: "string" },
+  } as const;
+  return runSqlSubcommand({ name: "webhooks", usage: webhooksUsage, options }, args, env, async (
+    { o, command, rest, print, connect },
+  ) => {
     // Validate everything before connecting, so usage errors never need a database.
     const arity: Record<string, number> = {
       list: 0,
@@ -139,22 +120,21 @@ export async function webhooksCommand(
     const since = o.since === undefined ? undefined : parseSince(o.since);
     const until = o.until === undefined ? new Date(Date.now() + 1000) : parseSince(o.until);
 
-    sql = cliSql(env);
-    await sql`select set_config('email.actor', ${cliActor()}, false)`;
+    const sql = await connect();
     const endpointColumns =
       sql`id::text, url, description, event_types, enabled, disabled_reason, failing_since, created_at`;
 
     if (command === "list") {
       const rows = await sql<WebhookEndpoint[]>`
-        select ${endpointColumns},
-          (select count(*)::int from email.webhook_outbox o where o.endpoint_id = w.id and o.status = 'pending') as pending,
-          (select count(*)::int from email.webhook_outbox o where o.endpoint_id = w.id and o.status = 'failed') as failed
-        from email.webhook_endpoints w order by created_at`;
+      select ${endpointColumns},
+        (select count(*)::int from email.webhook_outbox o where o.endpoint_id = w.id and o.status = 'pending') as pending,
+        (select count(*)::int from email.webhook_outbox o where o.endpoint_id = w.id and o.status = 'failed') as failed
+      from email.webhook_endpoints w order by created_at`;
       print(rows, () => formatEndpoints(rows));
     } else if (command === "add") {
       const [w] = await sql<WebhookEndpoint[]>`
-        select ${endpointColumns}, secret
-        from email.add_webhook_endpoint(${rest[0]}, ${events}::text[], ${o.description ?? null})`;
+      select ${endpointColumns}, secret
+      from email.add_webhook_endpoint(${rest[0]}, ${events}::text[], ${o.description ?? null})`;
       print(w, () => `${formatEndpoints([w])}\n\nsigning secret (shown once; give it to the receiver):\n${w.secret}`);
     } else if (command === "remove") {
       const [{ removed }] = await sql<{ removed: boolean }[]>`select email.remove_webhook_endpoint(${
@@ -164,24 +144,22 @@ export async function webhooksCommand(
       print({ id: rest[0], removed }, () => `removed ${rest[0]}`);
     } else if (command === "enable" || command === "disable") {
       const [w] = await sql<WebhookEndpoint[]>`
-        select ${endpointColumns}
-        from email.set_webhook_endpoint_enabled(${rest[0]}::uuid, ${command === "enable"}, ${
-        o.reason?.trim() ?? null
-      })`;
+      select ${endpointColumns}
+      from email.set_webhook_endpoint_enabled(${rest[0]}::uuid, ${command === "enable"}, ${o.reason?.trim() ?? null})`;
       print(w, () => formatEndpoints([w]));
     } else if (command === "rotate-secret") {
       const [w] = await sql<WebhookEndpoint[]>`
-        select ${endpointColumns}, secret
-        from email.rotate_webhook_secret(${rest[0]}::uuid, make_interval(secs => ${keepSeconds}))`;
+      select ${endpointColumns}, secret
+      from email.rotate_webhook_secret(${rest[0]}::uuid, make_interval(secs => ${keepSeconds}))`;
       print(w, () => `new signing secret (the old one stays valid for ${o.keep ?? "24h"}):\n${w.secret}`);
     } else if (command === "messages") {
       const rows = await sql`
-        select o.id::text, o.message_id, o.endpoint_id::text, o.event_type, o.body #>> '{data,delivery_id}' as delivery_id,
-          o.status, o.attempts, o.next_attempt_at, o.last_status_code, o.last_error, o.delivered_at, o.created_at
-        from email.webhook_outbox o
-        where (${o.endpoint ?? null}::uuid is null or o.endpoint_id = ${o.endpoint ?? null}::uuid)
-          and (${o.status ?? null}::text is null or o.status = ${o.status ?? null}::text)
-        order by o.id desc limit ${limit}`;
+      select o.id::text, o.message_id, o.endpoint_id::text, o.event_type, o.body #>> '{data,delivery_id}' as delivery_id,
+        o.status, o.attempts, o.next_attempt_at, o.last_status_code, o.last_error, o.delivered_at, o.created_at
+      from email.webhook_outbox o
+      where (${o.endpoint ?? null}::uuid is null or o.endpoint_id = ${o.endpoint ?? null}::uuid)
+        and (${o.status ?? null}::text is null or o.status = ${o.status ?? null}::text)
+      order by o.id desc limit ${limit}`;
       print(rows, () =>
         rows.length === 0 ? "no webhook messages" : table([
           ["WEBHOOK-ID", "TYPE", "DELIVERY", "STATUS", "ATTEMPTS", "NEXT", "LAST"],
@@ -204,12 +182,5 @@ export async function webhooksCommand(
       print({ replayed: n }, () => `${n} webhook message${n === 1 ? "" : "s"} due again`);
     }
     return 0;
-  } catch (e) {
-    const err = e instanceof CliError ? e : explainError(e, "the database");
-    if (o.json) console.log(JSON.stringify({ error: { message: err.message, exit_code: err.exitCode } }));
-    console.error(`email-status webhooks: ${err.message}`);
-    return err.exitCode;
-  } finally {
-    await sql?.end({ timeout: 2 }).catch(() => {});
-  }
+  });
 }
