@@ -120,8 +120,8 @@ grant execute on function email._set_event_detail(jsonb) to service_role;
 -- Triggers on email.deliveries
 -- ---------------------------------------------------------------------------------------------
 
-/** Keeps updated_at true. */
-create or replace function email.tg_deliveries__touch_updated_at()
+/** Keeps updated_at true; shared by every table of the schema that has the column. */
+create or replace function email.tg__touch_updated_at()
 returns trigger
 language plpgsql
 set search_path = ''
@@ -134,7 +134,7 @@ $$;
 
 create trigger _100_touch_updated_at
 before update on email.deliveries
-for each row execute function email.tg_deliveries__touch_updated_at();
+for each row execute function email.tg__touch_updated_at();
 
 /**
  * Refuses inserts that do not start queued, and status changes that are not in email.transitions

@@ -175,25 +175,14 @@ create trigger _800_webhook_outbox
 after insert on email.delivery_events
 for each row execute function email.tg_delivery_events__webhook_outbox();
 
-/** Keeps updated_at true on endpoints and outbox rows. */
-create or replace function email.tg_webhooks__touch_updated_at()
-returns trigger
-language plpgsql
-set search_path = ''
-as $$
-begin
-  new.updated_at := now();
-  return new;
-end
-$$;
-
+-- updated_at on endpoints and outbox rows: the schema's shared trigger function (lifecycle migration).
 create trigger _100_touch_updated_at
 before update on email.webhook_endpoints
-for each row execute function email.tg_webhooks__touch_updated_at();
+for each row execute function email.tg__touch_updated_at();
 
 create trigger _100_touch_updated_at
 before update on email.webhook_outbox
-for each row execute function email.tg_webhooks__touch_updated_at();
+for each row execute function email.tg__touch_updated_at();
 
 -- ---------------------------------------------------------------------------------------------
 -- Endpoint management (the CLI: `email-status webhooks ...`)
@@ -534,7 +523,7 @@ grant usage, select on sequence email.webhook_outbox_id_seq to service_role;
 -- Postgres grants EXECUTE to PUBLIC on every new function: take it back; the grants above remain.
 revoke execute on function
   email.new_webhook_secret(), email.webhook_body(email.delivery_events, text), email._webhook_wants(text[], text),
-  email.webhook_retry_delay(integer), email.tg_delivery_events__webhook_outbox(), email.tg_webhooks__touch_updated_at(),
+  email.webhook_retry_delay(integer), email.tg_delivery_events__webhook_outbox(),
   email.add_webhook_endpoint(text, text[], text, text), email.rotate_webhook_secret(uuid, interval),
   email.webhook_signing_secrets(email.webhook_endpoints), email.set_webhook_endpoint_enabled(uuid, boolean, text),
   email.remove_webhook_endpoint(uuid), email.claim_webhook_messages(integer, integer),
