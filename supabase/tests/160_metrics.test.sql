@@ -2,16 +2,7 @@
 begin;
 select plan(17);
 
-create function pg_temp.make_dead_letter(delivery_id text, workflow text, recipient text, user_id uuid, error_code text default 'smtp_timeout')
-returns void language plpgsql as $f$
-begin
-  insert into email.retry_policies (workflow, max_attempts) values (make_dead_letter.workflow, 1) on conflict do nothing;
-  perform email.record_queued(make_dead_letter.delivery_id, make_dead_letter.workflow, make_dead_letter.recipient,
-    '{"code": "482913"}', '{"trace": "t"}', make_dead_letter.user_id);
-  perform email.mark_in_progress(make_dead_letter.delivery_id);
-  perform email.record_failure(make_dead_letter.delivery_id, 1, make_dead_letter.error_code, 'the server timed out', false);
-end
-$f$;
+\ir fixtures/make_dead_letter.psql
 
 -- Workflow t-met: four sent (latencies 1, 2, 3 and 4 s; one after a retry), one failed, one dead
 -- letter (dead for two days), one still queued. Workflow t-met-b: one dead letter.
