@@ -18,7 +18,7 @@ const trackerEnv = {
 type Pushed = { recipient: string; deliveryId: string; status: number; body: Record<string, unknown> };
 
 test("Postgres stopped mid-run with TRACKING_MODE=optional: every push is sent or answered 5xx, and tracking resumes", async () => {
-  const pg = await startPrivatePostgres(54372);
+  const pg = await startPrivatePostgres();
   const db = openDb(pg.url);
   try {
     await withHarness(async ({ smtp, worker, token }) => {
@@ -83,8 +83,8 @@ test("Postgres stopped mid-run with TRACKING_MODE=optional: every push is sent o
  * all at once, more than the tracker's pool has connections) are nacked and send nothing; Pub/Sub's
  * redeliveries after Postgres is back are sent, once each.
  */
-async function requiredModeOutage(port: number, pushes: "one at a time" | "all at once"): Promise<void> {
-  const pg = await startPrivatePostgres(port);
+async function requiredModeOutage(pushes: "one at a time" | "all at once"): Promise<void> {
+  const pg = await startPrivatePostgres();
   try {
     await withHarness(async ({ smtp, worker, token }) => {
       const before = verificationEvent();
@@ -126,9 +126,9 @@ async function requiredModeOutage(port: number, pushes: "one at a time" | "all a
 }
 
 test("Postgres stopped with TRACKING_MODE=required: nothing is sent while it is down, every push is nacked, redeliveries are sent after", async () => {
-  await requiredModeOutage(54373, "one at a time");
+  await requiredModeOutage("one at a time");
 });
 
 test("an outage with more pushes in flight than tracker connections: tracking still resumes and the nacked pushes are sent", async () => {
-  await requiredModeOutage(54374, "all at once");
+  await requiredModeOutage("all at once");
 });

@@ -107,7 +107,7 @@ test("a tracker call that outlives TRACKER_TIMEOUT_MS is given up and counted ag
 });
 
 test("circuit breaker opens while Postgres is stopped and closes after it is started again", async () => {
-  const pg = await startPrivatePostgres(54361);
+  const pg = await startPrivatePostgres();
   const { lines, logger } = capture();
   const tracker = createStatusTracker(
     loadConfig({
@@ -157,7 +157,7 @@ test("circuit breaker opens while Postgres is stopped and closes after it is sta
 test("an outage with more calls in flight than tracker connections: the tracker recovers once Postgres is back", async () => {
   // npm:postgres's shared reconnect backoff grew to 10-20 s and wedged the connections whose queries
   // were cancelled while connecting: without a fresh pool every later call timed out.
-  const pg = await startPrivatePostgres(54362);
+  const pg = await startPrivatePostgres();
   const { lines, logger } = capture();
   const tracker = createStatusTracker(
     loadConfig({

@@ -25,11 +25,17 @@ async function run(cmd: string, args: string[]): Promise<string> {
   return text;
 }
 
-/** Creates, starts and (unless `migrate: false`) migrates a private server on `port`. */
-export async function startPrivatePostgres(
-  port: number,
-  options: { migrate?: boolean } = {},
-): Promise<PrivatePostgres> {
+/** A TCP port that was free a moment ago (the kernel picks it), so parallel runs do not collide. */
+export function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+/** Creates, starts and (unless `migrate: false`) migrates a private server on a free port. */
+export async function startPrivatePostgres(options: { migrate?: boolean } = {}): Promise<PrivatePostgres> {
+  const port = freePort();
   const dir = await Deno.makeTempDir({ prefix: "email-worker-pg-" });
   if (isRoot) await new Deno.Command("chown", { args: ["postgres", dir] }).output();
   const data = `${dir}/data`;
