@@ -34,6 +34,7 @@
  * | WEBHOOK_TIMEOUT_MS | 15000 | how long a webhook receiver has to answer |
  * | WEBHOOK_CONCURRENCY | 8 | webhook requests in flight at once during a sweep |
  * | WEBHOOK_BATCH_SIZE | 50 | webhook messages one sweep claims at most |
+ * | METRICS_TOKEN | (none) | bearer token (at least 16 characters) of `GET /email-worker/metrics` (Prometheus); the route answers 403 while unset |
  */
 import { z } from "zod";
 
@@ -90,6 +91,7 @@ const envSchema = z.object({
   WEBHOOK_TIMEOUT_MS: int(15_000, 100, 120_000),
   WEBHOOK_CONCURRENCY: int(8, 1, 64),
   WEBHOOK_BATCH_SIZE: int(50, 1, 1000),
+  METRICS_TOKEN: optionalText.refine((v) => v === undefined || v.length >= 16, "must be at least 16 characters"),
 });
 
 /** The validated configuration the worker runs with. */
@@ -121,6 +123,8 @@ export type Config = {
   /** How user tokens are verified (the deliveries endpoint and the dashboard), and the dashboard token. */
   api: { jwtSecret?: string; jwksUrl?: string; dashboardToken?: string };
   webhooks: { timeoutMs: number; concurrency: number; batchSize: number };
+  /** The bearer token of the Prometheus route (none: the route answers 403). */
+  metrics: { token?: string };
 };
 
 /** A configuration error; its message names every variable that is wrong. */
@@ -187,5 +191,6 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       concurrency: e.WEBHOOK_CONCURRENCY,
       batchSize: e.WEBHOOK_BATCH_SIZE,
     },
+    metrics: { token: e.METRICS_TOKEN },
   };
 }
