@@ -16,7 +16,8 @@
  *   shared by the pool, also grows to 10-20 s after a few refused connects; a fresh pool starts at 0.
  * - text handed to Postgres has U+0000 and lone surrogates replaced (text and jsonb cannot hold
  *   NUL: SQLSTATE 22021), so a poison message can always be stored; raw bodies stay bytes.
- * EM002 (idempotency conflict) and EM003 (stale attempt) come back as typed results.
+ * EM002 (idempotency conflict) and EM003 (stale attempt) come back as typed results, and so does any
+ * other deterministic SQL error of queue-and-claim (`refused`): it is never "unavailable".
  * Round trips per pushed delivery: one to queue and claim, one to record the outcome.
  */
 import postgres from "postgres";
@@ -37,11 +38,18 @@ export type QueueRequest = {
   userId?: string;
 };
 
-/** What queue-and-claim found: an attempt to make, a delivery that is not claimable, or a conflict. */
+/**
+ * The database refused the call for good: a deterministic SQL error (bad data, a limit such as
+ * SQLSTATE 54001 stack depth), which the same call would raise again. Never "unavailable".
+ */
+export type Refused = { kind: "refused"; sqlstate: string; message: string };
+
+/** What queue-and-claim found: an attempt to make, a delivery that is not claimable, a conflict, or a refusal. */
 export type QueueResult =
   | { kind: "claimed"; attempt: number }
   | { kind: "not_claimable"; status: string }
   | { kind: "conflict"; message: string }
+  | Refused
   | Unavailable;
 
 /** A delivery claimed by the sweep. */
@@ -197,6 +205,8 @@ export function createStatusTracker(
       if (isPostgresError(error) && !serverTrouble.test(code)) {
         if (current()) breaker.success();
         log.error("tracker_call_error", { call: action, sqlstate: code, message: oneLine(error) });
+        // Deterministic: the caller of queue_and_claim turns it into a refusal, not an outage.
+        if (action === "queue_and_claim") throw error;
         return { kind: "unavailable", reason: "error" };
       }
       if (current()) {
@@ -241,7 +251,8 @@ export function createStatusTracker(
         if (row.attempt !== null) return { kind: "claimed", attempt: row.attempt };
         return { kind: "not_claimable", status: row.status };
       } catch (error) {
-        return { kind: "conflict", message: oneLine(error) };
+        if (errorCode(error) === "EM002") return { kind: "conflict", message: oneLine(error) };
+        return { kind: "refused", sqlstate: errorCode(error), message: oneLine(error) };
       }
     },
     markSent: (id, attempt, sent) =>

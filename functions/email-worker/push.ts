@@ -125,6 +125,19 @@ export function createPushHandler(deps: PushDeps): (request: Request) => Promise
         request.headers,
       );
     }
+    if (queued.kind === "refused") {
+      // The same event would be refused again: store it and ack, never send it untracked.
+      return rejectInput(
+        {
+          reasonCode: "refused_by_database",
+          reason: `the database refused the event (SQLSTATE ${queued.sqlstate}): ${queued.message}`,
+          deliveryId: event.deliveryId,
+          messageId: meta.messageId,
+        },
+        body,
+        request.headers,
+      );
+    }
     if (queued.kind === "not_claimable") {
       logger.info("duplicate", { ...ctx, status: queued.status });
       return json({ deliveryId: event.deliveryId, status: "duplicate", deliveryStatus: queued.status });
