@@ -104,7 +104,9 @@ comment on column email.deliveries.next_attempt_at is 'When the sweep may claim 
 
 create index deliveries_status_updated_at_idx on email.deliveries (status, updated_at);
 create index deliveries_recipient_updated_at_idx on email.deliveries (recipient, updated_at);
+-- The two end-user policies (rls migration): own by user_id, own by the JWT's email in any case.
 create index deliveries_user_id_idx on email.deliveries (user_id) where user_id is not null;
+create index deliveries_recipient_lower_idx on email.deliveries (lower(recipient));
 create index deliveries_due_idx on email.deliveries (next_attempt_at) where status in ('queued', 'retrying');
 create index deliveries_lease_idx on email.deliveries (lease_expires_at) where status = 'in_progress';
 

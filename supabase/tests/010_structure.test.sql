@@ -215,8 +215,9 @@ select is_empty(
 select is_empty(
   $$ select p.oid::regprocedure::text from pg_proc p
      where p.pronamespace = 'email'::regnamespace and has_function_privilege('authenticated', p.oid, 'execute')
-       and p.oid <> 'email.is_support()'::regprocedure $$,
-  'authenticated may execute no function in schema email but the policy helper is_support()'
+       and p.oid not in ('email.is_support()'::regprocedure, 'email.is_staff()'::regprocedure,
+         'email.public_error_category(text)'::regprocedure) $$,
+  'authenticated may execute no function in schema email but the read helpers is_support(), is_staff() and public_error_category()'
 );
 
 -- Schema and table privileges.
