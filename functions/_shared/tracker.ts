@@ -74,6 +74,8 @@ export type Rejection = {
   reasonCode: string;
   reason: string;
   rawBody?: Uint8Array;
+  /** Where rawBody had secrets replaced before it got here (email.rejected_messages.redacted). */
+  redacted?: string[];
   bodyBytes?: number;
   deliveryId?: string;
   messageId?: string;
@@ -299,7 +301,8 @@ export function createStatusTracker(
       return Array.isArray(r) ? { kind: "reaped", count: r[0].n } : r;
     },
     async recordRejected(x) {
-      // Rejected input is whatever arrived: only the raw body (bytea) keeps it byte for byte.
+      // Rejected input is whatever arrived: only the raw body (bytea) keeps it, byte for byte but for
+      // the redacted secrets.
       const headers: Record<string, string> = {};
       for (const [k, v] of Object.entries(x.headers ?? {})) headers[storable(k, 200)] = storable(v, 2000);
       const r = await call("record_rejected", (db) =>
@@ -307,7 +310,9 @@ export function createStatusTracker(
           ${storable(x.reasonCode, 200)}, ${storable(x.reason, 2000)}, ${x.rawBody ?? null}::bytea,
           ${x.deliveryId === undefined ? null : storable(x.deliveryId, 200)},
           ${x.messageId === undefined ? null : storable(x.messageId, 200)}, ${db.json(headers)},
-          ${x.bodyBytes ?? null}::integer
+          ${x.bodyBytes ?? null}::integer, array(select jsonb_array_elements_text(${
+          db.json((x.redacted ?? []).map((p) => storable(p, 200)))
+        }))
         ) as id`);
       return Array.isArray(r) ? { kind: "stored", id: Number(r[0].id) } : r;
     },

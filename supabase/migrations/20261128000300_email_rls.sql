@@ -37,6 +37,8 @@ grant usage on schema email to authenticated, service_role;
 revoke all on all tables in schema email from public, anon, authenticated;
 grant select, insert, update, delete on all tables in schema email to service_role;
 grant usage, select on all sequences in schema email to service_role;
+-- Except the request-hash key: nobody but its owner reads it (email._request_hash does, as definer).
+revoke all on email.request_hash_key from service_role;
 -- Readable by end users and support under the policies below; no end user writes anything.
 -- Column grants: request_hash (a sha256 over the payload, which a short verification code would make
 -- guessable) is readable by service_role only.
@@ -62,3 +64,4 @@ using (exists (select from email.deliveries d where d.delivery_id = delivery_eve
 
 -- email.delivery_payloads, email.rejected_messages, email.retry_policies, email.transitions and
 -- email.statuses have RLS enabled and no policy for anon or authenticated: only service_role reads them.
+-- email.request_hash_key has RLS enabled, no policy and no grant: only its owner reads it.

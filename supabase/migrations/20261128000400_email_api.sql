@@ -7,7 +7,9 @@
  *   an operator or by the retention policy. Deliveries are never deleted (their audit trail is
  *   append-only and references them), so a purge keeps the row and the trail and erases the payload;
  *   the dead-letter queue no longer counts it and nothing can requeue it;
- * - email.settings: the dead-letter retention used by a purge that names no age (30 days by default);
+ * - email.settings: the dead-letter retention used by a purge that names no age (30 days by default),
+ *   and the retention of rejected input (14 days), which email.purge_rejected_messages applies after
+ *   every rejection;
  * - email.requeue_dead_letters: requeue by filter (workflow, dead since), through email.requeue;
  * - email.purge_dead_letters: dead_letter -> purged for dead letters older than the retention.
  *   Both write one audit event per delivery with the actor (email.actor) and the reason.
@@ -61,14 +63,67 @@ create table email.settings (
   singleton boolean primary key default true check (singleton),
   dead_letter_retention interval not null default interval '30 days'
     constraint settings_dead_letter_retention_positive check (dead_letter_retention > interval '0'),
+  rejected_message_retention interval not null default interval '14 days'
+    constraint settings_rejected_message_retention_positive check (rejected_message_retention > interval '0'),
   updated_at timestamptz not null default now()
 );
 alter table email.settings enable row level security;
 comment on table email.settings is 'Operational settings (one row): dead_letter_retention is how long a dead letter keeps its payload before a purge';
 comment on column email.settings.dead_letter_retention is 'Age (since dead-lettered) after which email.purge_dead_letters(null, reason) purges a dead letter';
+comment on column email.settings.rejected_message_retention is 'Age after which a rejected message is deleted (email.purge_rejected_messages, run on every rejection)';
 
 insert into email.settings default values;
 grant select, update on email.settings to service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- Lifecycle side: retention of rejected input
+-- ---------------------------------------------------------------------------------------------
+
+/**
+ * Deletes rejected messages received longer ago than `older_than` (null: the retention in
+ * email.settings); returns how many. Rejected input is kept for debugging, not for ever: even with
+ * its secrets redacted it holds addresses and whatever a publisher sent. The trigger below runs it
+ * after every rejection, so the retention holds without a schedule; a pg_cron job covers quiet
+ * periods (sql/schedule_sweep.sql).
+ */
+create or replace function email.purge_rejected_messages(older_than interval default null)
+returns integer
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  keep interval := coalesce(older_than, (select s.rejected_message_retention from email.settings s));
+  n integer;
+begin
+  if keep is null or keep < interval '0' then
+    raise exception 'older_than must not be negative, not %', keep using errcode = 'EM006';
+  end if;
+  delete from email.rejected_messages r where r.received_at < now() - keep;
+  get diagnostics n = row_count;
+  return n;
+end
+$$;
+comment on function email.purge_rejected_messages(interval) is 'Delete rejected messages older than older_than (null: email.settings.rejected_message_retention); returns the count';
+revoke execute on function email.purge_rejected_messages(interval) from public, anon, authenticated;
+grant execute on function email.purge_rejected_messages(interval) to service_role;
+
+/** After a rejection is stored: purge the rejected messages past their retention. */
+create or replace function email.tg_rejected_messages__purge_expired()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform email.purge_rejected_messages(null);
+  return null;
+end
+$$;
+revoke execute on function email.tg_rejected_messages__purge_expired() from public, anon, authenticated;
+
+create trigger _900_purge_expired
+after insert on email.rejected_messages
+for each statement execute function email.tg_rejected_messages__purge_expired();
 
 -- ---------------------------------------------------------------------------------------------
 -- Lifecycle side: dead-letter processing
