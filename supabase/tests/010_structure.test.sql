@@ -1,13 +1,13 @@
 -- Structure: schema, tables, columns, keys, indexes, triggers, functions and privileges, so drift shows up.
 begin;
-select plan(153);
+select plan(154);
 
 select has_schema('email');
 
 -- Tables, each with RLS enabled.
 select has_table('email', t, format('table email.%s exists', t))
 from unnest(array['statuses', 'transitions', 'retry_policies', 'deliveries', 'delivery_payloads',
-  'delivery_events', 'rejected_messages']) t;
+  'delivery_events', 'rejected_messages', 'request_hash_key']) t;
 
 select is_empty(
   $$ select c.relname::text from pg_class c
