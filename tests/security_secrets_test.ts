@@ -172,15 +172,16 @@ test("after every path (sent, failed, conflict, schema failure, suppressed, dead
 
     // The request hash of the sent 6-digit code: every 6-digit code, hashed the way the request is
     // built but without the key (what a reader of email.deliveries can do), finds nothing.
+    const [{ request_hash: stored }] = await db.sql<{ request_hash: string }[]>`
+      select request_hash from email.deliveries where delivery_id = ${sent.deliveryId!}`;
     const [{ matches }] = await db.sql<{ matches: number }[]>`
-      with request as (
+      with request as materialized (
         select jsonb_build_object('workflow', 'verification-code', 'recipient', lower(${sent.recipient}),
           'payload', jsonb_build_object('code', ${sixDigit}::text, 'expiresInMinutes', 10), 'user_id', null)::text as text
       )
       select count(*)::int as matches
-      from request r, generate_series(0, 999999) g, email.deliveries d
-      where d.delivery_id = ${sent.deliveryId!}
-        and sha256(convert_to(replace(r.text, ${sixDigit}, lpad(g::text, 6, '0')), 'UTF8')) = decode(d.request_hash, 'hex')`;
+      from request r, generate_series(0, 999999) g
+      where sha256(convert_to(replace(r.text, ${sixDigit}, lpad(g::text, 6, '0')), 'UTF8')) = decode(${stored}, 'hex')`;
     assertEquals(matches, 0);
   });
 });
