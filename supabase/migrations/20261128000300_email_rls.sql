@@ -40,8 +40,7 @@ grant usage, select on all sequences in schema email to service_role;
 -- Except the request-hash key: nobody but its owner reads it (email._request_hash does, as definer).
 revoke all on email.request_hash_key from service_role;
 -- Readable by end users and support under the policies below; no end user writes anything.
--- Column grants: request_hash (a sha256 over the payload, which a short verification code would make
--- guessable) is readable by service_role only.
+-- Column grants: request_hash (a keyed hash over the payload) is readable by service_role only.
 grant select (
   delivery_id, workflow, recipient, user_id, status, attempts, max_attempts, last_error_code, last_error_message,
   queued_at, last_attempted_at, next_attempt_at, lease_expires_at, sent_at, completed_at, provider_message_id,
