@@ -89,6 +89,9 @@ export function createMailer(smtp: Config["smtp"]): Mailer {
     host: smtp.host,
     port: smtp.port,
     secure: smtp.secure,
+    // nodemailer keeps only the relay's addresses of the local address's family: binding to the
+    // wildcard address of one family is how it is told to use that family alone.
+    localAddress: smtp.family === "auto" ? undefined : smtp.family === 6 ? "::" : "0.0.0.0",
     auth: smtp.user ? { user: smtp.user, pass: smtp.password } : undefined,
     connectionTimeout: smtp.connectionTimeoutMs,
     greetingTimeout: smtp.greetingTimeoutMs,
