@@ -1,6 +1,6 @@
 // `npm test`: brings up everything the suite needs, then runs the whole of it:
-// pgTAP (pg_prove) against a fresh database migrated with the Supabase CLI, deno test, deno fmt --check,
-// deno lint and deno check. Exits non-zero when any part fails.
+// pgTAP (pg_prove) against a fresh database migrated with the Supabase CLI, deno test, the deploy
+// simulation (scripts/deploy_sim.mjs), deno fmt --check, deno lint and deno check. Exits non-zero when any part fails.
 import { spawnSync } from "node:child_process";
 import path from "node:path";
 import { readdirSync } from "node:fs";
@@ -45,6 +45,7 @@ try {
   if (want("deno")) {
     results.push(run("deno test", deno, ["test", "-A", "--no-check=remote", "tests/", "functions/"], denoEnv));
   }
+  if (want("deploy")) results.push(run("deploy sim", process.execPath, ["scripts/deploy_sim.mjs"], denoEnv));
   if (want("fmt")) results.push(run("deno fmt", deno, ["fmt", "--check"]));
   if (want("lint")) results.push(run("deno lint", deno, ["lint"]));
   if (want("check")) results.push(run("deno check", deno, ["check", "functions/", "tests/", "cli/"]));
