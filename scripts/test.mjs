@@ -1,6 +1,6 @@
 // `npm test`: brings up everything the suite needs, then runs the whole of it:
-// pgTAP (pg_prove) against a fresh database migrated with the Supabase CLI, deno test, the deploy
-// simulation (scripts/deploy_sim.mjs), deno fmt --check, deno lint and deno check. Exits non-zero when any part fails.
+// pgTAP (pg_prove) against a fresh database migrated with the Supabase CLI, deno test, deno fmt --check,
+// deno lint and deno check. Exits non-zero when any part fails.
 import { spawnSync } from "node:child_process";
 import path from "node:path";
 import { readdirSync } from "node:fs";
