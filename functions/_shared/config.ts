@@ -14,7 +14,7 @@
  * | SMTP_USER | (none) | SMTP user; no authentication when unset |
  * | SMTP_PASSWORD | (none) | SMTP password (never logged) |
  * | SMTP_FROM | (required) | the From header, e.g. `Acme <no-reply@acme.test>` |
- * | SMTP_FAMILY | 4 | address family used to reach SMTP_HOST: `4` (IPv4 only), `6` (IPv6 only) or `auto` (both, IPv6 first); the Edge Runtime's Deno does not fall back from an unreachable IPv6 address to IPv4 |
+ * | SMTP_FAMILY | 4 | address family used to reach SMTP_HOST: `4` (IPv4 only), `6` (IPv6 only) or `auto` (both, IPv6 first); on the Edge Runtime an unanswered IPv6 address can hang the send instead of falling back to IPv4 |
  * | SMTP_CONNECTION_TIMEOUT_MS | 10000 | how long to wait for the TCP/TLS connection |
  * | SMTP_GREETING_TIMEOUT_MS | 10000 | how long to wait for the server's greeting |
  * | SMTP_SOCKET_TIMEOUT_MS | 30000 | idle time on an open connection before giving up |
