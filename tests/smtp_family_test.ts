@@ -1,7 +1,8 @@
 /**
  * SMTP_FAMILY: which address family the mailer uses for a relay name that has both IPv4 and IPv6
- * addresses. Under the Edge Runtime's Deno (2.1) nodemailer tries the IPv6 address first and does
- * not fall back to IPv4 when IPv6 is unreachable, so the default is IPv4 only.
+ * addresses. nodemailer tries the IPv6 address first, and on the Edge Runtime (Deno 2.1) a send to
+ * an IPv6 address that does not answer was seen to hang instead of falling back to IPv4, so the
+ * default is IPv4 only.
  *
  * Two real SMTP servers listen on the same port, one on 127.0.0.1 and one on ::1, and the mail
  * shows which one the mailer reached. The one stand-in: DNS. No resolver here can be given a name
