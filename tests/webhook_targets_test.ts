@@ -153,7 +153,7 @@ test("every resolved address is checked, and the request goes to the address tha
   }
 
   // One private address among public ones refuses the name.
-  const mixed = async () => ["93.184.216.34", "10.0.0.7"];
+  const mixed = () => Promise.resolve(["93.184.216.34", "10.0.0.7"]);
   const refused = await checkTarget(new URL("https://hooks.example.com/x"), { networks, lookup: mixed }).then(
     () => null,
     (e) => e,
@@ -177,6 +177,23 @@ test("every resolved address is checked, and the request goes to the address tha
     assertEquals(response.status, 204);
     assertEquals(lookups, ["rebind.invalid"]);
     assertEquals(receiver.received.map((r) => r.host), [`rebind.invalid:${receiver.port}`]);
+
+    // The same over IPv6.
+    const v6 = Deno.serve(
+      { port: 0, hostname: "::1", onListen: () => {} },
+      (req) => new Response(req.headers.get("host")),
+    );
+    try {
+      const viaV6 = guardedFetch({
+        allowPrivate: false,
+        networks: () => Promise.resolve(["fc00::/7"]),
+        lookup: () => Promise.resolve(["::1"]),
+      });
+      const r6 = await viaV6(`http://rebind6.invalid:${v6.addr.port}/`);
+      assertEquals(await r6.text(), `rebind6.invalid:${v6.addr.port}`);
+    } finally {
+      await v6.shutdown();
+    }
   } finally {
     await receiver.close();
   }

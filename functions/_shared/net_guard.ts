@@ -113,7 +113,8 @@ export function guardedFetch(
     networks ??= options.networks();
     const [address] = await checkTarget(url, { networks: await networks, lookup: options.lookup });
     const port = Number(url.port || (url.protocol === "https:" ? 443 : 80));
-    const client = Deno.createHttpClient({ proxy: { transport: "tcp", hostname: address, port } });
+    const hostname = address.includes(":") ? `[${address}]` : address; // the transport takes IPv6 in brackets
+    const client = Deno.createHttpClient({ proxy: { transport: "tcp", hostname, port } });
     let response: Response;
     try {
       response = await fetch(url, { ...init, client });
