@@ -22,6 +22,7 @@ import postgres from "postgres";
 import { z } from "zod";
 import { suppressionsCommand } from "./suppressions.ts";
 import { webhooksCommand } from "./webhooks.ts";
+import { safeText, safeValue } from "./terminal.ts";
 
 /** A delivery as the API lists it (email_api.deliveries). */
 export type Delivery = {
@@ -370,8 +371,9 @@ function table(rows: string[][], p: Palette): string {
   ).join("\n");
 }
 
-/** The delivery and its timeline, readable at a glance. */
-export function formatDelivery(d: Delivery & { events: DeliveryEvent[] }, p: Palette): string {
+/** The delivery and its timeline, readable at a glance (stored text with its control characters shown, not obeyed). */
+export function formatDelivery(delivery: Delivery & { events: DeliveryEvent[] }, p: Palette): string {
+  const d = safeValue(delivery);
   const lines = [
     `${p.bold("delivery")}   ${d.delivery_id}`,
     `${p.bold("status")}     ${statusColour(p, d.status)}  (attempt ${d.attempts} of ${d.max_attempts})`,
@@ -403,9 +405,10 @@ export function formatDelivery(d: Delivery & { events: DeliveryEvent[] }, p: Pal
   return lines.join("\n");
 }
 
-/** Deliveries as a table. */
-export function formatList(rows: Delivery[], p: Palette): string {
-  if (rows.length === 0) return p.dim("no deliveries match");
+/** Deliveries as a table (stored text with its control characters shown, not obeyed). */
+export function formatList(deliveries: Delivery[], p: Palette): string {
+  if (deliveries.length === 0) return p.dim("no deliveries match");
+  const rows = safeValue(deliveries);
   return table([
     ["DELIVERY", "STATUS", "WORKFLOW", "RECIPIENT", "ATTEMPTS", "QUEUED", "LAST ERROR"],
     ...rows.map((d) => [
@@ -429,8 +432,9 @@ type WorkflowMetrics = {
   latency_ms: { p50: number | null; p95: number | null; p99: number | null };
 };
 
-/** Metrics as tables. */
-export function formatMetrics(m: Record<string, unknown>, p: Palette): string {
+/** Metrics as tables (stored text with its control characters shown, not obeyed). */
+export function formatMetrics(metrics: Record<string, unknown>, p: Palette): string {
+  const m = safeValue(metrics);
   const w = m.window as { since: string; until: string; workflow: string | null };
   const totals = m.totals as WorkflowMetrics;
   const flows = m.workflows as WorkflowMetrics[];
@@ -482,8 +486,15 @@ export function formatMetrics(m: Record<string, unknown>, p: Palette): string {
   return out.join("\n");
 }
 
+/**
+ * Asks `question` on stderr (stdout carries only the command's output, JSON included) and reads the
+ * answer from a terminal. Without a terminal nobody can answer: it refuses (--yes confirms up front).
+ */
 async function confirm(question: string): Promise<boolean> {
-  await Deno.stdout.write(new TextEncoder().encode(`${question} [y/N] `));
+  if (!Deno.stdin.isTerminal()) {
+    throw new CliError(`${question} Not done: stdin is not a terminal to answer on; pass --yes to confirm`, 2);
+  }
+  await Deno.stderr.write(new TextEncoder().encode(`${safeText(question)} [y/N] `));
   const buf = new Uint8Array(1024);
   const n = await Deno.stdin.read(buf);
   const answer = n === null ? "" : new TextDecoder().decode(buf.subarray(0, n)).trim().toLowerCase();
@@ -530,7 +541,7 @@ export async function main(args: string[]): Promise<number> {
   const print = (value: unknown, human: () => string) => console.log(o.json ? JSON.stringify(value, null, 2) : human());
   const fail = (e: CliError) => {
     if (o.json) console.log(JSON.stringify({ error: { message: e.message, exit_code: e.exitCode } }));
-    console.error(`email-status: ${e.message}`);
+    console.error(`email-status: ${safeText(e.message, { keepNewlines: true })}`);
     return e.exitCode;
   };
 

@@ -17,6 +17,7 @@
  */
 import { CliError, parseDuration, parseSince } from "./email_status.ts";
 import { runSqlSubcommand } from "./sql_subcommand.ts";
+import { safeValue } from "./terminal.ts";
 import { checkTarget, loadRefusedNetworks, RefusedTarget } from "../functions/_shared/net_guard.ts";
 
 /** An endpoint as listed (the secret only when it was just created or rotated). */
@@ -60,9 +61,10 @@ function table(rows: string[][]): string {
 
 const iso = (d: Date | string | null) => d === null ? "-" : new Date(d).toISOString().slice(0, 19).replace("T", " ");
 
-/** Formats endpoints as a table. */
-export function formatEndpoints(rows: WebhookEndpoint[]): string {
-  if (rows.length === 0) return "no webhook endpoints";
+/** Formats endpoints as a table (stored text with its control characters shown, not obeyed). */
+export function formatEndpoints(endpoints: WebhookEndpoint[]): string {
+  if (endpoints.length === 0) return "no webhook endpoints";
+  const rows = safeValue(endpoints);
   return table([
     ["ID", "URL", "EVENTS", "STATE", "PENDING", "FAILED"],
     ...rows.map((w) => [
@@ -180,7 +182,7 @@ export function webhooksCommand(
       print(rows, () =>
         rows.length === 0 ? "no webhook messages" : table([
           ["WEBHOOK-ID", "TYPE", "DELIVERY", "STATUS", "ATTEMPTS", "NEXT", "LAST"],
-          ...rows.map((m) => [
+          ...safeValue(rows).map((m) => [
             m.message_id,
             m.event_type,
             m.delivery_id,
