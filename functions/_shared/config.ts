@@ -10,7 +10,7 @@
  * | PUBSUB_SERVICE_ACCOUNTS | (required when verifying) | comma-separated service-account emails allowed to push (`--push-auth-service-account`) |
  * | SMTP_HOST | (required) | SMTP relay host |
  * | SMTP_PORT | 465 | SMTP port (Supabase blocks outbound 25 and 587) |
- * | SMTP_SECURE | true | implicit TLS from the first byte; the string "false" means plain/STARTTLS |
+ * | SMTP_SECURE | true | implicit TLS from the first byte; the string "false" means STARTTLS (required unless SMTP_REQUIRE_TLS=false) |
  * | SMTP_USER | (none) | SMTP user; no authentication when unset |
  * | SMTP_PASSWORD | (none) | SMTP password (never logged) |
  * | SMTP_FROM | (required) | the From header, e.g. `Acme <no-reply@acme.test>` |
