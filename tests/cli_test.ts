@@ -236,6 +236,7 @@ Deno.test({
 
     await t.step("control characters in stored text are shown, not obeyed; --json stays exact", async () => {
       const hostile = "550 5.1.1 \x1b]0;pwned\x07 no such user\x1b[2J \u202egnp.exe\x9b31m";
+      // deno-lint-ignore no-control-regex
       const bad = (out: string) => /[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/.test(out);
       const [w] = await sql`select id::text from email.add_webhook_endpoint('https://hooks.example.com/x')`;
       await sql`select email.record_queued('cli-hostile', 'welcome', 'eve@example.com', '{}'::jsonb)`;
