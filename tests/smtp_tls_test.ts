@@ -2,13 +2,15 @@
  * TLS to the relay (issue 10 item 7), against a real smtp-server: with SMTP_SECURE=false, STARTTLS is
  * required by default, so a relay that does not offer it (or a network attacker who strips it) sees no
  * AUTH and no message; a relay that offers it gets both only after the upgrade, over a certificate the
- * worker verifies. The certificate is made with openssl for each run (self-signed, for 127.0.0.1).
+ * worker verifies. The certificates are made with openssl for each run (a test CA, SMTP_CA_CERT).
  */
 import { SMTPServer, type SMTPServerOptions } from "smtp-server";
 import { assert, assertEquals } from "./support/assert.ts";
 import { ConfigError, loadConfig } from "../functions/_shared/config.ts";
 import { createMailer, SmtpError } from "../functions/_shared/mailer.ts";
-import { test } from "./support/harness.ts";
+import { test, withHarness } from "./support/harness.ts";
+import { envelope, verificationEvent } from "./support/pubsub.ts";
+import { makeCertificates } from "./support/certs.ts";
 
 const base = {
   PUBSUB_VERIFY: "false",
@@ -21,40 +23,6 @@ const base = {
   SMTP_GREETING_TIMEOUT_MS: "3000",
   SMTP_SOCKET_TIMEOUT_MS: "5000",
 };
-
-/** A self-signed certificate for 127.0.0.1 and localhost, made now. */
-async function selfSigned(): Promise<{ key: string; cert: string }> {
-  const dir = await Deno.makeTempDir({ prefix: "smtp_tls_" });
-  try {
-    const out = await new Deno.Command("openssl", {
-      args: [
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        `${dir}/key.pem`,
-        "-out",
-        `${dir}/cert.pem`,
-        "-days",
-        "1",
-        "-subj",
-        "/CN=localhost",
-        "-addext",
-        "subjectAltName=DNS:localhost,IP:127.0.0.1",
-      ],
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    if (!out.success) throw new Error(`openssl failed: ${new TextDecoder().decode(out.stderr)}`);
-    return { key: await Deno.readTextFile(`${dir}/key.pem`), cert: await Deno.readTextFile(`${dir}/cert.pem`) };
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
 
 /** What the relay saw: every AUTH, MAIL FROM and DATA, and whether the session was TLS then. */
 type Seen = { auth: boolean[]; mailFrom: boolean[]; data: boolean[]; upgraded: number };
@@ -121,9 +89,9 @@ test("a relay without STARTTLS gets no AUTH and no message: the send fails, to b
 });
 
 test("a relay offering STARTTLS with a certificate from SMTP_CA_CERT gets AUTH and the message over TLS", async () => {
-  const { key, cert } = await selfSigned();
+  const { ca, key, cert } = await makeCertificates();
   const relay = await startRelay({ key, cert });
-  const mailer = createMailer(loadConfig({ ...base, SMTP_PORT: String(relay.port), SMTP_CA_CERT: cert }).smtp);
+  const mailer = createMailer(loadConfig({ ...base, SMTP_PORT: String(relay.port), SMTP_CA_CERT: ca }).smtp);
   try {
     const sent = await mailer.send(message);
     assert(sent.response.includes("Ok: queued"), sent.response);
@@ -134,8 +102,18 @@ test("a relay offering STARTTLS with a certificate from SMTP_CA_CERT gets AUTH a
   }
 });
 
+test("the worker with default settings sends nothing to a relay without STARTTLS: the delivery retries", async () => {
+  await withHarness(async ({ smtp, worker, db, token }) => {
+    const event = verificationEvent();
+    const reply = await (await worker.push(envelope(event), { token })).json();
+    assertEquals([reply.status, reply.errorCode], ["retrying", "ETLS"]);
+    assertEquals((await db.delivery(event.deliveryId!))?.status, "retrying");
+    assertEquals(smtp.attempts, 0, "no DATA");
+  }, { env: { SMTP_REQUIRE_TLS: undefined } }); // the harness's local sink opts out; this worker does not
+});
+
 test("a certificate the worker does not trust is refused: no AUTH, no message", async () => {
-  const { key, cert } = await selfSigned();
+  const { key, cert } = await makeCertificates();
   const relay = await startRelay({ key, cert });
   const mailer = createMailer(loadConfig({ ...base, SMTP_PORT: String(relay.port) }).smtp);
   try {

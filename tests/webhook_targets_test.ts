@@ -17,6 +17,7 @@ import {
 } from "../functions/_shared/net_guard.ts";
 import { webhooksCommand } from "../cli/webhooks.ts";
 import { test } from "./support/harness.ts";
+import { makeCertificates } from "./support/certs.ts";
 
 const databaseUrl = Deno.env.get("DATABASE_URL");
 if (!databaseUrl) throw new Error("DATABASE_URL must point at a migrated database");
@@ -177,6 +178,45 @@ test("every resolved address is checked, and the request goes to the address tha
     assertEquals(response.status, 204);
     assertEquals(lookups, ["rebind.invalid"]);
     assertEquals(receiver.received.map((r) => r.host), [`rebind.invalid:${receiver.port}`]);
+
+    // A receiver that does not answer in time: the request ends as a timeout.
+    const slow = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen: () => {} }, async () => {
+      await new Promise((r) => setTimeout(r, 3000));
+      return new Response(null, { status: 204 });
+    });
+    try {
+      const started = Date.now();
+      const error = await doFetch(`http://slow.invalid:${slow.addr.port}/`, { signal: AbortSignal.timeout(200) })
+        .then(() => null, (e) => e);
+      assertEquals(error?.name, "TimeoutError");
+      assert(Date.now() - started < 2500, "it did not wait for the answer");
+    } finally {
+      await slow.shutdown();
+    }
+
+    // The same over TLS: the certificate is checked against the URL's name, not the address.
+    const { ca, key, cert } = await makeCertificates(["hooks.example.test"]);
+    const tls = Deno.serve(
+      { port: 0, hostname: "127.0.0.1", key, cert, onListen: () => {} },
+      (req) => new Response(req.headers.get("host")),
+    );
+    try {
+      const viaTls = guardedFetch({
+        allowPrivate: false,
+        networks: () => Promise.resolve(["10.0.0.0/8"]),
+        lookup: () => Promise.resolve(["127.0.0.1"]),
+        ca: [ca],
+      });
+      const r = await viaTls(`https://hooks.example.test:${tls.addr.port}/hooks`, { method: "POST", body: "{}" });
+      assertEquals([r.status, await r.text()], [200, `hooks.example.test:${tls.addr.port}`]);
+      const wrongName = await viaTls(`https://other.example.test:${tls.addr.port}/`).then(
+        () => "connected",
+        () => "refused",
+      );
+      assertEquals(wrongName, "refused", "a certificate for another name is refused");
+    } finally {
+      await tls.shutdown();
+    }
 
     // The same over IPv6.
     const v6 = Deno.serve(

@@ -7,6 +7,8 @@
  * `WEBHOOK_ALLOW_PRIVATE=true` turns the guard off for local development.
  */
 import { lookup as dnsLookup } from "node:dns/promises";
+import http from "node:http";
+import https from "node:https";
 import type { Sql } from "postgres";
 
 /** Resolves a host name to every address it has. */
@@ -100,58 +102,76 @@ export async function checkTarget(url: URL, options: { networks: string[]; looku
 }
 
 /**
- * A fetch that checks the target first (checkTarget) and then connects to the checked address, the
- * URL (Host header, TLS name) unchanged. `networks` is read once, on first use.
+ * A fetch that checks the target first (checkTarget) and then connects to the checked address:
+ * node:http(s) with a lookup that answers that address, so the URL (Host header, TLS server name and
+ * certificate check) stays the endpoint's. `networks` is read once, on first use. Redirects are not
+ * followed; a string or byte body only. `ca` adds trusted certificates (PEM), for a private CA.
  */
 export function guardedFetch(
-  options: { allowPrivate: boolean; networks: () => Promise<string[]>; lookup?: Lookup },
+  options: { allowPrivate: boolean; networks: () => Promise<string[]>; lookup?: Lookup; ca?: string[] },
 ): typeof fetch {
   let networks: Promise<string[]> | undefined;
-  return async (input, init) => {
-    const url = new URL(input instanceof Request ? input.url : input);
-    if (options.allowPrivate) return await fetch(url, init);
+  return async (input, init = {}) => {
+    const url = new URL(input instanceof Request ? input.url : String(input));
+    if (options.allowPrivate) return await fetch(url, { ...init, redirect: "manual" });
     networks ??= options.networks();
     const [address] = await checkTarget(url, { networks: await networks, lookup: options.lookup });
-    const port = Number(url.port || (url.protocol === "https:" ? 443 : 80));
-    const hostname = address.includes(":") ? `[${address}]` : address; // the transport takes IPv6 in brackets
-    const client = Deno.createHttpClient({ proxy: { transport: "tcp", hostname, port } });
-    let response: Response;
-    try {
-      response = await fetch(url, { ...init, client });
-    } catch (e) {
-      client.close();
-      throw e;
-    }
-    if (!response.body) {
-      client.close();
-      return response;
-    }
-    // The client (its connection) lives until the body is read or cancelled.
-    const reader = response.body.getReader();
-    const body = new ReadableStream<Uint8Array>({
-      async pull(controller) {
-        try {
-          const { done, value } = await reader.read();
-          if (done) {
-            controller.close();
-            client.close();
-          } else controller.enqueue(value);
-        } catch (e) {
-          client.close();
-          controller.error(e);
-        }
-      },
-      async cancel(reason) {
-        await reader.cancel(reason).catch(() => {});
-        client.close();
-      },
-    });
-    const nullBody = [101, 204, 205, 304].includes(response.status);
-    if (nullBody) await body.cancel();
-    return new Response(nullBody ? null : body, {
-      status: response.status,
-      statusText: response.statusText,
-      headers: response.headers,
-    });
+    return await requestAt(url, address, init, options.ca);
   };
+}
+
+type LookupCallback = (
+  error: Error | null,
+  address: string | { address: string; family: number }[],
+  family?: number,
+) => void;
+
+function requestAt(url: URL, address: string, init: RequestInit, ca: string[] | undefined): Promise<Response> {
+  const body = init.body ?? undefined;
+  if (body !== undefined && typeof body !== "string" && !(body instanceof Uint8Array)) {
+    return Promise.reject(new TypeError("guardedFetch sends a string or Uint8Array body only"));
+  }
+  const family = address.includes(":") ? 6 : 4;
+  return new Promise<Response>((resolve, reject) => {
+    const signal = init.signal;
+    if (signal?.aborted) return reject(signal.reason);
+    const request = (url.protocol === "https:" ? https : http).request(url, {
+      method: init.method ?? "GET",
+      headers: Object.fromEntries(new Headers(init.headers)),
+      agent: false, // a fresh connection, to this address only
+      ca,
+      lookup: (_host: string, opts: unknown, callback: LookupCallback) =>
+        (opts as { all?: boolean } | undefined)?.all
+          ? callback(null, [{ address, family }])
+          : callback(null, address, family),
+    }, (res) => {
+      const status = res.statusCode ?? 0;
+      if (status < 200 || status > 599) {
+        res.destroy();
+        return reject(new Error(`unexpected HTTP status ${status}`));
+      }
+      const headers = new Headers();
+      for (const [name, value] of Object.entries(res.headers)) {
+        for (const v of Array.isArray(value) ? value : value === undefined ? [] : [String(value)]) {
+          headers.append(name, v);
+        }
+      }
+      const nullBody = [204, 205, 304].includes(status) || init.method === "HEAD";
+      if (nullBody) res.resume();
+      const stream = nullBody ? null : new ReadableStream<Uint8Array>({
+        start(controller) {
+          res.on("data", (chunk: Uint8Array) => controller.enqueue(new Uint8Array(chunk)));
+          res.on("end", () => controller.close());
+          res.on("error", (e) => controller.error(e));
+        },
+        cancel() {
+          res.destroy();
+        },
+      });
+      resolve(new Response(stream, { status, statusText: res.statusMessage ?? "", headers }));
+    });
+    signal?.addEventListener("abort", () => request.destroy(signal.reason), { once: true });
+    request.on("error", reject);
+    request.end(body);
+  });
 }
