@@ -109,7 +109,15 @@ test("the worker with default settings sends nothing to a relay without STARTTLS
     assertEquals([reply.status, reply.errorCode], ["retrying", "ETLS"]);
     assertEquals((await db.delivery(event.deliveryId!))?.status, "retrying");
     assertEquals(smtp.attempts, 0, "no DATA");
+    assertEquals(worker.logs.filter((l) => l.action === "smtp_tls_optional").length, 0);
   }, { env: { SMTP_REQUIRE_TLS: undefined } }); // the harness's local sink opts out; this worker does not
+});
+
+test("a worker that opts out of TLS says so at start", async () => {
+  await withHarness(({ worker }) => {
+    assertEquals(worker.logs.filter((l) => l.action === "smtp_tls_optional" && l.level === "warn").length, 1);
+    return Promise.resolve();
+  });
 });
 
 test("a certificate the worker does not trust is refused: no AUTH, no message", async () => {

@@ -34,9 +34,9 @@
  * | WEBHOOK_TIMEOUT_MS | 15000 | how long a webhook receiver has to answer |
  * | WEBHOOK_CONCURRENCY | 8 | webhook requests in flight at once during a sweep |
  * | WEBHOOK_BATCH_SIZE | 50 | webhook messages one sweep claims at most |
- * | SMTP_REQUIRE_TLS | true | with SMTP_SECURE=false, insist on STARTTLS: no TLS, no AUTH and no message; "false" allows plain text, for a local sink (credentials then only to a loopback host) |
+ * | SMTP_REQUIRE_TLS | true | with SMTP_SECURE=false, insist on STARTTLS: no TLS, no AUTH and no message; "false" allows plain text, for a local sink (credentials then only to a loopback host; a warning is logged at start) |
  * | SMTP_CA_CERT | (none) | PEM certificate(s) of a private CA to trust for the relay, besides the public roots |
- * | WEBHOOK_ALLOW_PRIVATE | false | "true" lets webhooks reach private, loopback, link-local and other special-purpose addresses (local development only) |
+ * | WEBHOOK_ALLOW_PRIVATE | false | "true" lets webhooks reach private, loopback, link-local and other special-purpose addresses (local development only; a warning is logged at start) |
  */
 import { z } from "zod";
 

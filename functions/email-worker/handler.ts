@@ -32,6 +32,14 @@ export function createHandler(deps: HandlerDeps): (request: Request) => Promise<
   if (!config.pubsub.verify) {
     logger.warn("pubsub_verify_off", { reason: "PUBSUB_VERIFY=false: pushes are not authenticated" });
   }
+  if (!config.smtp.secure && !config.smtp.requireTls) {
+    logger.warn("smtp_tls_optional", { reason: "SMTP_REQUIRE_TLS=false: mail may reach the relay in plain text" });
+  }
+  if (config.webhooks.allowPrivate) {
+    logger.warn("webhooks_private_allowed", {
+      reason: "WEBHOOK_ALLOW_PRIVATE=true: webhooks may reach internal addresses",
+    });
+  }
   const verifier = deps.verifier ?? createPushVerifier(config.pubsub);
   const route = createRouter([
     { method: "POST", path: "/email-worker", handle: createPushHandler({ ...deps, verifier }) },
