@@ -1,5 +1,5 @@
 begin;
-select plan(51);
+select plan(54);
 
 create temp table t_ep as
 select
@@ -23,6 +23,12 @@ select throws_ok($$select email.add_webhook_endpoint('http://127.0.0.1:54321/hoo
 select throws_ok($$select email.add_webhook_endpoint('http://[::1]:8080/')$$, 'EM007', null, 'IPv6 loopback is refused');
 select throws_ok($$select email.add_webhook_endpoint('http://2130706433/')$$, 'EM007', null,
   'a decimal IPv4 address (127.0.0.1 to a URL parser) is refused');
+select throws_ok($$select email.add_webhook_endpoint('http://0177.0.0.1/')$$, 'EM007', null,
+  'an octal IPv4 address is refused');
+select throws_ok($$select email.add_webhook_endpoint('http://%31%32%37.0.0.1/')$$, 'EM007', null,
+  'a percent-escaped host (127.0.0.1 once decoded) is refused');
+select throws_ok($$select email.add_webhook_endpoint('http://127.0.0.1\@hooks.example.com/')$$, 'EM007', null,
+  'a backslash (a path separator to a URL parser, which then connects to 127.0.0.1) is refused');
 select throws_ok($$select email.add_webhook_endpoint('http://169.254.169.254/latest/meta-data')$$, 'EM007', null,
   'the cloud metadata address (link-local) is refused');
 select throws_ok($$select email.add_webhook_endpoint('http://10.0.3.7/')$$, 'EM007', null, 'a private address is refused');
