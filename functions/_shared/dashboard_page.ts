@@ -1,13 +1,24 @@
 /**
  * The dashboard page as one HTML string: inline CSS and plain JavaScript drawing inline SVG charts,
  * no build step and no external resource (the CSP forbids them). It holds no data: it fetches
- * `<page>/data` and `<page>/deliveries/<id>` with the token the user gives (kept in sessionStorage,
- * or taken from the URL fragment `#token=...&workflow=...&since=...`).
+ * `<api>/data` and `<api>/deliveries/<id>` with the token the user gives (kept in sessionStorage,
+ * or taken from the URL fragment `#token=...&workflow=...&since=...`). `<api>` is the page's own
+ * path when the function serves it, or the deployed function's `.../dashboard` URL when
+ * `email-status dashboard --url` serves it locally (a `<meta name="dashboard-api">`).
  */
-export const dashboardPage = String.raw`<!doctype html>
+export function dashboardPage(options: { api?: URL } = {}): string {
+  return page.replace("@API@", options.api ? escapeAttribute(options.api.href) : "");
+}
+
+function escapeAttribute(s: string): string {
+  return s.replace(/&/g, "&amp;").replace(/"/g, "&quot;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+}
+
+const page = String.raw`<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
+<meta name="dashboard-api" content="@API@">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>email-worker · dashboard</title>
 <style>
@@ -108,7 +119,8 @@ export const dashboardPage = String.raw`<!doctype html>
   var ORDER = ["sent", "queued", "in_progress", "retrying", "failed", "dead_letter", "suppressed", "purged"];
   var KEY = "email-worker-dashboard-token";
   var SVG = "http://www.w3.org/2000/svg";
-  var base = location.pathname.replace(/\/+$/, "");
+  var apiBase = document.querySelector('meta[name="dashboard-api"]').getAttribute("content");
+  var base = (apiBase || location.pathname).replace(/\/+$/, "");
   var $ = function (id) { return document.getElementById(id); };
 
   function el(tag, attrs, children) {
