@@ -14,6 +14,8 @@ import { type Browser, chromium, type Page } from "playwright-core";
 import { assert, assertEquals, assertMatch } from "./support/assert.ts";
 import { handleDashboard, isDashboardPath } from "../functions/_shared/dashboard.ts";
 import { startWorker } from "./support/worker.ts";
+import { dashboardHtml } from "../functions/_shared/dashboard_page.ts";
+import { modulePath, renderDashboardModule, sourceDir } from "../scripts/dashboard_page.mjs";
 
 const databaseUrl = Deno.env.get("DATABASE_URL");
 if (!databaseUrl) throw new Error("DATABASE_URL must point at a migrated database");
@@ -96,6 +98,15 @@ function worker() {
   // No mail is sent here: the SMTP port is never dialled.
   return startWorker({ smtpPort: 9, env: { SUPABASE_JWT_SECRET: jwtSecret, DASHBOARD_TOKEN: dashboardToken } });
 }
+
+Deno.test("the page module the function serves is built from the page's files", async () => {
+  const current = await Deno.readTextFile(new URL(modulePath, root));
+  assert(current === renderDashboardModule(), `${modulePath} is stale: run node scripts/dashboard_page.mjs`);
+  assertEquals(dashboardHtml.split('<meta name="dashboard-api" content="">').length, 2, "one dashboard-api marker");
+  const js = await Deno.readTextFile(new URL(`${sourceDir}/page.js`, root));
+  assert(dashboardHtml.includes(`<script>\n${js}</script>`), "page.js inlined as it is");
+  assert(!/<(script|link)[^>]+(src|href)=/.test(dashboardHtml), "nothing loaded from elsewhere");
+});
 
 Deno.test("the dashboard's data routes need a support/admin JWT or the dashboard token", async () => {
   const app = serve();

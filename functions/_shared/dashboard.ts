@@ -1,6 +1,7 @@
 /**
- * The metrics dashboard: `GET /email-worker/dashboard` serves a self-contained page (no build step,
- * no external script), which reads its data from two JSON routes beside it:
+ * The metrics dashboard: `GET /email-worker/dashboard` serves a self-contained page (its files are
+ * functions/_shared/dashboard_page/, inlined into dashboard_page.ts by scripts/dashboard_page.mjs; no
+ * external resource), which reads its data from two JSON routes beside it:
  * - `GET .../dashboard/data?since=24h&workflow=W`: email_api.metrics (success rate per workflow,
  *   latency percentiles, error codes, dead-letter size), deliveries over time by status, the recent
  *   failures and the workflows seen;
@@ -23,12 +24,22 @@ import type { Sql } from "postgres";
 import { type JwtVerification, verifyUserJwt } from "./delivery_lookup.ts";
 import { json, jsonError } from "./http.ts";
 import type { Logger } from "./log.ts";
-import { dashboardPage } from "./dashboard_page.ts";
+import { dashboardHtml } from "./dashboard_page.ts";
 
-/** The page's own headers; `connect` is its CSP connect-src (the function itself by default). */
+const apiMeta = '<meta name="dashboard-api" content="">';
+
+/**
+ * The page with its headers. `api`: the deployed function's `.../dashboard` URL when the page is
+ * served elsewhere (`email-status dashboard --url`); it goes into `<meta name="dashboard-api">` and
+ * the CSP's connect-src. Without it the page reads the routes beside it.
+ */
 export function dashboardPageResponse(options: { api?: URL } = {}): Response {
-  const connect = options.api ? `'self' ${options.api.origin}` : "'self'";
-  return new Response(dashboardPage(options), {
+  const { api } = options;
+  const connect = api ? `'self' ${api.origin}` : "'self'";
+  const html = api
+    ? dashboardHtml.replace(apiMeta, () => apiMeta.replace('""', `"${escapeAttribute(api.href)}"`))
+    : dashboardHtml;
+  return new Response(html, {
     headers: {
       "content-type": "text/html; charset=utf-8",
       "cache-control": "no-store",
@@ -38,6 +49,10 @@ export function dashboardPageResponse(options: { api?: URL } = {}): Response {
       "referrer-policy": "no-referrer",
     },
   });
+}
+
+function escapeAttribute(s: string): string {
+  return s.replace(/&/g, "&amp;").replace(/"/g, "&quot;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 }
 
 /** Whether a page at `origin` may read the JSON routes across origins: loopback http origins only. */
