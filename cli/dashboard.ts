@@ -117,13 +117,19 @@ export async function dashboardCommand(args: string[], deps: DashboardCommandDep
       : "email-status dashboard: serving the database's metrics; open the URL above (its #token is for this run only). Ctrl-C stops.",
   );
   const stop = () => server.shutdown();
-  Deno.addSignalListener("SIGINT", stop);
-  Deno.addSignalListener("SIGTERM", stop);
+  // SIGTERM cannot be listened for on Windows; Ctrl-C (SIGINT) can everywhere.
+  const signals = (["SIGINT", "SIGTERM"] as const).filter((signal) => {
+    try {
+      Deno.addSignalListener(signal, stop);
+      return true;
+    } catch {
+      return false;
+    }
+  });
   try {
     await server.finished;
   } finally {
-    Deno.removeSignalListener("SIGINT", stop);
-    Deno.removeSignalListener("SIGTERM", stop);
+    for (const signal of signals) Deno.removeSignalListener(signal, stop);
     await sql?.end({ timeout: 2 }).catch(() => {});
   }
   return 0;

@@ -165,19 +165,28 @@ Deno.test("a token without a signed-in user is refused, whatever its app_metadat
   }
 });
 
-Deno.test("a malformed percent escape in a delivery id is a 400, not a 500", async () => {
-  const app = serve();
-  try {
-    for (const bad of ["%E0%A4%A", "%zz", "abc%"]) {
-      const res = await fetch(`${app.base}/deliveries/${bad}`, {
-        headers: { authorization: `Bearer ${dashboardToken}` },
-      });
-      assertEquals(res.status, 400, bad);
-      assertEquals((await res.json()).error.code, "bad_delivery_id");
+Deno.test({
+  name: "a malformed percent escape in a delivery id is a 400, not a 500",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const app = serve();
+    const w = worker();
+    try {
+      for (const base of [app.base, `${w.url}/email-worker/dashboard`]) {
+        for (const bad of ["%E0%A4%A", "%zz", "abc%"]) {
+          const res = await fetch(`${base}/deliveries/${bad}`, {
+            headers: { authorization: `Bearer ${dashboardToken}` },
+          });
+          assertEquals(res.status, 400, `${base} ${bad}`);
+          assertEquals((await res.json()).error.code, "bad_delivery_id");
+        }
+      }
+    } finally {
+      await app.close();
+      await w.close();
     }
-  } finally {
-    await app.close();
-  }
+  },
 });
 
 Deno.test("the JSON routes answer CORS for loopback pages only, without credentials mode", async () => {
@@ -397,6 +406,7 @@ Deno.test({
       const token = await sign({ app_metadata: { role: "support" }, email: "support@example.com" });
       await page.goto(`${base}#token=${token}&workflow=${workflow}&since=1h`);
       await expectSeededCharts(page, errors, { workflow, failed, screenshot: "dashboard" });
+      assertEquals(await page.textContent('[data-testid="api-host"]'), "", "the function's own page reads beside it");
       assert(!page.url().includes(token), "the token is taken out of the URL");
     } finally {
       await browser.close();
@@ -452,6 +462,7 @@ Deno.test({
 
       await page.goto(`${cli.url}#token=${dashboardToken}&workflow=${workflow}&since=1h`);
       await expectSeededCharts(page, errors, { workflow, failed, screenshot: "dashboard-cli" });
+      assertEquals(await page.textContent('[data-testid="api-host"]'), `· ${new URL(w.url).host}`);
       assert(requests.includes(`GET ${w.url}/email-worker/dashboard/data`), requests.join("\n"));
       assert(
         requests.some((r) => r.startsWith(`GET ${w.url}/email-worker/dashboard/deliveries/`)),

@@ -121,6 +121,8 @@
     history.replaceState(null, "", location.pathname + location.search + (p.toString() ? "#" + p : ""));
   }
   saveHash();
+  // Served away from the function (email-status dashboard --url): say which project it reads.
+  if (apiBase) $("api-host").textContent = "· " + new URL(apiBase).host;
 
   /** An API error with its HTTP status. */
   class ApiError extends Error {
