@@ -79,7 +79,10 @@ export async function dashboardCommand(args: string[], deps: DashboardCommandDep
       sql = deps.connect();
       await sql`select 1`;
     } catch (e) {
-      console.error(`email-status dashboard: ${e instanceof Error ? e.message : e}`);
+      console.error(
+        `email-status dashboard: ${e instanceof Error ? e.message : e}\n` +
+          "  (or read a deployed function: email-status dashboard --url https://<ref>.supabase.co/functions/v1/email-worker)",
+      );
       await sql?.end({ timeout: 1 }).catch(() => {});
       return (e as { exitCode?: number }).exitCode ?? 1;
     }

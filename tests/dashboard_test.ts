@@ -513,7 +513,7 @@ Deno.test({
   },
 });
 
-Deno.test("email-status dashboard refuses a --url that is not the function's https URL", async () => {
+Deno.test("email-status dashboard refuses a --url that is not the function's https URL, and explains a missing database", async () => {
   for (
     const url of [
       "http://example.com/functions/v1/email-worker",
@@ -532,4 +532,14 @@ Deno.test("email-status dashboard refuses a --url that is not the function's htt
     assertEquals(out.code, 2, url);
     assertMatch(new TextDecoder().decode(out.stderr), /--url must be the function's https URL/);
   }
+  const noDatabase = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "cli/email_status.ts", "dashboard"],
+    cwd: root,
+    env: { NO_COLOR: "1", PATH: Deno.env.get("PATH") ?? "" },
+    clearEnv: true,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assertEquals(noDatabase.code, 2);
+  assertMatch(new TextDecoder().decode(noDatabase.stderr), /no database: .*\n.*dashboard --url https:/);
 });
