@@ -95,8 +95,12 @@ function serve() {
 
 /** The real worker (createHandler, configured through loadConfig) with the dashboard's secrets. */
 function worker() {
-  // No mail is sent here: the SMTP port is never dialled.
-  return startWorker({ smtpPort: 9, env: { SUPABASE_JWT_SECRET: jwtSecret, DASHBOARD_TOKEN: dashboardToken } });
+  // No mail is sent here: the SMTP port is never dialled. The HS256 secret under both names (JWT_SECRET
+  // is the one `supabase secrets set` accepts, SUPABASE_JWT_SECRET the local fallback).
+  return startWorker({
+    smtpPort: 9,
+    env: { JWT_SECRET: jwtSecret, SUPABASE_JWT_SECRET: jwtSecret, DASHBOARD_TOKEN: dashboardToken },
+  });
 }
 
 Deno.test("the page module the function serves is built from the page's files", async () => {
