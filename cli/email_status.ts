@@ -8,6 +8,7 @@
  *   deno task email-status purge [--older-than 30d] [--reason R] [--yes]   (default: email.settings retention)
  *   deno task email-status metrics [--since 24h] [--workflow W]
  *   deno task email-status webhooks ... | suppressions ...   (cli/webhooks.ts, cli/suppressions.ts; Postgres only)
+ *   deno task email-status dashboard [--url <function URL>] [--port N]   the dashboard on 127.0.0.1 (cli/dashboard.ts)
  *   --json on every command prints JSON for scripts; colour only on a terminal (and never with NO_COLOR).
  *
  * Connection, read once from the environment: DELIVERY_STATUS_DATABASE_URL or DATABASE_URL (Postgres,
@@ -20,6 +21,8 @@ import { parseArgs } from "node:util";
 import { userInfo } from "node:os";
 import postgres from "postgres";
 import { z } from "zod";
+import { dashboardCommand } from "./dashboard.ts";
+import { cliSql } from "./sql_subcommand.ts";
 import { suppressionsCommand } from "./suppressions.ts";
 import { webhooksCommand } from "./webhooks.ts";
 import { safeText, safeValue } from "./terminal.ts";
@@ -327,6 +330,7 @@ const usage = `usage:
   email-status metrics [--since 24h] [--workflow W] [--json]
   email-status webhooks list|add|remove|enable|disable|rotate-secret|messages|replay ...   (--help for each)
   email-status suppressions list|check|add|remove ...
+  email-status dashboard [--url https://<ref>.supabase.co/functions/v1/email-worker] [--port 8788]
 environment: DATABASE_URL or DELIVERY_STATUS_DATABASE_URL, or SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY`;
 
 // ---------------------------------------------------------------------------------------------
@@ -509,6 +513,9 @@ async function confirm(question: string): Promise<boolean> {
 export async function main(args: string[]): Promise<number> {
   if (args[0] === "webhooks") return await webhooksCommand(args.slice(1));
   if (args[0] === "suppressions") return await suppressionsCommand(args.slice(1));
+  if (args[0] === "dashboard") {
+    return await dashboardCommand(args.slice(1), { connect: () => cliSql(Deno.env.toObject()) });
+  }
   let parsed;
   try {
     parsed = parseArgs({

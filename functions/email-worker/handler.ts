@@ -51,19 +51,22 @@ export function createHandler(deps: HandlerDeps): (request: Request) => Promise<
       handle: (req, p) =>
         deps.sql ? handleGetDelivery(req, p.delivery_id ?? "", { sql: deps.sql, jwt: jwt(config) }) : noDatabase(),
     },
-    ...["/email-worker/dashboard", "/email-worker/dashboard/*"].map((path) => ({
-      method: "GET",
-      path,
-      handle: (req: Request) =>
-        deps.sql
-          ? handleDashboard(req, {
-            sql: deps.sql,
-            jwt: jwt(config),
-            dashboardToken: config.api.dashboardToken,
-            logger: logger.child("dashboard"),
-          })
-          : noDatabase(),
-    })),
+    // GET, and OPTIONS for the CORS preflight of `email-status dashboard`'s local page.
+    ...["/email-worker/dashboard", "/email-worker/dashboard/*"].flatMap((path) =>
+      ["GET", "OPTIONS"].map((method) => ({
+        method,
+        path,
+        handle: (req: Request) =>
+          deps.sql
+            ? handleDashboard(req, {
+              sql: deps.sql,
+              jwt: jwt(config),
+              dashboardToken: config.api.dashboardToken,
+              logger: logger.child("dashboard"),
+            })
+            : noDatabase(),
+      }))
+    ),
   ]);
   return async (request) => {
     try {
