@@ -82,6 +82,7 @@ async function sendVia(family: string | undefined): Promise<{ v4: number; v6: nu
     SMTP_HOST: name,
     SMTP_PORT: String(port),
     SMTP_SECURE: "false",
+    SMTP_REQUIRE_TLS: "false",
     SMTP_FROM: "no-reply@worker.test",
     SMTP_CONNECTION_TIMEOUT_MS: "3000",
     PUBSUB_VERIFY: "false",

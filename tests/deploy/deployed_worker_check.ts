@@ -105,6 +105,7 @@ Deno.test({
       SMTP_HOST: "127.0.0.1",
       SMTP_PORT: String(smtp.port),
       SMTP_SECURE: "false",
+      SMTP_REQUIRE_TLS: "false",
       SMTP_FROM: "Deploy Sim <no-reply@worker.test>",
       SMTP_CONNECTION_TIMEOUT_MS: "5000",
       SMTP_GREETING_TIMEOUT_MS: "5000",
