@@ -8,7 +8,7 @@
  * env, read of its own files, sys=hostname (no -A, no write, no run, no ffi). Its environment is what
  * hosted Supabase gives a function (SUPABASE_URL, SUPABASE_DB_URL) plus secrets a user can set with
  * `supabase secrets set`. Everything it talks to is real and local: Postgres, an SMTP server, Google's
- * JWKS stand-in for Pub/Sub tokens, Supabase Auth's JWKS stand-in for user tokens.
+ * JWKS stand-in for Pub/Sub tokens, Supabase Auth's JWKS stand-in for user tokens, a webhook receiver.
  */
 import { exportJWK, generateKeyPair, SignJWT } from "jose";
 import { assert, assertEquals } from "../support/assert.ts";
@@ -74,6 +74,16 @@ Deno.test({
   });
   const supabaseUrl = `http://127.0.0.1:${auth.addr.port}`;
   const db = openDb(databaseUrl);
+  const hooks: { type: string; data: { delivery_id: string; status: string } }[] = [];
+  const receiver = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req) => {
+    hooks.push(JSON.parse(await req.text()));
+    return new Response(null, { status: 204 });
+  });
+  const [endpoint] = await db.sql.begin(async (tx) => {
+    await tx`set local email.webhook_allow_private = on`;
+    return await tx<{ id: string }[]>`
+      select id from email.add_webhook_endpoint(${`http://127.0.0.1:${receiver.addr.port}/hooks`}, array['email.sent'])`;
+  });
   const port = freePort();
   const base = `http://127.0.0.1:${port}/email-worker`;
   const entrypoint = `${dir}/${metadata.entrypoint_path}`;
@@ -111,6 +121,8 @@ Deno.test({
       SMTP_GREETING_TIMEOUT_MS: "5000",
       SWEEP_SECRET: sweepSecret,
       DASHBOARD_TOKEN: dashboardToken,
+      // The webhook receiver below is on loopback.
+      WEBHOOK_ALLOW_PRIVATE: "true",
       // The Edge Runtime ignores PORT; a local process needs one.
       PORT: String(port),
     },
@@ -119,7 +131,8 @@ Deno.test({
   }).spawn();
   let output = "";
   const collect = async (stream: ReadableStream<Uint8Array>) => {
-    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) output += chunk;
+    const decoder = new TextDecoder();
+    for await (const chunk of stream) output += decoder.decode(chunk, { stream: true });
   };
   const collecting = Promise.all([collect(worker.stdout), collect(worker.stderr)]);
   let exited: Deno.CommandStatus | undefined;
@@ -190,6 +203,18 @@ Deno.test({
       assertEquals([d?.status, d?.attempts], ["sent", 2]);
     });
 
+    await t.step("the sweep POSTs the email.sent webhook", async () => {
+      const ours = () => hooks.filter((h) => h.data?.delivery_id === swept.deliveryId);
+      for (let i = 0; i < 5 && ours().length === 0; i++) {
+        const sweep = await fetch(`${base}/sweep`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${sweepSecret}` },
+        });
+        await sweep.body?.cancel();
+      }
+      assertEquals(ours().map((h) => [h.type, h.data.status]), [["email.sent", "sent"]]);
+    });
+
     await t.step("the status route answers a user token (JWKS and JWT_SECRET), not another project's", async () => {
       for (const sign of ["jwks", "secret"] as const) {
         const res = await fetch(`${base}/deliveries/${swept.deliveryId}`, {
@@ -225,6 +250,8 @@ Deno.test({
     if (!exited) worker.kill("SIGTERM");
     await worker.status;
     await collecting;
+    await db.sql`select email.remove_webhook_endpoint(${endpoint.id}::uuid)`;
+    await receiver.shutdown();
     await auth.shutdown();
     await pubsub.close();
     await smtp.close();
