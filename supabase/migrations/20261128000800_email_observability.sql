@@ -4,8 +4,8 @@
  * Prometheus counters must only go up (a decrease reads as a restart of the process), so every
  * counter here comes from something that only grows: the append-only audit trail. Counting the trail
  * at each scrape would cost O(history), so the counters are folded incrementally instead:
- * email.fold_metric_events() reads the audit events added since the last fold (a primary-key range,
- * at most fold_batch events per call) and adds them to email.metric_counters. Nothing is added to the
+ * email.fold_metric_events() reads the audit events added since the last fold (primary-key ranges,
+ * at most fold_batch events and fold_time_limit per call) and adds them to email.metric_counters. Nothing is added to the
  * lifecycle's write path, and a later removal of old history (retention) cannot make a counter fall.
  *
  * An identity value is taken when a row is inserted, not when it commits, so an event can become
@@ -77,10 +77,12 @@ create table email.metric_state (
   folded_at timestamptz,
   fold_batch integer not null default 100000 check (fold_batch between 1 and 10000000),
   max_domains integer not null default 20 check (max_domains between 0 and 1000),
-  max_error_codes integer not null default 100 check (max_error_codes between 0 and 1000)
+  max_error_codes integer not null default 100 check (max_error_codes between 0 and 1000),
+  fold_time_limit interval not null default interval '2 seconds'
+    check (fold_time_limit > interval '0' and fold_time_limit <= interval '1 minute')
 );
 alter table email.metric_state enable row level security;
-comment on table email.metric_state is 'Metric fold: the last audit event folded, events per fold, and the label caps for domains and error codes';
+comment on table email.metric_state is 'Metric fold: the last audit event folded, events and time per fold, and the label caps for domains and error codes';
 
 insert into email.metric_state default values;
 
@@ -135,61 +137,27 @@ revoke execute on function email.recipient_domain(text) from public;
 grant execute on function email.recipient_domain(text) to service_role;
 
 /**
- * Folds the audit events added since the last fold (at most metric_state.fold_batch, plus earlier
- * gaps that have become visible) into email.metric_counters; returns how many it folded. A fold
- * already running elsewhere is not waited for (0). Per event: transitions{workflow, status};
- * errors{workflow, error_code} when it carries one; domain_outcomes{domain, status} for sent,
- * retrying, failed and dead_letter; for sent, latency_bucket{workflow, le} and
- * latency_sum{workflow} from the delivery's queued_at and sent_at (as email_api.metrics measures it).
+ * Adds the given audit events to email.metric_counters; returns how many it found. Per event:
+ * transitions{workflow, status}; errors{workflow, error_code} when it carries one;
+ * domain_outcomes{domain, status} for sent, retrying, failed and dead_letter; for sent,
+ * latency_bucket{workflow, le} and latency_sum{workflow} from the delivery's queued_at and sent_at
+ * (as email_api.metrics measures it). New domains and error codes are admitted, busiest first,
+ * while the registry is under its cap; the rest count as other.
  */
-create or replace function email.fold_metric_events()
+create or replace function email._fold_metric_ids(ids bigint[], max_domains integer, max_error_codes integer)
 returns integer
 language plpgsql
 volatile
 set search_path = ''
 as $$
 declare
-  st email.metric_state;
-  hi bigint;
-  batch bigint[];
-  recovered bigint[];
   folded integer;
 begin
-  select s.* into st from email.metric_state s for update skip locked;
-  if not found then
-    return 0;
-  end if;
-  hi := least(
-    coalesce((select max(e.id) from email.delivery_events e), st.last_event_id),
-    st.last_event_id + st.fold_batch);
-
-  -- Gaps of earlier folds that are now committed.
-  with found as (
-    delete from email.metric_gaps g
-    where exists (select from email.delivery_events e where e.id = g.event_id)
-    returning g.event_id
-  )
-  select coalesce(array_agg(f.event_id), '{}') into recovered from found f;
-
-  -- The new range, and its missing ids, from one snapshot: this statement's.
-  with present as materialized (
-    select e.id from email.delivery_events e where e.id > st.last_event_id and e.id <= hi
-  ),
-  missing as (
-    insert into email.metric_gaps (event_id)
-    select g from generate_series(st.last_event_id + 1, hi) g
-    except all select p.id from present p
-    on conflict do nothing
-  )
-  select coalesce(array_agg(p.id), '{}') into batch from present p;
-
-  delete from email.metric_gaps g where g.seen_at < now() - interval '1 hour';
-
   with ev as materialized (
     select e.to_status as status, e.error_code, d.workflow,
       email.recipient_domain(d.recipient) as domain,
       case when e.to_status = 'sent' then extract(epoch from d.sent_at - d.queued_at)::double precision end as latency
-    from unnest(batch || recovered) u(id)
+    from unnest(ids) u(id)
     join email.delivery_events e on e.id = u.id
     join email.deliveries d on d.delivery_id = e.delivery_id
   ),
@@ -202,7 +170,7 @@ begin
         and not exists (select from email.metric_labels l where l.kind = 'domain' and l.value = ev.domain)
       group by ev.domain
       order by n desc, ev.domain
-      limit greatest(0, st.max_domains - (select count(*) from email.metric_labels l where l.kind = 'domain'))
+      limit greatest(0, max_domains - (select count(*) from email.metric_labels l where l.kind = 'domain'))
     ) x
     on conflict do nothing
     returning value
@@ -215,7 +183,7 @@ begin
         and not exists (select from email.metric_labels l where l.kind = 'error_code' and l.value = ev.error_code)
       group by ev.error_code
       order by n desc, ev.error_code
-      limit greatest(0, st.max_error_codes - (select count(*) from email.metric_labels l where l.kind = 'error_code'))
+      limit greatest(0, max_error_codes - (select count(*) from email.metric_labels l where l.kind = 'error_code'))
     ) x
     on conflict do nothing
     returning value
@@ -255,12 +223,82 @@ begin
     returning 1
   )
   select count(*)::int into folded from ev, (select count(*) from upserted) u;
-
-  update email.metric_state s set last_event_id = hi, folded_at = now() where s.singleton;
   return folded;
 end
 $$;
-comment on function email.fold_metric_events() is 'Adds the audit events since the last fold (and recovered gaps) to email.metric_counters; returns how many';
+comment on function email._fold_metric_ids(bigint[], integer, integer) is 'Adds the given audit events to email.metric_counters (internal to fold_metric_events)';
+revoke execute on function email._fold_metric_ids(bigint[], integer, integer) from public;
+grant execute on function email._fold_metric_ids(bigint[], integer, integer) to service_role;
+
+/**
+ * Folds the audit events added since the last fold into email.metric_counters, in chunks of at
+ * most 10,000 ids, until it has caught up, folded metric_state.fold_batch events or spent
+ * metric_state.fold_time_limit (so a long backlog is caught up over several scrapes, each of them
+ * short, each chunk advancing the watermark); gaps of earlier folds that have become visible are
+ * folded first. Returns how many events it folded. A fold already running elsewhere is not waited
+ * for (0).
+ */
+create or replace function email.fold_metric_events()
+returns integer
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  st email.metric_state;
+  started timestamptz := clock_timestamp();
+  wm bigint;
+  top bigint;
+  hi bigint;
+  batch bigint[];
+  recovered bigint[];
+  folded integer := 0;
+  ranged integer := 0;
+begin
+  select s.* into st from email.metric_state s for update skip locked;
+  if not found then
+    return 0;
+  end if;
+
+  -- Gaps of earlier folds that are now committed.
+  with found as (
+    delete from email.metric_gaps g
+    where exists (select from email.delivery_events e where e.id = g.event_id)
+    returning g.event_id
+  )
+  select coalesce(array_agg(f.event_id), '{}') into recovered from found f;
+  if cardinality(recovered) > 0 then
+    folded := email._fold_metric_ids(recovered, st.max_domains, st.max_error_codes);
+  end if;
+  delete from email.metric_gaps g where g.seen_at < now() - interval '1 hour';
+
+  wm := st.last_event_id;
+  top := coalesce((select max(e.id) from email.delivery_events e), wm);
+  -- At least one chunk per call, so even a tight time limit makes progress.
+  while wm < top and ranged < st.fold_batch loop
+    hi := least(top, wm + least(10000, st.fold_batch - ranged));
+    -- The range and its missing ids from one snapshot: this statement's.
+    with present as materialized (
+      select e.id from email.delivery_events e where e.id > wm and e.id <= hi
+    ),
+    missing as (
+      insert into email.metric_gaps (event_id)
+      select g from generate_series(wm + 1, hi) g
+      except all select p.id from present p
+      on conflict do nothing
+    )
+    select coalesce(array_agg(p.id), '{}') into batch from present p;
+    ranged := ranged + (hi - wm)::integer;
+    folded := folded + email._fold_metric_ids(batch, st.max_domains, st.max_error_codes);
+    wm := hi;
+    exit when clock_timestamp() - started >= st.fold_time_limit;
+  end loop;
+
+  update email.metric_state s set last_event_id = wm, folded_at = now() where s.singleton;
+  return folded;
+end
+$$;
+comment on function email.fold_metric_events() is 'Adds the audit events since the last fold (and recovered gaps) to email.metric_counters, bounded in events and time; returns how many';
 revoke execute on function email.fold_metric_events() from public;
 grant execute on function email.fold_metric_events() to service_role;
 

@@ -2,7 +2,7 @@
 -- audit trail into counters (exact numbers, no double counting, gaps of late and rolled-back events),
 -- the bounded domain labels, the histogram and the live gauges.
 begin;
-select plan(50);
+select plan(54);
 
 \ir fixtures/make_dead_letter.psql
 
@@ -21,15 +21,17 @@ select function_returns('email', 'recipient_domain', array['text'], 'text');
 select is_empty(
   $$ select p.oid::regprocedure::text from pg_proc p
      where p.oid in ('email.fold_metric_events()'::regprocedure, 'email.metric_samples()'::regprocedure,
-                     'email.recipient_domain(text)'::regprocedure)
+                     'email.recipient_domain(text)'::regprocedure, 'email._fold_metric_ids(bigint[], integer, integer)'::regprocedure)
        and (p.prosecdef or not coalesce('search_path=""' = any (p.proconfig), false)) $$,
   'the metric functions run as the caller and pin search_path = '''''
 );
 select ok(has_function_privilege('service_role', f, 'execute'), format('service_role may execute %s', f))
-from unnest(array['email.fold_metric_events()', 'email.metric_samples()', 'email.recipient_domain(text)']) f;
+from unnest(array['email.fold_metric_events()', 'email.metric_samples()', 'email.recipient_domain(text)',
+  'email._fold_metric_ids(bigint[], integer, integer)']) f;
 select is_empty(
   $$ select r || ' ' || f from unnest(array['anon', 'authenticated']) r,
-       unnest(array['email.fold_metric_events()', 'email.metric_samples()', 'email.recipient_domain(text)']) f
+       unnest(array['email.fold_metric_events()', 'email.metric_samples()', 'email.recipient_domain(text)',
+         'email._fold_metric_ids(bigint[], integer, integer)']) f
      where has_function_privilege(r, f, 'execute') $$,
   'anon and authenticated may execute none of them'
 );
@@ -66,7 +68,13 @@ reset enable_seqscan;
 
 -- The fixture ----------------------------------------------------------------------------------
 -- Whatever the database already holds is folded first; the checks compare with this snapshot.
-select email.fold_metric_events();
+do $$
+begin
+  while (select s.last_event_id from email.metric_state s) < (select coalesce(max(e.id), 0) from email.delivery_events e) loop
+    perform email.fold_metric_events();
+  end loop;
+end
+$$;
 create temp table before as select c.family, c.labels, c.value from email.metric_counters c;
 create function pg_temp.delta(family text, labels jsonb) returns double precision language sql as $$
   select coalesce((select c.value from email.metric_counters c where c.family = delta.family and c.labels = delta.labels), 0)
@@ -184,6 +192,18 @@ select is((select s.value from email.metric_samples() s where s.sample = 'email_
 select is(pg_temp.delta('transitions', '{"workflow": "t-prom-batch", "status": "queued"}'), 3::double precision,
   'all three counted, once');
 update email.metric_state set fold_batch = 100000;
+
+-- Time: a fold stops after fold_time_limit, a chunk (10,000 ids) at least, and the next one goes on.
+select email.record_queued('t-prom-many', 't-prom-many', 'm@prom-b.test', '{}');
+insert into email.delivery_events (delivery_id, from_status, to_status, attempt, actor)
+select 't-prom-many', 'queued', 'queued', 0, 'test' from generate_series(1, 10000);
+update email.metric_state set fold_time_limit = interval '1 microsecond';
+select is(email.fold_metric_events(), 10000, 'a fold past its time limit stops after its first chunk');
+select is((select s.value from email.metric_samples() s where s.sample = 'email_metrics_events_behind'), 0::double precision,
+  'the next one folds the rest');
+select is(pg_temp.delta('transitions', '{"workflow": "t-prom-many", "status": "queued"}'), 10001::double precision,
+  'every event counted once');
+update email.metric_state set fold_time_limit = interval '2 seconds';
 
 -- Gaps: an id taken by a transaction that had not committed when its range was folded ---------
 savepoint late;
