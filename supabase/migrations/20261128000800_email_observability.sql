@@ -5,8 +5,9 @@
  * counter here comes from something that only grows: the append-only audit trail. Counting the trail
  * at each scrape would cost O(history), so the counters are folded incrementally instead:
  * email.fold_metric_events() reads the audit events added since the last fold (primary-key ranges,
- * at most fold_batch events and fold_time_limit per call) and adds them to email.metric_counters. Nothing is added to the
- * lifecycle's write path, and a later removal of old history (retention) cannot make a counter fall.
+ * at most fold_batch ids and fold_time_limit per call) and adds them to email.metric_counters.
+ * Nothing is added to the lifecycle's write path, and a later removal of old history (retention)
+ * cannot make a counter fall.
  *
  * An identity value is taken when a row is inserted, not when it commits, so an event can become
  * visible after a later one was folded. The fold records the ids missing from the range it read
@@ -15,7 +16,7 @@
  * reused) and are dropped.
  *
  * Gauges of the present (open deliveries, the dead-letter queue, the webhook backlog) are read live
- * from partial indexes; they are small by nature. email.metric_samples() folds, then returns every
+ * through the status, due, dead-letter and outbox indexes; they are small by nature. email.metric_samples() folds, then returns every
  * sample with its family's type and help, ready to render: the worker only formats them.
  *
  * Label sets are bounded: workflow names come from the worker's registry; recipient domains and
@@ -24,9 +25,10 @@
  * are admitted while there is room, and everything else counts as "other". An admission is never
  * undone by the fold, so no series moves between labels (which would make a counter fall).
  *
- * Rollups per time bucket (maintained as deliveries end) can later feed the same families: the
- * definitions in email.metric_families and the bounds in email.metric_latency_buckets are the
- * contract, not the way the numbers are computed.
+ * Rollups per time bucket (maintained as deliveries end) can later feed the same families (a
+ * counter is then the sum of its buckets since the start): the names, labels and meanings in
+ * email.metric_families and the bounds in email.metric_latency_buckets are the contract, not the
+ * way the numbers are computed.
  *
  * All tables are service_role only (RLS enabled, no policies); so are the functions.
  */
@@ -232,7 +234,7 @@ grant execute on function email._fold_metric_ids(bigint[], integer, integer) to 
 
 /**
  * Folds the audit events added since the last fold into email.metric_counters, in chunks of at
- * most 10,000 ids, until it has caught up, folded metric_state.fold_batch events or spent
+ * most 10,000 ids, until it has caught up, covered metric_state.fold_batch ids or spent
  * metric_state.fold_time_limit (so a long backlog is caught up over several scrapes, each of them
  * short, each chunk advancing the watermark); gaps of earlier folds that have become visible are
  * folded first. Returns how many events it folded. A fold already running elsewhere is not waited
