@@ -79,7 +79,10 @@ test("Postgres refusing connections while a send is in flight: the outcome is re
       smtp.delayMs = 1500;
       const event = verificationEvent();
       const id = event.deliveryId!;
-      const push = worker.push(envelope(event), { token }).then(async (r) => ({ status: r.status, body: await r.json() }));
+      const push = worker.push(envelope(event), { token }).then(async (r) => ({
+        status: r.status,
+        body: await r.json(),
+      }));
 
       await waitFor("the relay to take the message", () => smtp.attempts >= 1);
       await cutOff(admin);
@@ -114,7 +117,10 @@ test("Postgres gone for longer than the attempt's lease: the reaper marks the at
       smtp.delayMs = 1000;
       const event = verificationEvent();
       const id = event.deliveryId!;
-      const push = worker.push(envelope(event), { token }).then(async (r) => ({ status: r.status, body: await r.json() }));
+      const push = worker.push(envelope(event), { token }).then(async (r) => ({
+        status: r.status,
+        body: await r.json(),
+      }));
       await waitFor("the relay to take the message", () => smtp.attempts >= 1);
       await cutOff(admin);
       const reply = await push; // gives up when the lease runs out
@@ -153,7 +159,9 @@ test("Postgres gone for longer than the attempt's lease: the reaper marks the at
 async function dueDeliveries(db: ReturnType<typeof openDb>, n: number) {
   const events = Array.from({ length: n }, () => verificationEvent({ deliveryId: `overlap-${crypto.randomUUID()}` }));
   for (const e of events) {
-    await db.sql`select email.record_queued(${e.deliveryId!}, ${e.workflow}, ${e.recipient}, ${db.sql.json(e.data!)})`;
+    await db.sql`select email.record_queued(${e.deliveryId!}, ${e.workflow}, ${e.recipient}, ${
+      db.sql.json(e.data as postgres.JSONValue)
+    })`;
     await db.makeDue(e.deliveryId!);
   }
   return events;
@@ -169,7 +177,8 @@ test("overlapping sweeps every 500 ms with a relay slower than the lease: 8 due 
   const pg = await startPrivatePostgres();
   const db = openDb(pg.url);
   try {
-    await db.sql`update email.retry_policies set base_delay = interval '100 milliseconds', max_delay = interval '100 milliseconds'`;
+    await db
+      .sql`update email.retry_policies set base_delay = interval '100 milliseconds', max_delay = interval '100 milliseconds'`;
     await withHarness(async ({ smtp, worker }) => {
       smtp.delayMs = 3000;
       const events = await dueDeliveries(db, 8);
@@ -200,7 +209,12 @@ type Arrival = { id: string; at: number };
  * `onTrigger` runs (the test moves claims' clocks) and that request is held `heldMs`; others 200 ms.
  */
 async function webhookScenario(
-  options: { messages: number; trigger: number; heldMs: number; onTrigger: (sql: postgres.Sql, seen: string[]) => Promise<void> },
+  options: {
+    messages: number;
+    trigger: number;
+    heldMs: number;
+    onTrigger: (sql: postgres.Sql, seen: string[]) => Promise<void>;
+  },
 ) {
   const sql = postgres(databaseUrl(), { max: 6, onnotice: () => {} });
   const arrivals: Arrival[] = [];
