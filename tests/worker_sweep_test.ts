@@ -1,3 +1,4 @@
+import type { TestDb } from "./support/db.ts";
 import { assert, assertEquals } from "./support/assert.ts";
 import { test, withHarness } from "./support/harness.ts";
 import { envelope, newDeliveryId, newRecipient, verificationEvent } from "./support/pubsub.ts";
@@ -44,12 +45,34 @@ test("attempts exhausted end in dead_letter, and a later duplicate push sends no
   });
 });
 
-test("a lease that expires mid-send is reaped by the sweep, and the late success still records sent", async () => {
+test("a send slower than the claim's lease keeps its lease: a sweep meanwhile reaps nothing, one mail", async () => {
+  await withHarness(async ({ smtp, worker, db, token }) => {
+    smtp.delayMs = 2500;
+    const event = verificationEvent();
+    const push = worker.push(envelope(event), { token });
+    await new Promise((r) => setTimeout(r, 1500)); // past the claim's 1 s lease, mid-send
+    const counts = await (await worker.sweep()).json();
+    assertEquals([counts.reaped, (await db.delivery(event.deliveryId!))?.status], [0, "in_progress"]);
+    const reply = await (await push).json();
+    assertEquals([reply.outcome, reply.status, reply.tracked], ["sent", "sent", true]);
+    const trail = (await db.events(event.deliveryId!)).map((e) => `${e.to_status}:${e.error_code ?? ""}`);
+    assertEquals(trail, ["queued:", "in_progress:", "sent:"]);
+    assertEquals(mailTo(smtp, event.recipient).length, 1);
+  }, { env: { LEASE_SECONDS: "1" } });
+});
+
+/** Makes the lease of `id` look expired mid-send, as if the worker had lost the database for longer than it (the test's clock jump). */
+async function expireLease(db: TestDb, id: string) {
+  await db.sql`update email.deliveries set lease_expires_at = now() - interval '1 second' where delivery_id = ${id}`;
+}
+
+test("a lease that expires mid-send is reaped as outcome_unknown, and the late success still records sent", async () => {
   await withHarness(async ({ smtp, worker, db, token }) => {
     smtp.delayMs = 2500;
     const event = verificationEvent();
     const push = worker.push(envelope(event), { token });
     await new Promise((r) => setTimeout(r, 1500));
+    await expireLease(db, event.deliveryId!);
     const counts = await (await worker.sweep()).json();
     assert(counts.reaped >= 1, JSON.stringify(counts));
     assertEquals((await db.delivery(event.deliveryId!))?.status, "retrying");
@@ -57,7 +80,7 @@ test("a lease that expires mid-send is reaped by the sweep, and the late success
     const reply = await (await push).json();
     assertEquals([reply.outcome, reply.status], ["sent", "sent"]);
     const trail = (await db.events(event.deliveryId!)).map((e) => `${e.to_status}:${e.error_code ?? ""}`);
-    assertEquals(trail, ["queued:", "in_progress:", "retrying:lease_expired", "sent:"]);
+    assertEquals(trail, ["queued:", "in_progress:", "retrying:outcome_unknown", "sent:"]);
     assertEquals(mailTo(smtp, event.recipient).length, 1);
   }, { env: { LEASE_SECONDS: "1" } });
 });
@@ -68,6 +91,7 @@ test("an attempt whose lease was reaped and re-claimed is fenced off as stale", 
     const event = verificationEvent();
     const push = worker.push(envelope(event), { token });
     await new Promise((r) => setTimeout(r, 1300));
+    await expireLease(db, event.deliveryId!);
     await worker.sweep(); // reaps attempt 1
     await db.makeDue(event.deliveryId!);
     smtp.delayMs = 0;
