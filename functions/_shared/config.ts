@@ -27,7 +27,7 @@
  * | SWEEP_SECRET | (none) | bearer secret of `POST /email-worker/sweep`; the sweep is refused while unset |
  * | SWEEP_BATCH_SIZE | 20 | deliveries one sweep claims at most |
  * | SWEEP_TIME_BUDGET_MS | 20000 | a sweep claims no further delivery after this long (sends already started finish) |
- * | LEASE_SECONDS | 60 | lease an attempt holds; the sweep reaps attempts that outlive it |
+ * | LEASE_SECONDS | 60 | lease a claim holds; from the start of a send the lease covers the SMTP timeouts plus LEASE_SECONDS (renewed by a heartbeat), and the sweep reaps attempts that outlive it |
  * | LOG_LEVEL | info | debug, info, warn or error |
  * | SUPABASE_URL | (injected by Supabase) | the project URL; its JWKS (`/auth/v1/.well-known/jwks.json`) verifies user tokens for `GET /email-worker/deliveries/:id` and the dashboard |
  * | SUPABASE_JWT_SECRET | (none) | the project's legacy HS256 JWT secret, for projects that still sign user tokens with it |
