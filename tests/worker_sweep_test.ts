@@ -2,7 +2,7 @@ import type { TestDb } from "./support/db.ts";
 import { assert, assertEquals } from "./support/assert.ts";
 import { test, withHarness } from "./support/harness.ts";
 import { envelope, newDeliveryId, newRecipient, verificationEvent } from "./support/pubsub.ts";
-import { mailTo } from "./support/smtp.ts";
+import { mailTo, type TestSmtp } from "./support/smtp.ts";
 
 test("a transient failure, then success through the sweep", async () => {
   await withHarness(async ({ smtp, worker, db, token }) => {
@@ -45,12 +45,24 @@ test("attempts exhausted end in dead_letter, and a later duplicate push sends no
   });
 });
 
+/** Waits until the relay has the message's DATA (the send is in flight), for at most 15 s. */
+async function dataArrived(smtp: TestSmtp) {
+  for (let i = 0; i < 600 && smtp.attempts < 1; i++) await new Promise((r) => setTimeout(r, 25));
+  assert(smtp.attempts >= 1, "the relay got the message");
+}
+
+/** Makes the lease of `id` look expired mid-send, as if the worker had lost the database for longer than it (the test's clock jump). */
+async function expireLease(db: TestDb, id: string) {
+  await db.sql`update email.deliveries set lease_expires_at = now() - interval '1 second' where delivery_id = ${id}`;
+}
+
 test("a send slower than the claim's lease keeps its lease: a sweep meanwhile reaps nothing, one mail", async () => {
   await withHarness(async ({ smtp, worker, db, token }) => {
-    smtp.delayMs = 2500;
+    smtp.delayMs = 4000;
     const event = verificationEvent();
     const push = worker.push(envelope(event), { token });
-    await new Promise((r) => setTimeout(r, 1500)); // past the claim's 1 s lease, mid-send
+    await dataArrived(smtp);
+    await new Promise((r) => setTimeout(r, 1200)); // past the claim's 1 s lease, mid-send
     const counts = await (await worker.sweep()).json();
     assertEquals([counts.reaped, (await db.delivery(event.deliveryId!))?.status], [0, "in_progress"]);
     const reply = await (await push).json();
@@ -61,17 +73,12 @@ test("a send slower than the claim's lease keeps its lease: a sweep meanwhile re
   }, { env: { LEASE_SECONDS: "1" } });
 });
 
-/** Makes the lease of `id` look expired mid-send, as if the worker had lost the database for longer than it (the test's clock jump). */
-async function expireLease(db: TestDb, id: string) {
-  await db.sql`update email.deliveries set lease_expires_at = now() - interval '1 second' where delivery_id = ${id}`;
-}
-
 test("a lease that expires mid-send is reaped as outcome_unknown, and the late success still records sent", async () => {
   await withHarness(async ({ smtp, worker, db, token }) => {
-    smtp.delayMs = 2500;
+    smtp.delayMs = 4000;
     const event = verificationEvent();
     const push = worker.push(envelope(event), { token });
-    await new Promise((r) => setTimeout(r, 1500));
+    await dataArrived(smtp); // mid-send
     await expireLease(db, event.deliveryId!);
     const counts = await (await worker.sweep()).json();
     assert(counts.reaped >= 1, JSON.stringify(counts));
@@ -87,10 +94,10 @@ test("a lease that expires mid-send is reaped as outcome_unknown, and the late s
 
 test("an attempt whose lease was reaped and re-claimed is fenced off as stale", async () => {
   await withHarness(async ({ smtp, worker, db, token }) => {
-    smtp.delayMs = 2000;
+    smtp.delayMs = 4000;
     const event = verificationEvent();
     const push = worker.push(envelope(event), { token });
-    await new Promise((r) => setTimeout(r, 1300));
+    await dataArrived(smtp); // mid-send
     await expireLease(db, event.deliveryId!);
     await worker.sweep(); // reaps attempt 1
     await db.makeDue(event.deliveryId!);
