@@ -198,6 +198,31 @@ test("overlapping sweeps every 500 ms with a relay slower than the lease: 8 due 
   }
 });
 
+test("a sweep is bounded by time: no delivery is claimed after SWEEP_TIME_BUDGET_MS, the rest wait unclaimed", async () => {
+  // 8 due deliveries, a relay answering in 1.5 s, 4 lanes, a 1 s budget: only the first wave is claimed.
+  const pg = await startPrivatePostgres();
+  const db = openDb(pg.url);
+  try {
+    await withHarness(async ({ smtp, worker }) => {
+      smtp.delayMs = 1500;
+      const events = await dueDeliveries(db, 8);
+      const counts = await (await worker.sweep()).json();
+      assertEquals([counts.claimed, counts.sent], [4, 4], JSON.stringify(counts));
+      const rows = await Promise.all(events.map((e) => db.delivery(e.deliveryId!)));
+      assertEquals(rows.map((d) => `${d?.status}:${d?.attempts}`).sort(), [
+        ...Array(4).fill("queued:0"),
+        ...Array(4).fill("sent:1"),
+      ]);
+      const next = await (await worker.sweep()).json();
+      assertEquals([next.claimed, next.sent], [4, 4], JSON.stringify(next));
+      assertEquals(countPerRecipient(smtp, events.map((e) => e.recipient)), events.map(() => 1));
+    }, { env: { DELIVERY_STATUS_DATABASE_URL: pg.url, SWEEP_TIME_BUDGET_MS: "1000", SWEEP_BATCH_SIZE: "20" } });
+  } finally {
+    await db.close();
+    await pg.destroy();
+  }
+});
+
 // ---------------------------------------------------------------------------------------------
 // Webhooks
 // ---------------------------------------------------------------------------------------------
