@@ -241,7 +241,12 @@ async function webhookScenario(
     onTrigger: (sql: postgres.Sql, seen: string[]) => Promise<void>;
   },
 ) {
-  const sql = postgres(databaseUrl(), { max: 6, onnotice: () => {} });
+  // The receiver is on loopback: this session and the dispatcher opt in to private targets.
+  const sql = postgres(databaseUrl(), {
+    max: 6,
+    onnotice: () => {},
+    connection: { "email.webhook_allow_private": "on" },
+  });
   const arrivals: Arrival[] = [];
   let triggered: Promise<unknown> | undefined;
   const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen: () => {} }, async (req) => {
@@ -267,14 +272,14 @@ async function webhookScenario(
     // Only this endpoint's messages are due: every other endpoint's are someone else's.
     await sql`update email.webhook_outbox set next_attempt_at = now() + interval '1 hour'
       where endpoint_id <> ${endpoint.id}::uuid and status = 'pending'`;
-    const first = dispatchWebhooks(sql, { batchSize: 50, concurrency: 1, timeoutMs: 3000 }).then(
+    const first = dispatchWebhooks(sql, { batchSize: 50, concurrency: 1, timeoutMs: 3000, allowPrivate: true }).then(
       (r) => ({ ok: true as const, result: r }),
       (e) => ({ ok: false as const, error: String(e?.message ?? e) }),
     );
     await waitFor("the trigger", () => triggered !== undefined);
     await triggered;
     // A second sweep, while the first is still in its waves.
-    const second = await dispatchWebhooks(sql, { batchSize: 50, concurrency: 8, timeoutMs: 3000 });
+    const second = await dispatchWebhooks(sql, { batchSize: 50, concurrency: 8, timeoutMs: 3000, allowPrivate: true });
     const firstDone = await first;
     const rows = await sql<{ message_id: string; status: string }[]>`
       select message_id, status from email.webhook_outbox where endpoint_id = ${endpoint.id}::uuid order by id`;
