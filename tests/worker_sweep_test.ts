@@ -85,6 +85,28 @@ test("a send slower than the claim's lease keeps its lease: a sweep meanwhile re
   }, { env: { LEASE_SECONDS: "1" } });
 });
 
+test("a heartbeat keeps the lease of a send in flight moving forward, and the send starts on a lease that outlasts its timeouts", async () => {
+  await withHarness(async ({ smtp, worker, db, token }) => {
+    smtp.delayMs = 3000;
+    const event = verificationEvent();
+    const id = event.deliveryId!;
+    const push = worker.push(envelope(event), { token });
+    await dataArrived(smtp);
+    const lease = async () => {
+      const [r] = await db.sql`select extract(epoch from lease_expires_at - now())::float8 as left_s,
+        lease_expires_at, send_started_at is not null as started from email.deliveries where delivery_id = ${id}`;
+      return r as unknown as { left_s: number; lease_expires_at: Date; started: boolean };
+    };
+    const first = await lease();
+    // LEASE_SECONDS=1, SMTP timeouts 2 + 2 + 5 s: the lease taken as the send starts covers 10 s.
+    assert(first.started && first.left_s > 5, JSON.stringify(first));
+    await new Promise((r) => setTimeout(r, 1200));
+    const later = await lease();
+    assert(later.lease_expires_at.getTime() > first.lease_expires_at.getTime(), "the heartbeat renewed it");
+    assertEquals((await (await push).json()).tracked, true);
+  }, { env: { LEASE_SECONDS: "1" } });
+});
+
 test("a lease that expires mid-send is reaped as outcome_unknown, and the late success still records sent", async () => {
   await withHarness(async ({ smtp, worker, db, token }) => {
     smtp.delayMs = 4000;

@@ -151,19 +151,25 @@ async function startSending(
   if (first.kind !== "renewed") return first;
   let deadline = asked + seconds * 1000;
   let busy = false;
+  let stopped = false;
+  const stop = () => {
+    stopped = true;
+    clearInterval(timer);
+  };
   const timer = setInterval(async () => {
-    if (busy) return;
+    if (busy || stopped) return;
     busy = true;
     const at = Date.now();
     const r = await deps.tracker.renewLease(deliveryId, attempt, seconds);
     busy = false;
+    if (stopped) return; // the outcome was written meanwhile: the lease is over anyway
     if (r.kind === "renewed") deadline = Math.max(deadline, at + seconds * 1000);
     else if (r.kind === "stale") {
-      clearInterval(timer);
+      stop();
       deps.logger.warn("lease_lost", { deliveryId, attempt, reason: "a heartbeat found the lease gone" });
     }
   }, Math.max(250, (deps.config.leaseSeconds * 1000) / 3));
-  return { kind: "held", deadline: () => deadline, stop: () => clearInterval(timer) };
+  return { kind: "held", deadline: () => deadline, stop };
 }
 
 /**
