@@ -56,7 +56,10 @@ async function importGraph(entries: string[]): Promise<Map<string, Set<string>>>
   return graph;
 }
 
-/** Every import cycle of `graph`, each once, as the path round it (a -> b -> a); [] when there is none. */
+/**
+ * The import cycles a depth-first search of `graph` meets, one per back edge, each as the path round
+ * it (a -> b -> a): [] exactly when the graph has no cycle.
+ */
 function findCycles(graph: Map<string, Set<string>>): string[][] {
   const cycles: string[][] = [];
   const state = new Map<string, "open" | "done">();
