@@ -4,7 +4,6 @@
  * lane, sends them and records the outcomes, for at most SWEEP_BATCH_SIZE deliveries and
  * SWEEP_TIME_BUDGET_MS; answers with counts. Sweeps may overlap: every claim is its own lease.
  */
-import { timingSafeEqual } from "node:crypto";
 import type { Config } from "../_shared/config.ts";
 import { json, jsonError } from "../_shared/http.ts";
 import type { Logger } from "../_shared/log.ts";
@@ -13,20 +12,13 @@ import type { StatusTracker, Unavailable } from "../_shared/tracker.ts";
 import type { Sql } from "postgres";
 import { type DispatchResult, dispatchWebhooks } from "../_shared/webhooks.ts";
 import { attemptDelivery } from "./deliver.ts";
+import { secretsEqual } from "../_shared/auth.ts";
 
 /** What the sweep needs. */
 export type SweepDeps = { config: Config; tracker: StatusTracker; mailer: Mailer; logger: Logger; sql?: Sql };
 
 /** Deliveries sent at the same time within one sweep. */
 const concurrency = 4;
-
-/** Compares two secrets in constant time (over their SHA-256 digests, so lengths do not leak). */
-export async function secretsEqual(given: string, expected: string): Promise<boolean> {
-  const digest = async (s: string) =>
-    new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(s)));
-  const [a, b] = await Promise.all([digest(given), digest(expected)]);
-  return timingSafeEqual(a, b) && given.length === expected.length;
-}
 
 /** Creates the sweep route's handler. */
 export function createSweepHandler(deps: SweepDeps): (request: Request) => Promise<Response> {
