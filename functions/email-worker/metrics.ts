@@ -5,12 +5,12 @@
  * process answering knows: the tracker's circuit breaker and the SMTP relay it sends through.
  */
 import type { Sql } from "postgres";
+import { bearerToken, secretsEqual } from "../_shared/auth.ts";
 import type { Config } from "../_shared/config.ts";
 import { jsonError } from "../_shared/http.ts";
 import type { Logger } from "../_shared/log.ts";
 import { exposition, type MetricFamily, type MetricType, renderExposition } from "../_shared/prometheus.ts";
 import type { StatusTracker } from "../_shared/tracker.ts";
-import { secretsEqual } from "./sweep.ts";
 
 /** What the metrics route needs. */
 export type MetricsDeps = { config: Config; tracker: StatusTracker; logger: Logger; sql?: Sql };
@@ -33,8 +33,9 @@ export function createMetricsHandler(deps: MetricsDeps): (request: Request) => P
   return async (request) => {
     const token = config.metrics.token;
     if (!token) return jsonError(403, "metrics_disabled", "METRICS_TOKEN is not set");
-    const given = /^Bearer (.+)$/i.exec(request.headers.get("authorization")?.trim() ?? "")?.[1] ?? "";
-    if (!(await secretsEqual(given, token))) return jsonError(401, "unauthorized", "a valid metrics token is required");
+    if (!(await secretsEqual(bearerToken(request.headers) ?? "", token))) {
+      return jsonError(401, "unauthorized", "a valid metrics token is required");
+    }
 
     const families: MetricFamily[] = [];
     let up = 0;
