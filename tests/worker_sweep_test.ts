@@ -70,7 +70,7 @@ async function expireLease(db: TestDb, id: string) {
 
 test("a send slower than the claim's lease keeps its lease: a sweep meanwhile reaps nothing, one mail", async () => {
   await withHarness(async ({ smtp, worker, db, token }) => {
-    smtp.delayMs = 6000;
+    smtp.delayMs = 4000;
     const event = verificationEvent();
     const push = worker.push(envelope(event), { token });
     await dataArrived(smtp);
