@@ -32,6 +32,11 @@ try {
   await sql`create extension if not exists pgtap with schema extensions`;
   await sql.end();
 
+  // First, while the database holds only what the migrations put there.
+  if (want("schema")) {
+    results.push(run("schema snapshot", process.execPath, ["scripts/schema_snapshot.mjs", "--database-url", url]));
+    results.push(run("migration freeze", process.execPath, ["scripts/migrations_release.mjs", "--check"]));
+  }
   if (want("pgtap")) {
     const files = readdirSync(path.join(root, "supabase/tests")).filter((f) => f.endsWith(".sql")).sort()
       .map((f) => path.join("supabase/tests", f));
