@@ -227,9 +227,7 @@ export function createStatusTracker(
     async renewLease(id, attempt, leaseSeconds, options = {}) {
       const r = await fenced("renew_lease", (db) =>
         db<{ lease_expires_at: Date }[]>`select email.renew_lease(
-          ${id}, ${attempt}::integer, ${Math.max(1, Math.ceil(leaseSeconds))}::integer, ${
-          options.startingSend ?? false
-        }
+          ${id}, ${attempt}::integer, ${Math.max(1, Math.ceil(leaseSeconds))}::integer, ${options.startingSend ?? false}
         ) as lease_expires_at`);
       return r.kind === "ok" ? { kind: "renewed", leaseExpiresAt: new Date(r.value[0].lease_expires_at) } : r;
     },
