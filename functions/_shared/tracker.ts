@@ -198,31 +198,11 @@ export function createStatusTracker(
       const r = plain(
         "claim_due",
         await pool.call("claim_due", (db) =>
-          db<
-            {
-              delivery_id: string;
-              attempt: number;
-              workflow: string;
-              recipient: string;
-              payload: Record<string, unknown>;
-              user_id: string | null;
-              metadata: Record<string, unknown>;
-            }[]
-          >`select * from email.claim_due(${maxCount}::integer, ${leaseSeconds}::integer)`),
+          db<ClaimedDelivery[]>`
+            select delivery_id as "deliveryId", attempt, workflow, recipient, payload, user_id as "userId", metadata
+            from email.claim_due(${maxCount}::integer, ${leaseSeconds}::integer)`),
       );
-      if (r.kind !== "ok") return r;
-      return {
-        kind: "claimed",
-        deliveries: r.value.map((d) => ({
-          deliveryId: d.delivery_id,
-          attempt: d.attempt,
-          workflow: d.workflow,
-          recipient: d.recipient,
-          payload: d.payload,
-          userId: d.user_id,
-          metadata: d.metadata,
-        })),
-      };
+      return r.kind === "ok" ? { kind: "claimed", deliveries: [...r.value] } : r;
     },
     async renewLease(id, attempt, leaseSeconds, options = {}) {
       const r = await fenced("renew_lease", (db) =>
