@@ -143,7 +143,7 @@ export function createStatusTracker(
   }
 
   /** A call fenced by the attempt: EM003 (a newer attempt owns the delivery, or its lease is gone) is `stale`. */
-  async function fenced<T>(
+  async function fencedCall<T>(
     action: string,
     run: (db: postgres.Sql) => Pending<T>,
   ): Promise<{ kind: "ok"; value: T } | { kind: "stale"; message: string } | Unavailable> {
@@ -153,11 +153,11 @@ export function createStatusTracker(
   }
 
   /** An outcome write: the status the database recorded (and when a retry is due). */
-  async function outcome(
+  async function fenced(
     action: string,
     run: (db: postgres.Sql) => Pending<{ status: string; next_attempt_at?: Date | null }[]>,
   ): Promise<OutcomeResult> {
-    const r = await fenced(action, run);
+    const r = await fencedCall(action, run);
     if (r.kind !== "ok") return r;
     return { kind: "recorded", status: r.value[0]?.status, nextAttemptAt: r.value[0]?.next_attempt_at ?? null };
   }
@@ -183,15 +183,15 @@ export function createStatusTracker(
       return { kind: "not_claimable", status: row.status };
     },
     markSent: (id, attempt, sent) =>
-      outcome("mark_sent", (db) =>
+      fenced("mark_sent", (db) =>
         db`select status from email.mark_sent(
           ${id}, ${attempt}::integer, ${storable(sent.messageId, 998)}, ${storable(sent.response, 512)})`),
     recordFailure: (id, attempt, f) =>
-      outcome("record_failure", (db) =>
+      fenced("record_failure", (db) =>
         db`select status, next_attempt_at from email.record_failure(
           ${id}, ${attempt}::integer, ${storable(f.code, 64)}, ${storable(f.message, 512)}, ${f.permanent})`),
     markFailed: (id, attempt, f) =>
-      outcome("mark_failed", (db) =>
+      fenced("mark_failed", (db) =>
         db`select status from email.mark_failed(
           ${id}, ${attempt}::integer, ${storable(f.code, 64)}, ${storable(f.message, 512)})`),
     async claimDue(maxCount, leaseSeconds) {
@@ -205,7 +205,7 @@ export function createStatusTracker(
       return r.kind === "ok" ? { kind: "claimed", deliveries: [...r.value] } : r;
     },
     async renewLease(id, attempt, leaseSeconds, options = {}) {
-      const r = await fenced("renew_lease", (db) =>
+      const r = await fencedCall("renew_lease", (db) =>
         db<{ lease_expires_at: Date }[]>`select email.renew_lease(
           ${id}, ${attempt}::integer, ${Math.max(1, Math.ceil(leaseSeconds))}::integer, ${options.startingSend ?? false}
         ) as lease_expires_at`);
