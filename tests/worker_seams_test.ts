@@ -5,7 +5,7 @@
 import { loadConfig } from "../functions/_shared/config.ts";
 import { createLogger } from "../functions/_shared/log.ts";
 import { createMailer } from "../functions/_shared/mailer.ts";
-import { createStatusTracker, type StatusTracker } from "../functions/_shared/tracker.ts";
+import { createStatusTracker, type QueueRequest, type StatusTracker } from "../functions/_shared/tracker.ts";
 import { workflows } from "../functions/_shared/workflows/registry.ts";
 import { createHandler } from "../functions/email-worker/handler.ts";
 import { assert, assertEquals } from "./support/assert.ts";
@@ -67,8 +67,8 @@ test("the sweep validates a stored payload once before rendering it", async () =
   });
 });
 
-/** A worker whose real tracker gets a bug planted into its queue-and-claim request. */
-async function workerWithBug(plant: (q: Parameters<StatusTracker["queueAndClaim"]>[0]) => unknown) {
+/** A worker whose real tracker gets a bug planted by `wrap`. */
+async function workerWithBug(wrap: (real: StatusTracker) => StatusTracker, env: Record<string, string> = {}) {
   const smtp = await startSmtpServer();
   const config = loadConfig({
     PUBSUB_VERIFY: "false",
@@ -79,14 +79,12 @@ async function workerWithBug(plant: (q: Parameters<StatusTracker["queueAndClaim"
     SMTP_FROM: "Email Worker Test <no-reply@worker.test>",
     DELIVERY_STATUS_DATABASE_URL: databaseUrl(),
     TRACKING_MODE: "optional",
+    ...env,
   });
   const logs: Record<string, unknown>[] = [];
   const logger = createLogger("email-worker", { sink: (line) => logs.push(JSON.parse(line)) });
   const real = createStatusTracker(config.tracking, { logger: logger.child("tracker") });
-  const tracker: StatusTracker = {
-    ...real,
-    queueAndClaim: (q, lease) => real.queueAndClaim(plant(q) as typeof q, lease),
-  };
+  const tracker = wrap(real);
   const mailer = createMailer(config.smtp);
   const server = Deno.serve(
     { port: 0, hostname: "127.0.0.1", onListen: () => {} },
@@ -133,7 +131,10 @@ for (
   ] as const
 ) {
   test(`a bug in queue-and-claim (${name}) answers 500: nothing stored as rejected or conflicting, nothing sent`, async () => {
-    const w = await workerWithBug(plant as (q: unknown) => unknown);
+    const w = await workerWithBug((real) => ({
+      ...real,
+      queueAndClaim: (q, lease) => real.queueAndClaim((plant as (x: QueueRequest) => QueueRequest)(q), lease),
+    }));
     const db = openDb(databaseUrl());
     try {
       const event = verificationEvent();
@@ -151,3 +152,25 @@ for (
     }
   });
 }
+
+test("a bug in a lease heartbeat stops the heartbeat without ending the process; the send's outcome is recorded", async () => {
+  // Heartbeats renew with an undefined delivery id: npm:postgres refuses the query (UNDEFINED_VALUE).
+  const w = await workerWithBug((real) => ({
+    ...real,
+    renewLease: (id, attempt, seconds, options) =>
+      real.renewLease(options?.startingSend ? id : undefined as unknown as string, attempt, seconds, options),
+  }), { LEASE_SECONDS: "1" });
+  const db = openDb(databaseUrl());
+  try {
+    w.smtp.delayMs = 1500; // several heartbeats (every third of LEASE_SECONDS) while the relay answers
+    const event = verificationEvent();
+    const res = await w.push(envelope(event));
+    const reply = await res.json();
+    assertEquals([res.status, reply.outcome, reply.tracked], [200, "sent", true]);
+    assertEquals((await db.delivery(event.deliveryId!))?.status, "sent");
+    assertEquals(w.logs.filter((l) => l.action === "heartbeat_failed").length, 1);
+  } finally {
+    await db.close();
+    await w.close();
+  }
+});

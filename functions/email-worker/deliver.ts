@@ -173,8 +173,22 @@ async function startSending(
     if (busy || stopped) return;
     busy = true;
     const at = Date.now();
-    const r = await deps.tracker.renewLease(deliveryId, attempt, seconds);
-    busy = false;
+    let r: LeaseResult;
+    try {
+      r = await deps.tracker.renewLease(deliveryId, attempt, seconds);
+    } catch (error) {
+      // A bug (the tracker throws only those): no caller awaits a timer, and an unhandled rejection
+      // would end the process mid-send. Stop renewing; the send and its outcome write go on.
+      stop();
+      deps.logger.error("heartbeat_failed", {
+        deliveryId,
+        attempt,
+        error: error instanceof Error ? error.name : "unknown",
+      });
+      return;
+    } finally {
+      busy = false;
+    }
     if (stopped) return; // the outcome was written meanwhile: the lease is over anyway
     if (r.kind === "renewed") deadline = Math.max(deadline, at + seconds * 1000);
     else if (r.kind === "stale") {
