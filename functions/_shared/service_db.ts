@@ -13,6 +13,7 @@ export function createServiceDb(tracking: Config["tracking"]): Sql | undefined {
     idle_timeout: 30,
     connect_timeout: Math.ceil(tracking.timeoutMs / 1000),
     connection: { application_name: "email-worker-api" },
+    prepare: false, // transaction-mode poolers (Supabase's, PgBouncer) cannot keep named prepared statements
     onnotice: () => {},
   });
 }
