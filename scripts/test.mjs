@@ -26,14 +26,16 @@ import postgres from "postgres";
 const deno = path.join(root, "node_modules/.bin/deno");
 const log = (m) => console.log(`[test] ${m}`);
 const PARTS = ["pgtap", "deno", "fmt", "lint", "check", "pg17", "hosted", "pgbouncer", "clone"];
-const only = new Map(process.argv.slice(2).map((a) => {
-  const [part, files] = a.split("=");
-  if (!PARTS.includes(part)) {
-    console.error(`unknown part "${part}" (parts: ${PARTS.join(", ")})`);
-    process.exit(2);
-  }
-  return [part, files ? files.split(",") : undefined];
-}));
+const only = new Map(
+  process.argv.slice(2).map((a) => {
+    const [part, files] = a.split("=");
+    if (!PARTS.includes(part)) {
+      console.error(`unknown part "${part}" (parts: ${PARTS.join(", ")})`);
+      process.exit(2);
+    }
+    return [part, files ? files.split(",") : undefined];
+  }),
+);
 const want = (part) => only.size === 0 || only.has(part);
 const started = Date.now();
 const results = [];
@@ -103,7 +105,13 @@ async function withTestDatabase(major, port, fn) {
  */
 async function hostedRun(major) {
   const name = `hosted pg${major}`;
-  const server = await startServer({ major, log, flags: ["-c", "fsync=off"], superuser: "supabase_admin", embedded: true });
+  const server = await startServer({
+    major,
+    log,
+    flags: ["-c", "fsync=off"],
+    superuser: "supabase_admin",
+    embedded: true,
+  });
   try {
     installPgTap(pgBinaries(major));
     const adminUrl = await recreateDatabase(server.url, "email_worker_hosted");
@@ -120,7 +128,9 @@ async function hostedRun(major) {
         sql`select current_user as name, r.rolsuper as superuser, d.datdba::regrole::text as db_owner
             from pg_roles r, pg_database d where r.rolname = current_user and d.datname = current_database()`,
     );
-    if (role.superuser || role.db_owner !== "supabase_admin") throw new Error(`not hosted-like: ${JSON.stringify(role)}`);
+    if (role.superuser || role.db_owner !== "supabase_admin") {
+      throw new Error(`not hosted-like: ${JSON.stringify(role)}`);
+    }
     log(`${name}: migrating as ${role.name} (not a superuser; the database belongs to ${role.db_owner})`);
     await migrate(url.toString(), { log, bootstrapUrl: adminUrl });
     pgProve(name, url.toString(), pgtapFiles("hosted"));
@@ -141,9 +151,11 @@ try {
       if (want("check")) run("deno check", deno, ["check", "functions/", "tests/", "cli/"]);
       if (want("pgbouncer")) {
         // The worker's connections (both pools) go through the pooler; the tests' own reads do not.
-        const files = only.get("pgbouncer") ?? readdirSync(path.join(root, "tests")).filter((f) =>
-          f.endsWith("_test.ts") && /support\/(harness|worker)\.ts/.test(readFileSync(path.join(root, "tests", f), "utf8"))
-        ).sort().map((f) => `tests/${f}`);
+        const files = only.get("pgbouncer") ??
+          readdirSync(path.join(root, "tests")).filter((f) =>
+            f.endsWith("_test.ts") &&
+            /support\/(harness|worker)\.ts/.test(readFileSync(path.join(root, "tests", f), "utf8"))
+          ).sort().map((f) => `tests/${f}`);
         const bouncer = await startPgBouncer(url, { log });
         try {
           denoTest("pgbouncer (worker e2e)", files, {

@@ -59,7 +59,14 @@ export function postgresUser() {
   try {
     return { uid: id("-u"), gid: id("-g") };
   } catch {
-    execFileSync("useradd", ["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"]);
+    execFileSync("useradd", [
+      "--system",
+      "--user-group",
+      "--no-create-home",
+      "--shell",
+      "/usr/sbin/nologin",
+      "postgres",
+    ]);
     return { uid: id("-u"), gid: id("-g") };
   }
 }
@@ -303,7 +310,9 @@ export async function startServer(
     await cluster.start();
   } catch (e) {
     await cluster.destroy().catch(() => {});
-    throw new Error(`could not start the embedded Postgres ${cluster.version} with data in ${cluster.dataDir}: ${e.message}`);
+    throw new Error(
+      `could not start the embedded Postgres ${cluster.version} with data in ${cluster.dataDir}: ${e.message}`,
+    );
   }
   return {
     url: cluster.url,
