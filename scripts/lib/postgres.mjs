@@ -52,6 +52,16 @@ export function freePort() {
   });
 }
 
+/** `preferred` when it is free on 127.0.0.1, else a free port: defaults that step aside for a second run. */
+export async function preferredPort(preferred) {
+  const free = await new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.once("error", () => resolve(false));
+    srv.listen(preferred, "127.0.0.1", () => srv.close(() => resolve(true)));
+  });
+  return free ? preferred : await freePort();
+}
+
 /** The uid/gid Postgres runs as: ours, or the `postgres` user's when we are root (created if missing). */
 export function postgresUser() {
   if (!isRoot) return {};
