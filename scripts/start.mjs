@@ -3,7 +3,9 @@
 //   a local SMTP sink with a web inbox (maildev), a JWKS standing in for Google's, the email-worker function
 //   under `deno run`, and the sweep on a timer (standing in for pg_cron). `npm run publish` sends a test push.
 import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
 import http from "node:http";
+import os from "node:os";
 import path from "node:path";
 import postgres from "postgres";
 import { MailDev } from "maildev";
@@ -36,7 +38,11 @@ async function main() {
   await migrate(dbUrl, { log: (m) => m && say(m.replace(/\n/g, "\n[start] ")) });
 
   say("starting the SMTP sink (maildev)");
+  // A folder of this run's own: maildev's default (/tmp/maildev) is shared by every user and clone.
+  const mailDirectory = mkdtempSync(path.join(os.tmpdir(), "email-worker-maildev-"));
+  stoppers.push(() => rmSync(mailDirectory, { recursive: true, force: true }));
   const maildev = new MailDev({
+    mailDirectory,
     smtp: ports.smtp,
     web: ports.inbox,
     ip: "127.0.0.1",
