@@ -3,6 +3,7 @@
 //   pgtap      pgTAP (pg_prove) on Postgres 15 against a fresh database migrated with the Supabase CLI
 //   deno       deno test (tests/, functions/) against that database
 //   fmt, lint, check   deno fmt --check, deno lint, deno check
+//   deploy     the deploy simulation (scripts/deploy_sim.mjs) against that database
 //   pg17       pgTAP and deno test again on Postgres 17, which new hosted projects run
 //   hosted     the migrations and pgTAP as a role with hosted Supabase's attributes (not a superuser,
 //              the database owned by another superuser), on Postgres 15 and 17
@@ -25,7 +26,7 @@ import postgres from "postgres";
 
 const deno = path.join(root, "node_modules/.bin/deno");
 const log = (m) => console.log(`[test] ${m}`);
-const PARTS = ["pgtap", "deno", "fmt", "lint", "check", "pg17", "hosted", "pgbouncer", "clone"];
+const PARTS = ["pgtap", "deno", "fmt", "lint", "check", "deploy", "pgbouncer", "pg17", "hosted", "clone"];
 const only = new Map(
   process.argv.slice(2).map((a) => {
     const [part, files] = a.split("=");
@@ -141,7 +142,7 @@ async function hostedRun(major) {
 
 ensureTestPrereqs({ log });
 try {
-  if (["pgtap", "deno", "fmt", "lint", "check", "pgbouncer"].some(want)) {
+  if (["pgtap", "deno", "fmt", "lint", "check", "deploy", "pgbouncer"].some(want)) {
     const port = process.env.TEST_PG_PORT ? Number(process.env.TEST_PG_PORT) : undefined;
     await withTestDatabase(15, port, async ({ url, denoEnv }) => {
       if (want("pgtap")) pgProve("pgtap", url, pgtapFiles("pgtap"));
@@ -149,6 +150,7 @@ try {
       if (want("fmt")) run("deno fmt", deno, ["fmt", "--check"]);
       if (want("lint")) run("deno lint", deno, ["lint"]);
       if (want("check")) run("deno check", deno, ["check", "functions/", "tests/", "cli/"]);
+      if (want("deploy")) run("deploy sim", process.execPath, ["scripts/deploy_sim.mjs"], denoEnv);
       if (want("pgbouncer")) {
         // The worker's connections (both pools) go through the pooler; the tests' own reads do not.
         const files = only.get("pgbouncer") ??
