@@ -42,7 +42,12 @@ function makeClone(label) {
 
 /** Runs `npm test -- <parts>` in `clone`, as `user` when given; resolves to the exit code. */
 function npmTest(label, clone, { user, home } = {}) {
-  const env = { PATH: process.env.PATH, HOME: home ?? process.env.HOME, LANG: process.env.LANG ?? "C.UTF-8" };
+  const env = {
+    PATH: process.env.PATH,
+    HOME: home ?? process.env.HOME,
+    LANG: process.env.LANG ?? "C.UTF-8",
+    npm_config_update_notifier: "false",
+  };
   const npmArgs = ["test", "--", ...parts];
   const [cmd, args] = user
     ? ["runuser", ["-u", user, "--", "env", ...Object.entries(env).map(([k, v]) => `${k}=${v}`), "npm", ...npmArgs]]

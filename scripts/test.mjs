@@ -140,6 +140,8 @@ async function hostedRun(major) {
   }
 }
 
+// Interrupted: exit, so the servers started here are stopped (scripts/lib/postgres.mjs, pgbouncer.mjs).
+for (const signal of ["SIGINT", "SIGTERM"]) process.on(signal, () => process.exit(1));
 ensureTestPrereqs({ log });
 try {
   if (["pgtap", "deno", "fmt", "lint", "check", "deploy", "pgbouncer"].some(want)) {

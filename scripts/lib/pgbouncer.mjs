@@ -58,7 +58,10 @@ export async function startPgBouncer(serverUrl, { poolMode = "transaction", log 
     child.on("error", (e) => reject(new Error(`could not run pgbouncer: ${e.message}`)));
     child.on("exit", (code) => reject(new Error(`pgbouncer exited (code ${code}):\n${output.trim()}`)));
   });
-  const exitHook = () => child.kill("SIGINT");
+  const exitHook = () => {
+    child.kill("SIGINT");
+    rmSync(dir, { recursive: true, force: true });
+  };
   process.on("exit", exitHook);
   log(`pgbouncer (${poolMode} mode) on 127.0.0.1:${port} in front of ${server.hostname}:${server.port}`);
   return {

@@ -152,8 +152,10 @@ function utf8Locale() {
 }
 
 const running = new Set();
+const throwaways = new Set();
 process.on("exit", () => {
   for (const child of running) child.kill("SIGQUIT");
+  for (const dir of throwaways) rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
 });
 
 /**
@@ -174,6 +176,7 @@ export async function createCluster(
     dataDir = path.join(base, major === 15 ? name : `${name}-pg${major}`);
   } else {
     base = scratchDir("email-worker-pg-");
+    throwaways.add(base);
     dataDir = path.join(base, "data");
   }
   const env = { ...process.env, LANG: utf8Locale(), LC_MESSAGES: "C" }; // English messages: we read them
@@ -251,7 +254,10 @@ export async function createCluster(
     /** Stops the server and, for a throwaway cluster, removes its data. */
     async destroy() {
       await cluster.stop({ mode: name ? "fast" : "immediate" });
-      if (!name) rmSync(base, { recursive: true, force: true });
+      if (!name) {
+        rmSync(base, { recursive: true, force: true });
+        throwaways.delete(base);
+      }
     },
   };
 
