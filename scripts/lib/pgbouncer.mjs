@@ -32,7 +32,7 @@ export async function startPgBouncer(serverUrl, { poolMode = "transaction", log 
       `auth_file = ${path.join(dir, "userlist.txt")}`,
       `pool_mode = ${poolMode}`,
       "max_client_conn = 1000",
-      "default_pool_size = 20",
+      "default_pool_size = 40", // several worker processes at once (the fault tests) without queueing
       "server_reset_query =",
       // Startup parameters clients send that PgBouncer does not track itself.
       "ignore_startup_parameters = extra_float_digits,options",
