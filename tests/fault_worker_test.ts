@@ -10,7 +10,7 @@ import { openDb } from "./support/db.ts";
 import { type FaultySmtp, startFaultySmtp } from "./support/faulty_smtp.ts";
 import { test } from "./support/harness.ts";
 import { envelope, verificationEvent } from "./support/pubsub.ts";
-import { databaseUrl, startWorker, testSweepSecret } from "./support/worker.ts";
+import { databaseUrl, startWorker, testSweepSecret, workerDatabaseUrl } from "./support/worker.ts";
 
 const root = fileURLToPath(new URL("../", import.meta.url));
 
@@ -45,7 +45,7 @@ async function spawnWorker(smtp: FaultySmtp, env: Record<string, string> = {}): 
       SMTP_SECURE: "false",
       SMTP_REQUIRE_TLS: "false", // a local sink without STARTTLS
       SMTP_FROM: "Email Worker Test <no-reply@worker.test>",
-      DELIVERY_STATUS_DATABASE_URL: databaseUrl(),
+      DELIVERY_STATUS_DATABASE_URL: workerDatabaseUrl(),
       SWEEP_SECRET: testSweepSecret,
       LOG_LEVEL: "warn",
       ...env,
