@@ -180,6 +180,18 @@ test("three worker processes receiving the same 20 pushes 3 times each at once: 
   const workers: WorkerProcess[] = [];
   try {
     workers.push(...await Promise.all([0, 1, 2].map(() => spawnWorker(smtp))));
+    // Warm each process up (modules compiled, tracker pool connected) so that, on a loaded machine, no
+    // process is still starting when the burst arrives and every one of them can win a race.
+    for (const w of workers) {
+      const warm = verificationEvent({ deliveryId: `warm-${crypto.randomUUID()}` });
+      const res = await fetch(`${w.url}/email-worker`, {
+        method: "POST",
+        body: envelope(warm),
+        headers: { "content-type": "application/json" },
+        signal: AbortSignal.timeout(20_000),
+      });
+      assertEquals((await res.json()).outcome, "sent");
+    }
     const events = Array.from({ length: 20 }, () => verificationEvent({ deliveryId: `multi-${crypto.randomUUID()}` }));
     const bodies = events.map((e) => envelope(e)); // one Pub/Sub message each, redelivered with the same id
     const answers = await Promise.all(events.flatMap((e, i) =>
