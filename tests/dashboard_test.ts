@@ -55,17 +55,18 @@ async function seed(sql: postgres.Sql, workflow: string): Promise<string> {
   }
   const failed = await queue();
   await sql`select email.mark_in_progress(${failed})`;
-  await sql`select * from email.record_failure(${failed}, 1, 'smtp_550_5.1.1', '550 5.1.1 no such user', true)`;
+  await sql`select * from email.record_failure(${failed}, 1, '550 5.1.1 no such user', 550, '5.1.1')`;
   await backdate(failed, 30);
   for (const minutes of [35, 40]) {
     const id = await queue();
     await sql`select email.mark_in_progress(${id})`;
-    await sql`select email.mark_dead_letter(${id}, 1, 'smtp_421', '421 try again later')`;
+    await sql`update email.deliveries set max_attempts = 1 where delivery_id = ${id}`;
+    await sql`select * from email.record_failure(${id}, 1, '421 try again later', 421)`;
     await backdate(id, minutes);
   }
   const retrying = await queue();
   await sql`select email.mark_in_progress(${retrying})`;
-  await sql`select email.mark_retrying(${retrying}, 1, 'smtp_451', '451 greylisted')`;
+  await sql`select * from email.record_failure(${retrying}, 1, '451 greylisted', 451)`;
   await backdate(retrying, 45);
   const suppressedAddress = `${workflow}-suppressed@example.com`;
   await sql`select email.add_suppression(${suppressedAddress}, 'dashboard test')`;

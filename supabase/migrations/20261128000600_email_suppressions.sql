@@ -154,7 +154,7 @@ begin
   set status = 'suppressed', last_error_code = 'address_suppressed',
       last_error_message = left('the recipient is on the suppression list: ' || s.reason, 512)
   where d.delivery_id = _suppress_delivery.delivery_id
-    and d.status in (select s.status from email.statuses s where s.waiting);
+    and d.status in (select st.status from email.statuses st where st.waiting);
   perform email._set_event_detail(null);
   delete from email.delivery_payloads p where p.delivery_id = _suppress_delivery.delivery_id;
 end
@@ -226,7 +226,7 @@ begin
   -- Recipients written as `Name <address>` do not match the index on lower(recipient).
   for id in
     select d.delivery_id from email.deliveries d
-    where d.status in (select s.status from email.statuses s where s.waiting) and d.recipient like '%<%'
+    where d.status in (select st.status from email.statuses st where st.waiting) and d.recipient like '%<%'
       and email.normalize_address(d.recipient) = new.address
     for update
   loop
