@@ -66,7 +66,7 @@ export type ClaimedDelivery = {
 };
 
 /** An outcome write that may be fenced off by a newer attempt. */
-export type OutcomeResult = { kind: "recorded"; status: string; nextAttemptAt?: Date | null } | {
+export type OutcomeResult = { kind: "recorded"; status: string; nextAttemptAt?: Date | null; errorCode?: string } | {
   kind: "stale";
   message: string;
 } | Unavailable;
@@ -98,10 +98,14 @@ export type StatusTracker = {
   /** record_queued, then mark_in_progress, in one round trip. */
   queueAndClaim(request: QueueRequest, leaseSeconds: number): Promise<QueueResult>;
   markSent(deliveryId: string, attempt: number, sent: { messageId: string; response: string }): Promise<OutcomeResult>;
+  /**
+   * record_failure with the facts of a failed send: the database's failure rules decide retrying,
+   * failed or dead_letter, and the error code it records (returned as errorCode).
+   */
   recordFailure(
     deliveryId: string,
     attempt: number,
-    failure: { code: string; message: string; permanent: boolean },
+    failure: { message: string; replyCode?: number; enhancedCode?: string; transportCode?: string },
   ): Promise<OutcomeResult>;
   /** mark_failed from queued or in_progress (a render failure after enqueue). */
   markFailed(deliveryId: string, attempt: number, failure: { code: string; message: string }): Promise<OutcomeResult>;
@@ -242,12 +246,17 @@ export function createStatusTracker(
 
   async function fenced(
     action: string,
-    run: (db: postgres.Sql) => Pending<{ status: string; next_attempt_at?: Date | null }[]>,
+    run: (db: postgres.Sql) => Pending<{ status: string; next_attempt_at?: Date | null; error_code?: string }[]>,
   ) {
     try {
       const r = await call(action, run);
       if (!Array.isArray(r)) return r;
-      return { kind: "recorded" as const, status: r[0]?.status, nextAttemptAt: r[0]?.next_attempt_at ?? null };
+      return {
+        kind: "recorded" as const,
+        status: r[0]?.status,
+        nextAttemptAt: r[0]?.next_attempt_at ?? null,
+        errorCode: r[0]?.error_code ?? undefined,
+      };
     } catch (error) {
       return { kind: "stale" as const, message: oneLine(error) };
     }
@@ -278,8 +287,9 @@ export function createStatusTracker(
           ${id}, ${attempt}::integer, ${storable(sent.messageId, 998)}, ${storable(sent.response, 512)})`),
     recordFailure: (id, attempt, f) =>
       fenced("record_failure", (db) =>
-        db`select status, next_attempt_at from email.record_failure(
-          ${id}, ${attempt}::integer, ${storable(f.code, 64)}, ${storable(f.message, 512)}, ${f.permanent})`),
+        db`select status, next_attempt_at, error_code from email.record_failure(
+          ${id}, ${attempt}::integer, ${storable(f.message, 512)}, ${f.replyCode ?? null}::integer,
+          ${f.enhancedCode ?? null}, ${f.transportCode ?? null})`),
     markFailed: (id, attempt, f) =>
       fenced("mark_failed", (db) =>
         db`select status from email.mark_failed(

@@ -94,8 +94,10 @@ insert into email.retry_policies (workflow) values ('*');
  * matching rule with the lowest priority. A rule matches when each of its conditions that is set
  * holds: the reply code within [reply_code_from, reply_code_to], the enhanced code LIKE
  * enhanced_pattern ('' matches a reply without one), the transport code equal to transport_code. The
- * delivery's error code names what the rule matched on: smtp_<reply>[_<enhanced>] for a reply rule,
- * the transport code for a transport rule, `unknown` for the catch-all.
+ * delivery's error code names what the rule matched on: smtp_<reply>[_<enhanced>] for a reply rule
+ * (the enhanced code only where code_with_enhanced: not for 4xx, whose enhanced codes vary by relay and
+ * would split the metrics' error counts), the transport code for a transport rule, `unknown` for the
+ * catch-all.
  */
 create table email.failure_rules (
   priority integer primary key,
@@ -105,6 +107,7 @@ create table email.failure_rules (
   transport_code text,
   class text not null check (class in ('transient', 'permanent')),
   hard_bounce boolean not null default false,
+  code_with_enhanced boolean not null default true,
   description text not null,
   constraint failure_rules_reply_range check ((reply_code_from is null) = (reply_code_to is null) and reply_code_from <= reply_code_to),
   constraint failure_rules_enhanced_needs_reply check (enhanced_pattern is null or reply_code_from is not null),
@@ -112,38 +115,39 @@ create table email.failure_rules (
 );
 alter table email.failure_rules enable row level security;
 comment on table email.failure_rules is 'SMTP failure classification (transient, permanent, hard bounce): the lowest-priority matching rule decides';
+comment on column email.failure_rules.code_with_enhanced is 'Whether the recorded error code carries the enhanced code (smtp_550_5.1.1) or only the reply (smtp_451)';
 
-insert into email.failure_rules (priority, reply_code_from, reply_code_to, enhanced_pattern, transport_code, class, hard_bounce, description) values
-  (10, null, null, null, 'ETLS', 'transient', false, 'no TLS where it is required (STARTTLS refused or stripped): ours to fix, whatever the reply'),
-  (20, 535, 535, null, null, 'transient', false, 'authentication failed: an operator fixes the credentials'),
-  (30, 500, 599, '5.3.%', null, 'transient', false, 'mail system status: the relay''s side'),
-  (31, 500, 599, '5.4.%', null, 'transient', false, 'network or routing: the relay''s side'),
-  (32, 500, 599, '5.7.0', null, 'transient', false, 'our relay''s policy (e.g. the sender is not allowed): an operator fixes it'),
-  (40, 500, 599, '5.1.%', null, 'permanent', true, 'bad destination mailbox or address: a hard bounce'),
-  (41, 550, 551, '', null, 'permanent', true, 'mailbox unavailable or not local, without an enhanced code: a hard bounce'),
-  (42, 553, 553, '', null, 'permanent', true, 'mailbox name not allowed, without an enhanced code: a hard bounce'),
-  (50, 500, 599, null, null, 'permanent', false, 'any other 5xx: the recipient''s side refused (policy, content, mailbox full)'),
-  (60, 400, 499, null, null, 'transient', false, 'any 4xx: try again later'),
-  (70, null, null, null, 'EENVELOPE', 'permanent', false, 'the envelope was refused'),
-  (71, null, null, null, 'EMESSAGE', 'permanent', false, 'the message could not be built'),
-  (72, null, null, null, 'EREQUIRETLS', 'permanent', false, 'REQUIRETLS is not supported on the path'),
-  (73, null, null, null, 'header_injection', 'permanent', false, 'a header value has a line break: never sent'),
-  (80, null, null, null, 'ETIMEDOUT', 'transient', false, 'timed out'),
-  (81, null, null, null, 'ECONNECTION', 'transient', false, 'connection error'),
-  (82, null, null, null, 'ESOCKET', 'transient', false, 'socket error'),
-  (83, null, null, null, 'EDNS', 'transient', false, 'DNS lookup failed'),
-  (84, null, null, null, 'EPROTOCOL', 'transient', false, 'unexpected SMTP conversation'),
-  (85, null, null, null, 'EAUTH', 'transient', false, 'authentication failed'),
-  (86, null, null, null, 'ECONNREFUSED', 'transient', false, 'connection refused'),
-  (87, null, null, null, 'ECONNRESET', 'transient', false, 'connection reset'),
-  (88, null, null, null, 'EPIPE', 'transient', false, 'broken pipe'),
-  (89, null, null, null, 'EHOSTUNREACH', 'transient', false, 'host unreachable'),
-  (90, null, null, null, 'ENETUNREACH', 'transient', false, 'network unreachable'),
-  (91, null, null, null, 'ENOTFOUND', 'transient', false, 'host not found'),
-  (92, null, null, null, 'EAI_AGAIN', 'transient', false, 'DNS lookup failed temporarily'),
-  (93, null, null, null, 'lease_expired', 'transient', false, 'the reaper: the attempt did not start sending before its lease expired'),
-  (94, null, null, null, 'outcome_unknown', 'transient', false, 'the reaper: the attempt started sending and never reported (at least once: retried)'),
-  (1000, null, null, null, null, 'transient', false, 'anything else: retried, so a bug never burns a message silently; the attempt budget bounds it');
+insert into email.failure_rules (priority, reply_code_from, reply_code_to, enhanced_pattern, transport_code, class, hard_bounce, code_with_enhanced, description) values
+  (10, null, null, null, 'ETLS', 'transient', false, true, 'no TLS where it is required (STARTTLS refused or stripped): ours to fix, whatever the reply'),
+  (20, 535, 535, null, null, 'transient', false, true, 'authentication failed: an operator fixes the credentials'),
+  (30, 500, 599, '5.3.%', null, 'transient', false, true, 'mail system status: the relay''s side'),
+  (31, 500, 599, '5.4.%', null, 'transient', false, true, 'network or routing: the relay''s side'),
+  (32, 500, 599, '5.7.0', null, 'transient', false, true, 'our relay''s policy (e.g. the sender is not allowed): an operator fixes it'),
+  (40, 500, 599, '5.1.%', null, 'permanent', true, true, 'bad destination mailbox or address: a hard bounce'),
+  (41, 550, 551, '', null, 'permanent', true, true, 'mailbox unavailable or not local, without an enhanced code: a hard bounce'),
+  (42, 553, 553, '', null, 'permanent', true, true, 'mailbox name not allowed, without an enhanced code: a hard bounce'),
+  (50, 500, 599, null, null, 'permanent', false, true, 'any other 5xx: the recipient''s side refused (policy, content, mailbox full)'),
+  (60, 400, 499, null, null, 'transient', false, false, 'any 4xx: try again later'),
+  (70, null, null, null, 'EENVELOPE', 'permanent', false, true, 'the envelope was refused'),
+  (71, null, null, null, 'EMESSAGE', 'permanent', false, true, 'the message could not be built'),
+  (72, null, null, null, 'EREQUIRETLS', 'permanent', false, true, 'REQUIRETLS is not supported on the path'),
+  (73, null, null, null, 'header_injection', 'permanent', false, true, 'a header value has a line break: never sent'),
+  (80, null, null, null, 'ETIMEDOUT', 'transient', false, true, 'timed out'),
+  (81, null, null, null, 'ECONNECTION', 'transient', false, true, 'connection error'),
+  (82, null, null, null, 'ESOCKET', 'transient', false, true, 'socket error'),
+  (83, null, null, null, 'EDNS', 'transient', false, true, 'DNS lookup failed'),
+  (84, null, null, null, 'EPROTOCOL', 'transient', false, true, 'unexpected SMTP conversation'),
+  (85, null, null, null, 'EAUTH', 'transient', false, true, 'authentication failed'),
+  (86, null, null, null, 'ECONNREFUSED', 'transient', false, true, 'connection refused'),
+  (87, null, null, null, 'ECONNRESET', 'transient', false, true, 'connection reset'),
+  (88, null, null, null, 'EPIPE', 'transient', false, true, 'broken pipe'),
+  (89, null, null, null, 'EHOSTUNREACH', 'transient', false, true, 'host unreachable'),
+  (90, null, null, null, 'ENETUNREACH', 'transient', false, true, 'network unreachable'),
+  (91, null, null, null, 'ENOTFOUND', 'transient', false, true, 'host not found'),
+  (92, null, null, null, 'EAI_AGAIN', 'transient', false, true, 'DNS lookup failed temporarily'),
+  (93, null, null, null, 'lease_expired', 'transient', false, true, 'the reaper: the attempt did not start sending before its lease expired'),
+  (94, null, null, null, 'outcome_unknown', 'transient', false, true, 'the reaper: the attempt started sending and never reported (at least once: retried)'),
+  (1000, null, null, null, null, 'transient', false, true, 'anything else: retried, so a bug never burns a message silently; the attempt budget bounds it');
 
 create table email.deliveries (
   delivery_id text primary key

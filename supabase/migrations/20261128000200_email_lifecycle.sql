@@ -621,7 +621,8 @@ begin
       using errcode = 'EM006', hint = 'email.failure_rules needs a catch-all row (every condition null)';
   end if;
   return query select r, case
-    when r.reply_code_from is not null then 'smtp_' || failure_rule.reply_code || coalesce('_' || failure_rule.enhanced_code, '')
+    when r.reply_code_from is not null then
+      'smtp_' || failure_rule.reply_code || case when r.code_with_enhanced then coalesce('_' || failure_rule.enhanced_code, '') else '' end
     when r.transport_code is not null then r.transport_code
     else 'unknown'
   end;
