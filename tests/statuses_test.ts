@@ -8,7 +8,14 @@
 import postgres from "postgres";
 import { assert, assertEquals } from "./support/assert.ts";
 import { statuses, statusNames } from "../functions/_shared/statuses.gen.ts";
-import { modulePath, renderStatusesModule, statusesQuery } from "../scripts/gen_statuses.mjs";
+import {
+  failureRulesQuery,
+  modulePath,
+  renderFailureRulesModule,
+  renderStatusesModule,
+  rulesModulePath,
+  statusesQuery,
+} from "../scripts/gen_statuses.mjs";
 
 const databaseUrl = Deno.env.get("DATABASE_URL");
 if (!databaseUrl) throw new Error("DATABASE_URL must point at a migrated database");
@@ -40,6 +47,21 @@ Deno.test({
     );
     assertEquals(statusNames, rows.map((r) => r.status));
     assert(statusNames.includes("suppressed") && statusNames.includes("purged"), "statuses of later migrations are in");
+  } finally {
+    await sql.end();
+  }
+});
+
+Deno.test({
+  name: "failure_rules.gen.ts is what email.failure_rules says (run node scripts/gen_statuses.mjs after a change)",
+  ...opts,
+}, async () => {
+  const sql = postgres(databaseUrl, { max: 1, onnotice: () => {} });
+  try {
+    const current = await Deno.readTextFile(new URL(rulesModulePath, root));
+    // deno-lint-ignore no-explicit-any
+    const rows = await sql.unsafe<any[]>(failureRulesQuery);
+    assert(current === renderFailureRulesModule(rows), `${rulesModulePath} differs from email.failure_rules`);
   } finally {
     await sql.end();
   }

@@ -125,7 +125,7 @@ test("against a real server: a refused message is classified from the real reply
     assertEquals(e1.failure, {
       replyCode: 550,
       enhancedCode: "5.1.1",
-      transportCode: "EENVELOPE",
+      transportCode: "EMESSAGE",
       message: e1.failure.message,
     });
     assertEquals(await classified(e1.failure), { transient: false, code: "smtp_550_5.1.1", hardBounce: true });

@@ -13,6 +13,7 @@
 import type { Config } from "../_shared/config.ts";
 import { type Logger, maskEmail } from "../_shared/log.ts";
 import { type Mailer, SmtpError, type SmtpFailure } from "../_shared/mailer.ts";
+import { classifyUnrecorded } from "../_shared/failure_rules.ts";
 import type { LeaseResult, OutcomeResult, StatusTracker } from "../_shared/tracker.ts";
 import { renderEmail } from "../_shared/workflows/registry.ts";
 
@@ -81,11 +82,12 @@ export async function attemptDelivery(deps: AttemptDeps, input: AttemptInput): P
       logger.info("sent", { ...ctx, recipient: maskEmail(input.recipient) });
       return { outcome: "sent", status: "sent", recorded: "no" };
     } catch (error) {
-      // Without tracking nobody applies the failure rules: treated as transient (redelivered), as an
-      // unknown failure is.
+      // Without tracking the database cannot decide: its rules' generated copy does (failure_rules.ts).
       const failure = facts(error);
-      logger.warn("send_failed", { ...ctx, recipient: maskEmail(input.recipient), ...factsToLog(failure) });
-      return { outcome: "transient_failure", recorded: "no", errorCode: failureLabel(failure) };
+      const verdict = classifyUnrecorded(failure);
+      const outcome = verdict.transient ? "transient_failure" : "permanent_failure";
+      logger.warn("send_failed", { ...ctx, recipient: maskEmail(input.recipient), ...factsToLog(failure), outcome });
+      return { outcome, recorded: "no", errorCode: verdict.errorCode };
     }
   }
 
@@ -113,12 +115,19 @@ export async function attemptDelivery(deps: AttemptDeps, input: AttemptInput): P
     }
     const r = await recordOutcome(write, lease, logger, ctx);
     if (!failure) return { outcome: "sent", ...recorded(r, logger, ctx) };
-    // The database decided (email.failure_rules): failed is permanent, retrying or dead_letter transient.
-    // Unrecorded, nobody decided: transient, so Pub/Sub redelivers (or the reaper retries the claim).
-    const decided = r.kind === "recorded" ? r : undefined;
+    // Recorded, the database decided (email.failure_rules): failed is permanent, retrying or
+    // dead_letter transient. Unrecorded, the rules' generated copy says what push.ts should do.
+    if (r.kind === "recorded") {
+      return {
+        outcome: r.status === "failed" ? "permanent_failure" : "transient_failure",
+        errorCode: r.errorCode,
+        ...recorded(r, logger, ctx),
+      };
+    }
+    const verdict = classifyUnrecorded(failure);
     return {
-      outcome: decided?.status === "failed" ? "permanent_failure" : "transient_failure",
-      errorCode: decided?.errorCode ?? failureLabel(failure),
+      outcome: verdict.transient ? "transient_failure" : "permanent_failure",
+      errorCode: verdict.errorCode,
       ...recorded(r, logger, ctx),
     };
   } finally {
@@ -134,11 +143,6 @@ function facts(error: unknown): SmtpFailure {
 /** The codes of a failure, for the log (its message may name the recipient: not logged). */
 function factsToLog(f: SmtpFailure) {
   return { replyCode: f.replyCode, enhancedCode: f.enhancedCode, transportCode: f.transportCode };
-}
-
-/** A label for a failure nobody classified (logs and replies only; the database names recorded ones). */
-function failureLabel(f: SmtpFailure): string {
-  return f.replyCode !== undefined ? `smtp_${f.replyCode}` : f.transportCode ?? "unknown";
 }
 
 /** A lease held while sending: when it ends at the latest (local clock), and the heartbeat to stop. */
