@@ -15,15 +15,20 @@ import { type Logger, maskEmail } from "../_shared/log.ts";
 import { type Mailer, SmtpError, type SmtpFailure } from "../_shared/mailer.ts";
 import { classifyUnrecorded } from "../_shared/failure_rules.ts";
 import type { LeaseResult, OutcomeResult, StatusTracker } from "../_shared/tracker.ts";
-import { renderEmail } from "../_shared/workflows/registry.ts";
+import type { RenderedEmail } from "../_shared/workflows/common.ts";
+import { renderEmail, type WorkflowCheck } from "../_shared/workflows/registry.ts";
 
-/** What an attempt needs; `attempt` is absent when the tracker could not claim it (untracked send). */
+/**
+ * What an attempt needs; `attempt` is absent when the tracker could not claim it (untracked send).
+ * `content` is the one check of the workflow's data on the attempt's path (checkWorkflow: the push
+ * checks the event, the sweep the stored payload); a failed check ends the attempt `render_failed`.
+ */
 export type AttemptInput = {
   deliveryId: string;
   attempt?: number;
   workflow: string;
   recipient: string;
-  data: unknown;
+  content: WorkflowCheck;
 };
 
 /**
@@ -60,15 +65,13 @@ export function sendingLeaseSeconds(config: AttemptDeps["config"]): number {
   return Math.ceil(sendTimeoutMs(config.smtp) / 1000) + config.leaseSeconds;
 }
 
-/** Renders, sends and records one attempt. Never throws. */
+/** Renders, sends and records one attempt. Throws only on a bug (the tracker lets those through). */
 export async function attemptDelivery(deps: AttemptDeps, input: AttemptInput): Promise<AttemptResult> {
   const { tracker, mailer, logger } = deps;
   const ctx = { deliveryId: input.deliveryId, attempt: input.attempt, workflow: input.workflow };
-  let rendered;
-  try {
-    rendered = renderEmail(input.workflow, input.data);
-  } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
+  const rendered = render(input.content);
+  if ("failure" in rendered) {
+    const message = rendered.failure;
     logger.error("render_failed", ctx);
     if (input.attempt === undefined) return { outcome: "render_failed", recorded: "no", errorCode: "render_failed" };
     const r = await tracker.markFailed(input.deliveryId, input.attempt, { code: "render_failed", message });
@@ -116,7 +119,7 @@ export async function attemptDelivery(deps: AttemptDeps, input: AttemptInput): P
     const r = await recordOutcome(write, lease, logger, ctx);
     if (!failure) return { outcome: "sent", ...recorded(r, logger, ctx) };
     // Recorded, the database decided (email.failure_rules): failed is permanent, retrying or
-    // dead_letter transient. Unrecorded, the rules' generated copy says what push.ts should do.
+    // dead_letter transient. Unrecorded, the rules' generated copy says what the ack policy should do.
     if (r.kind === "recorded") {
       return {
         outcome: r.status === "failed" ? "permanent_failure" : "transient_failure",
@@ -132,6 +135,16 @@ export async function attemptDelivery(deps: AttemptDeps, input: AttemptInput): P
     };
   } finally {
     lease.stop();
+  }
+}
+
+/** The checked email rendered, or why there is nothing to send (a failed check, or a subject the renderer broke). */
+function render(content: WorkflowCheck): RenderedEmail | { failure: string } {
+  if (!content.ok) return { failure: content.reason };
+  try {
+    return renderEmail(content.email);
+  } catch (error) {
+    return { failure: error instanceof Error ? error.message : String(error) };
   }
 }
 
@@ -173,8 +186,22 @@ async function startSending(
     if (busy || stopped) return;
     busy = true;
     const at = Date.now();
-    const r = await deps.tracker.renewLease(deliveryId, attempt, seconds);
-    busy = false;
+    let r: LeaseResult;
+    try {
+      r = await deps.tracker.renewLease(deliveryId, attempt, seconds);
+    } catch (error) {
+      // A bug (the tracker throws only those): no caller awaits a timer, and an unhandled rejection
+      // would end the process mid-send. Stop renewing; the send and its outcome write go on.
+      stop();
+      deps.logger.error("heartbeat_failed", {
+        deliveryId,
+        attempt,
+        error: error instanceof Error ? error.name : "unknown",
+      });
+      return;
+    } finally {
+      busy = false;
+    }
     if (stopped) return; // the outcome was written meanwhile: the lease is over anyway
     if (r.kind === "renewed") deadline = Math.max(deadline, at + seconds * 1000);
     else if (r.kind === "stale") {
