@@ -1,8 +1,8 @@
 // Checks (or with --write, updates) supabase/schema.sql, the snapshot of the schema the migrations build.
 //   node scripts/schema_snapshot.mjs [--write] [--database-url URL]
 // With --database-url it reads that database, which must be freshly migrated (`npm test` passes its test
-// database before any test runs); without, it migrates a throwaway database of its own on an embedded
-// Postgres 15 (TEST_PG_PORT, default 54338) or on the server in DATABASE_URL.
+// database before any test runs); without, it migrates a database of its own on a throwaway embedded
+// Postgres 15 (on TEST_PG_PORT when set, else a free port) or on the server in DATABASE_URL.
 // Exit code 1, with a unified diff, when the checked-in file differs.
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
@@ -21,8 +21,8 @@ let actual;
 if (urlAt >= 0) {
   actual = snapshot(args[urlAt + 1]);
 } else {
-  const port = Number(process.env.TEST_PG_PORT ?? 54338);
-  const server = await startServer({ name: `pg-schema-${port}`, port, log });
+  const port = process.env.TEST_PG_PORT ? Number(process.env.TEST_PG_PORT) : undefined;
+  const server = await startServer({ port, log });
   try {
     const url = await recreateDatabase(server.url, "email_worker_schema_snapshot");
     await migrate(url, { log: () => {} });

@@ -17,7 +17,8 @@ begin
   return coalesce(
     nullif(current_setting('email.actor', true), ''),
     'user:' || (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'),
-    current_user || coalesce('@' || nullif(current_setting('application_name', true), ''), '')
+    coalesce(nullif(current_setting('role', true), 'none'), session_user)
+      || coalesce('@' || nullif(current_setting('application_name', true), ''), '')
   );
 end
 $$;
@@ -67,7 +68,7 @@ COMMENT ON COLUMN email.deliveries.next_attempt_at IS 'When the sweep may claim 
 
 COMMENT ON COLUMN email.deliveries.send_started_at IS 'When the current (or last) attempt began its SMTP conversation; null while it has not: an expired lease is then safe to retry';
 
-COMMENT ON COLUMN email.deliveries.completed_at IS 'When the delivery reached a terminal state (sent, failed, dead_letter); null while it is open';
+COMMENT ON COLUMN email.deliveries.completed_at IS 'When the delivery reached a terminal status (email.statuses.terminal); null while it is open';
 
 COMMENT ON COLUMN email.deliveries.request_hash IS 'HMAC-SHA256 (key: email.request_hash_key) of workflow, recipient, user and payload: tells a redelivery from a conflicting reuse of the id';
 
@@ -202,11 +203,12 @@ begin
   select x.* into d from email.deliveries x where x.delivery_id = _reap.delivery_id for update;
   if found and d.status = 'in_progress' and d.lease_expires_at < now() then
     if d.send_started_at is null then
-      perform email.record_failure(d.delivery_id, d.attempts, 'lease_expired',
-        'the attempt did not start sending before its lease expired', false);
+      perform email.record_failure(d.delivery_id, d.attempts,
+        'the attempt did not start sending before its lease expired', transport_code => 'lease_expired');
     else
-      perform email.record_failure(d.delivery_id, d.attempts, 'outcome_unknown',
-        'the attempt started sending and did not report an outcome before its lease expired: it may have been sent', false);
+      perform email.record_failure(d.delivery_id, d.attempts,
+        'the attempt started sending and did not report an outcome before its lease expired: it may have been sent',
+        transport_code => 'outcome_unknown');
     end if;
   end if;
 end
@@ -287,7 +289,8 @@ begin
   update email.deliveries d
   set status = 'suppressed', last_error_code = 'address_suppressed',
       last_error_message = left('the recipient is on the suppression list: ' || s.reason, 512)
-  where d.delivery_id = _suppress_delivery.delivery_id and d.status in ('queued', 'retrying');
+  where d.delivery_id = _suppress_delivery.delivery_id
+    and d.status in (select st.status from email.statuses st where st.waiting);
   perform email._set_event_detail(null);
   delete from email.delivery_payloads p where p.delivery_id = _suppress_delivery.delivery_id;
 end
@@ -414,6 +417,7 @@ begin
   return query
   with due as (
     select x.delivery_id from email.deliveries x
+    -- The waiting statuses, literally: the predicate of the partial index deliveries_due_idx.
     where x.status in ('queued', 'retrying') and x.next_attempt_at <= now()
     order by x.next_attempt_at
     limit greatest(coalesce(max_count, 0), 0)
@@ -464,6 +468,56 @@ end
 $$;
 
 COMMENT ON FUNCTION email.claim_webhook_messages(max_count integer, lock_seconds integer) IS 'Claim due webhook messages of enabled endpoints (skip locked)';
+
+CREATE TABLE email.failure_rules (
+    priority integer NOT NULL,
+    reply_code_from integer,
+    reply_code_to integer,
+    enhanced_pattern text,
+    transport_code text,
+    class text NOT NULL,
+    hard_bounce boolean DEFAULT false NOT NULL,
+    code_with_enhanced boolean DEFAULT true NOT NULL,
+    description text NOT NULL,
+    CONSTRAINT failure_rules_class_check CHECK ((class = ANY (ARRAY['transient'::text, 'permanent'::text]))),
+    CONSTRAINT failure_rules_enhanced_needs_reply CHECK (((enhanced_pattern IS NULL) OR (reply_code_from IS NOT NULL))),
+    CONSTRAINT failure_rules_hard_bounce_is_permanent CHECK (((NOT hard_bounce) OR (class = 'permanent'::text))),
+    CONSTRAINT failure_rules_reply_code_from_check CHECK (((reply_code_from >= 200) AND (reply_code_from <= 599))),
+    CONSTRAINT failure_rules_reply_code_to_check CHECK (((reply_code_to >= 200) AND (reply_code_to <= 599))),
+    CONSTRAINT failure_rules_reply_range CHECK ((((reply_code_from IS NULL) = (reply_code_to IS NULL)) AND (reply_code_from <= reply_code_to)))
+);
+
+COMMENT ON TABLE email.failure_rules IS 'SMTP failure classification (transient, permanent, hard bounce): the lowest-priority matching rule decides';
+
+COMMENT ON COLUMN email.failure_rules.code_with_enhanced IS 'Whether the recorded error code carries the enhanced code (smtp_550_5.1.1) or only the reply (smtp_451)';
+
+CREATE FUNCTION email.failure_rule(reply_code integer, enhanced_code text, transport_code text) RETURNS TABLE(rule email.failure_rules, error_code text)
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+declare
+  r email.failure_rules;
+begin
+  select x.* into r from email.failure_rules x
+  where (x.reply_code_from is null or failure_rule.reply_code between x.reply_code_from and x.reply_code_to)
+    and (x.enhanced_pattern is null or coalesce(failure_rule.enhanced_code, '') like x.enhanced_pattern)
+    and (x.transport_code is null or failure_rule.transport_code = x.transport_code)
+  order by x.priority
+  limit 1;
+  if not found then
+    raise exception 'no rule of email.failure_rules matches (% % %)', reply_code, enhanced_code, transport_code
+      using errcode = 'EM006', hint = 'email.failure_rules needs a catch-all row (every condition null)';
+  end if;
+  return query select r, case
+    when r.reply_code_from is not null then
+      'smtp_' || failure_rule.reply_code || case when r.code_with_enhanced then coalesce('_' || failure_rule.enhanced_code, '') else '' end
+    when r.transport_code is not null then r.transport_code
+    else 'unknown'
+  end;
+end
+$$;
+
+COMMENT ON FUNCTION email.failure_rule(reply_code integer, enhanced_code text, transport_code text) IS 'The failure rule (transient, permanent, hard bounce) for a reply code, enhanced code and transport code';
 
 CREATE FUNCTION email.fold_metric_events() RETURNS integer
     LANGUAGE plpgsql
@@ -526,26 +580,6 @@ $$;
 
 COMMENT ON FUNCTION email.fold_metric_events() IS 'Adds the audit events since the last fold (and recovered gaps) to email.metric_counters, bounded in events and time; returns how many';
 
-CREATE FUNCTION email.is_hard_bounce(error_code text) RETURNS boolean
-    LANGUAGE plpgsql IMMUTABLE
-    SET search_path TO ''
-    AS $_$
-declare
-  enhanced text := substring(error_code from '(?:^|[^0-9.])([245]\.[0-9]{1,3}\.[0-9]{1,3})(?:$|[^0-9.])');
-  reply text := substring(error_code from '(?:^|[^0-9.])([245][0-9][0-9])(?:$|[^0-9.])');
-begin
-  if error_code is null then
-    return false;
-  elsif enhanced is not null then
-    return enhanced like '5.1.%';
-  else
-    return coalesce(reply in ('550', '551', '553'), false);
-  end if;
-end
-$_$;
-
-COMMENT ON FUNCTION email.is_hard_bounce(error_code text) IS 'Whether an error code is a permanent refusal of the mailbox (5.1.x, else 550/551/553)';
-
 CREATE FUNCTION email.is_staff() RETURNS boolean
     LANGUAGE plpgsql STABLE
     SET search_path TO ''
@@ -593,10 +627,10 @@ begin
 end
 $$;
 
-COMMENT ON FUNCTION email.mark_dead_letter(delivery_id text, attempt integer, error_code text, error_message text) IS 'in_progress|retrying -> dead_letter (fenced)';
+COMMENT ON FUNCTION email.mark_dead_letter(delivery_id text, attempt integer, error_code text, error_message text) IS 'in_progress|retrying -> dead_letter (fenced); internal to record_failure';
 
 CREATE FUNCTION email.mark_failed(delivery_id text, attempt integer, error_code text, error_message text) RETURNS email.deliveries
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 begin
@@ -650,7 +684,7 @@ begin
 end
 $$;
 
-COMMENT ON FUNCTION email.mark_retrying(delivery_id text, attempt integer, error_code text, error_message text) IS 'in_progress -> retrying after the backoff (fenced)';
+COMMENT ON FUNCTION email.mark_retrying(delivery_id text, attempt integer, error_code text, error_message text) IS 'in_progress -> retrying after the backoff (fenced); internal to record_failure';
 
 CREATE FUNCTION email.mark_sent(delivery_id text, attempt integer, provider_message_id text DEFAULT NULL::text, provider_response text DEFAULT NULL::text) RETURNS email.deliveries
     LANGUAGE plpgsql
@@ -872,26 +906,35 @@ $_$;
 
 COMMENT ON FUNCTION email.recipient_domain(recipient text) IS 'Lower-cased domain of a recipient address; null when it has none';
 
-CREATE FUNCTION email.record_failure(delivery_id text, attempt integer, error_code text, error_message text, permanent boolean) RETURNS TABLE(status text, next_attempt_at timestamp with time zone)
-    LANGUAGE plpgsql
+CREATE FUNCTION email.record_failure(delivery_id text, attempt integer, message text, reply_code integer DEFAULT NULL::integer, enhanced_code text DEFAULT NULL::text, transport_code text DEFAULT NULL::text) RETURNS TABLE(status text, next_attempt_at timestamp with time zone, error_code text, hard_bounce boolean)
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
 declare
   d email.deliveries := email._fence(record_failure.delivery_id, record_failure.attempt, array['in_progress']);
+  enhanced text := left(record_failure.enhanced_code, 16);
+  transport text := left(record_failure.transport_code, 64);
+  f record;
 begin
-  if coalesce(permanent, false) then
-    d := email.mark_failed(d.delivery_id, d.attempts, error_code, error_message);
-    return query select d.status, d.next_attempt_at;
+  select x.rule, x.error_code into f from email.failure_rule(record_failure.reply_code, enhanced, transport) x;
+  -- The facts and the rule's verdict go into the trail (the audit trigger consumes the detail).
+  perform email._set_event_detail(coalesce(nullif(current_setting('email.event_detail', true), '')::jsonb, '{}')
+    || jsonb_build_object('failure', jsonb_strip_nulls(jsonb_build_object(
+      'reply_code', record_failure.reply_code, 'enhanced_code', enhanced, 'transport_code', transport,
+      'rule', (f.rule).priority, 'class', (f.rule).class, 'hard_bounce', (f.rule).hard_bounce))));
+  if (f.rule).class = 'permanent' then
+    d := email.mark_failed(d.delivery_id, d.attempts, f.error_code, message);
   elsif d.attempts >= d.max_attempts then
-    d := email.mark_dead_letter(d.delivery_id, d.attempts, error_code, error_message);
-    return query select d.status, d.next_attempt_at;
+    d := email.mark_dead_letter(d.delivery_id, d.attempts, f.error_code, message);
   else
-    return query select 'retrying'::text, email.mark_retrying(d.delivery_id, d.attempts, error_code, error_message);
+    perform email.mark_retrying(d.delivery_id, d.attempts, f.error_code, message);
+    select x.* into d from email.deliveries x where x.delivery_id = record_failure.delivery_id;
   end if;
+  return query select d.status, d.next_attempt_at, f.error_code, (f.rule).hard_bounce and d.status = 'failed';
 end
 $$;
 
-COMMENT ON FUNCTION email.record_failure(delivery_id text, attempt integer, error_code text, error_message text, permanent boolean) IS 'Record a failed attempt; the database decides retrying, failed or dead_letter';
+COMMENT ON FUNCTION email.record_failure(delivery_id text, attempt integer, message text, reply_code integer, enhanced_code text, transport_code text) IS 'Record a failed attempt from its facts; email.failure_rules and the retry policy decide retrying, failed or dead_letter';
 
 CREATE FUNCTION email.record_queued(delivery_id text, workflow text, recipient text, payload jsonb, metadata jsonb DEFAULT '{}'::jsonb, user_id uuid DEFAULT NULL::uuid) RETURNS email.deliveries
     LANGUAGE plpgsql
@@ -1152,9 +1195,9 @@ begin
   if not found then
     raise exception 'delivery % does not exist', requeue.delivery_id using errcode = 'EM004';
   end if;
-  if d.status not in ('failed', 'dead_letter') then
+  if not exists (select from email.transitions t where t.from_status = d.status and t.to_status = 'queued') then
     raise exception 'delivery % cannot be requeued from %', requeue.delivery_id, d.status
-      using errcode = 'EM001', hint = 'Only failed and dead_letter deliveries can be requeued';
+      using errcode = 'EM001', hint = 'Only the statuses with a transition to queued in email.transitions can be requeued';
   end if;
   if not exists (select from email.delivery_payloads p where p.delivery_id = d.delivery_id) then
     raise exception 'delivery % cannot be requeued: its payload was erased', requeue.delivery_id
@@ -1294,6 +1337,7 @@ CREATE FUNCTION email.tg_deliveries__apply_transition() RETURNS trigger
     AS $$
 declare
   policy email.retry_policies;
+  entered email.statuses;
 begin
   new.last_error_message := left(new.last_error_message, 512);
   new.provider_response := left(new.provider_response, 512);
@@ -1321,6 +1365,7 @@ begin
       using errcode = 'EM001', hint = 'The allowed transitions are in email.transitions';
   end if;
 
+  select s.* into entered from email.statuses s where s.status = new.status;
   new.attempts := old.attempts;
   if new.status = 'in_progress' then
     new.attempts := old.attempts + 1;
@@ -1332,10 +1377,10 @@ begin
     new.lease_expires_at := null;
   end if;
 
-  if new.status in ('queued', 'retrying') then
+  if entered.waiting then
     new.next_attempt_at := coalesce(new.next_attempt_at, now());
     new.completed_at := null;
-  elsif new.status <> 'in_progress' then
+  elsif entered.terminal then
     new.next_attempt_at := null;
     new.completed_at := now();
   end if;
@@ -1360,7 +1405,7 @@ CREATE FUNCTION email.tg_deliveries__audit() RETURNS trigger
     AS $$
 declare
   detail jsonb := coalesce(nullif(current_setting('email.event_detail', true), '')::jsonb, '{}');
-  failing boolean := new.status in ('retrying', 'failed', 'dead_letter');
+  failing boolean := (select s.failing from email.statuses s where s.status = new.status);
 begin
   if tg_op = 'UPDATE' and new.status is not distinct from old.status then
     return null;
@@ -1490,6 +1535,7 @@ declare
 begin
   for id in
     select d.delivery_id from email.deliveries d
+    -- The waiting statuses, literally: the predicate of deliveries_open_recipient_idx.
     where lower(d.recipient) = new.address and d.status in ('queued', 'retrying')
       and email.normalize_address(d.recipient) = new.address
     for update
@@ -1499,7 +1545,7 @@ begin
   -- Recipients written as `Name <address>` do not match the index on lower(recipient).
   for id in
     select d.delivery_id from email.deliveries d
-    where d.status in ('queued', 'retrying') and d.recipient like '%<%'
+    where d.status in (select st.status from email.statuses st where st.waiting) and d.recipient like '%<%'
       and email.normalize_address(d.recipient) = new.address
     for update
   loop
@@ -1681,12 +1727,13 @@ begin
       grouping(w.workflow) = 1 as is_total,
       w.workflow,
       count(*) as total,
-      count(*) filter (where w.status in ('sent', 'failed', 'dead_letter', 'purged')) as completed,
+      count(*) filter (where s.terminal) as completed,
       count(*) filter (where w.status = 'sent') as sent,
-      avg(w.attempts) filter (where w.status in ('sent', 'failed', 'dead_letter', 'purged')) as avg_attempts,
+      avg(w.attempts) filter (where s.terminal) as avg_attempts,
       percentile_cont(array[0.5, 0.95, 0.99]) within group (order by extract(epoch from w.sent_at - w.queued_at) * 1000)
         filter (where w.status = 'sent') as latency
     from w
+    join email.statuses s on s.status = w.status
     group by grouping sets ((w.workflow), ())
   ),
   per_status as (
@@ -1724,10 +1771,11 @@ begin
       'sent', e.sent, 'failed', e.failed, 'dead_letter', e.dead_letter) order by e.n desc, e.workflow, e.last_error_code) as doc
     from (
       select w.workflow, w.last_error_code, count(*) as n,
-        count(*) filter (where w.status = 'sent') as sent,
-        count(*) filter (where w.status = 'failed') as failed,
-        count(*) filter (where w.status in ('dead_letter', 'purged')) as dead_letter
+        count(*) filter (where s.counts_as = 'sent') as sent,
+        count(*) filter (where s.counts_as = 'failed') as failed,
+        count(*) filter (where s.counts_as = 'dead_letter') as dead_letter
       from w
+      join email.statuses s on s.status = w.status
       where w.last_error_code is not null
       group by w.workflow, w.last_error_code
     ) e
@@ -2050,10 +2098,27 @@ COMMENT ON COLUMN email.settings.rejected_message_retention IS 'Age after which 
 CREATE TABLE email.statuses (
     status text NOT NULL,
     terminal boolean NOT NULL,
-    description text NOT NULL
+    waiting boolean NOT NULL,
+    failing boolean NOT NULL,
+    counts_as text NOT NULL,
+    "position" smallint NOT NULL,
+    description text NOT NULL,
+    CONSTRAINT statuses_counts_as_check CHECK ((counts_as = ANY (ARRAY['open'::text, 'sent'::text, 'failed'::text, 'dead_letter'::text, 'suppressed'::text]))),
+    CONSTRAINT statuses_open_iff_not_terminal CHECK (((counts_as = 'open'::text) = (NOT terminal))),
+    CONSTRAINT statuses_waiting_is_open CHECK ((NOT (waiting AND terminal)))
 );
 
-COMMENT ON TABLE email.statuses IS 'The states of a delivery; terminal ones end it (a requeue can reopen failed and dead_letter)';
+COMMENT ON TABLE email.statuses IS 'The states of a delivery, and the sets every other place derives from them; terminal ones end it (a requeue can reopen failed and dead_letter)';
+
+COMMENT ON COLUMN email.statuses.terminal IS 'Ends the delivery (completed_at is set): the metrics'' "completed" set';
+
+COMMENT ON COLUMN email.statuses.waiting IS 'Waiting for an attempt: due at next_attempt_at, claimable by the sweep, ended by a new suppression';
+
+COMMENT ON COLUMN email.statuses.failing IS 'Entered because of a failure: the audit trail records its error code and message, and the dashboard lists it';
+
+COMMENT ON COLUMN email.statuses.counts_as IS 'The column the metrics count it in: open (not ended), sent, failed, dead_letter (purged ones too) or suppressed';
+
+COMMENT ON COLUMN email.statuses."position" IS 'Display order (dashboard, CLI)';
 
 CREATE TABLE email.transitions (
     from_status text NOT NULL,
@@ -2148,6 +2213,9 @@ ALTER TABLE ONLY email.delivery_events
 ALTER TABLE ONLY email.delivery_payloads
     ADD CONSTRAINT delivery_payloads_pkey PRIMARY KEY (delivery_id);
 
+ALTER TABLE ONLY email.failure_rules
+    ADD CONSTRAINT failure_rules_pkey PRIMARY KEY (priority);
+
 ALTER TABLE ONLY email.metric_counters
     ADD CONSTRAINT metric_counters_pkey PRIMARY KEY (family, labels);
 
@@ -2183,6 +2251,9 @@ ALTER TABLE ONLY email.settings
 
 ALTER TABLE ONLY email.statuses
     ADD CONSTRAINT statuses_pkey PRIMARY KEY (status);
+
+ALTER TABLE ONLY email.statuses
+    ADD CONSTRAINT statuses_position_key UNIQUE ("position");
 
 ALTER TABLE ONLY email.suppressions
     ADD CONSTRAINT suppressions_pkey PRIMARY KEY (address);
@@ -2258,7 +2329,7 @@ CREATE TRIGGER _500_suppress_open_deliveries AFTER INSERT ON email.suppressions 
 
 CREATE TRIGGER _600_erase_payload AFTER UPDATE OF status ON email.deliveries FOR EACH ROW WHEN (((new.status = ANY (ARRAY['sent'::text, 'failed'::text, 'purged'::text])) AND (old.status IS DISTINCT FROM new.status))) EXECUTE FUNCTION email.tg_deliveries__erase_payload();
 
-CREATE TRIGGER _700_suppress_hard_bounce AFTER INSERT ON email.delivery_events FOR EACH ROW WHEN (((new.to_status = 'failed'::text) AND email.is_hard_bounce(new.error_code))) EXECUTE FUNCTION email.tg_delivery_events__suppress_hard_bounce();
+CREATE TRIGGER _700_suppress_hard_bounce AFTER INSERT ON email.delivery_events FOR EACH ROW WHEN (((new.to_status = 'failed'::text) AND COALESCE((((new.detail -> 'failure'::text) ->> 'hard_bounce'::text))::boolean, false))) EXECUTE FUNCTION email.tg_delivery_events__suppress_hard_bounce();
 
 CREATE TRIGGER _700_suppress_recipient AFTER INSERT OR UPDATE OF status ON email.deliveries FOR EACH ROW WHEN ((new.status = ANY (ARRAY['queued'::text, 'retrying'::text]))) EXECUTE FUNCTION email.tg_deliveries__suppress_recipient();
 
@@ -2303,6 +2374,8 @@ CREATE POLICY delivery_events_select_own_delivery ON email.delivery_events FOR S
   WHERE (d.delivery_id = delivery_events.delivery_id))));
 
 ALTER TABLE email.delivery_payloads ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE email.failure_rules ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE email.metric_counters ENABLE ROW LEVEL SECURITY;
 
@@ -2389,7 +2462,6 @@ GRANT SELECT(created_at) ON TABLE email.deliveries TO authenticated;
 GRANT SELECT(updated_at) ON TABLE email.deliveries TO authenticated;
 
 REVOKE ALL ON FUNCTION email._fail(delivery_id text, to_status text, error_code text, error_message text, next_attempt_at timestamp with time zone) FROM PUBLIC;
-GRANT ALL ON FUNCTION email._fail(delivery_id text, to_status text, error_code text, error_message text, next_attempt_at timestamp with time zone) TO service_role;
 
 REVOKE ALL ON FUNCTION email._fence(delivery_id text, attempt integer, expected text[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION email._fence(delivery_id text, attempt integer, expected text[]) TO service_role;
@@ -2436,11 +2508,13 @@ GRANT ALL ON FUNCTION email.claim_due(max_count integer, lease_seconds integer) 
 REVOKE ALL ON FUNCTION email.claim_webhook_messages(max_count integer, lock_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION email.claim_webhook_messages(max_count integer, lock_seconds integer) TO service_role;
 
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE email.failure_rules TO service_role;
+
+REVOKE ALL ON FUNCTION email.failure_rule(reply_code integer, enhanced_code text, transport_code text) FROM PUBLIC;
+GRANT ALL ON FUNCTION email.failure_rule(reply_code integer, enhanced_code text, transport_code text) TO service_role;
+
 REVOKE ALL ON FUNCTION email.fold_metric_events() FROM PUBLIC;
 GRANT ALL ON FUNCTION email.fold_metric_events() TO service_role;
-
-REVOKE ALL ON FUNCTION email.is_hard_bounce(error_code text) FROM PUBLIC;
-GRANT ALL ON FUNCTION email.is_hard_bounce(error_code text) TO service_role;
 
 REVOKE ALL ON FUNCTION email.is_staff() FROM PUBLIC;
 GRANT ALL ON FUNCTION email.is_staff() TO authenticated;
@@ -2454,7 +2528,6 @@ REVOKE ALL ON FUNCTION email.is_suppressed(address text) FROM PUBLIC;
 GRANT ALL ON FUNCTION email.is_suppressed(address text) TO service_role;
 
 REVOKE ALL ON FUNCTION email.mark_dead_letter(delivery_id text, attempt integer, error_code text, error_message text) FROM PUBLIC;
-GRANT ALL ON FUNCTION email.mark_dead_letter(delivery_id text, attempt integer, error_code text, error_message text) TO service_role;
 
 REVOKE ALL ON FUNCTION email.mark_failed(delivery_id text, attempt integer, error_code text, error_message text) FROM PUBLIC;
 GRANT ALL ON FUNCTION email.mark_failed(delivery_id text, attempt integer, error_code text, error_message text) TO service_role;
@@ -2463,7 +2536,6 @@ REVOKE ALL ON FUNCTION email.mark_in_progress(delivery_id text, lease_seconds in
 GRANT ALL ON FUNCTION email.mark_in_progress(delivery_id text, lease_seconds integer) TO service_role;
 
 REVOKE ALL ON FUNCTION email.mark_retrying(delivery_id text, attempt integer, error_code text, error_message text) FROM PUBLIC;
-GRANT ALL ON FUNCTION email.mark_retrying(delivery_id text, attempt integer, error_code text, error_message text) TO service_role;
 
 REVOKE ALL ON FUNCTION email.mark_sent(delivery_id text, attempt integer, provider_message_id text, provider_response text) FROM PUBLIC;
 GRANT ALL ON FUNCTION email.mark_sent(delivery_id text, attempt integer, provider_message_id text, provider_response text) TO service_role;
@@ -2493,8 +2565,8 @@ GRANT ALL ON FUNCTION email.reap_expired_leases() TO service_role;
 REVOKE ALL ON FUNCTION email.recipient_domain(recipient text) FROM PUBLIC;
 GRANT ALL ON FUNCTION email.recipient_domain(recipient text) TO service_role;
 
-REVOKE ALL ON FUNCTION email.record_failure(delivery_id text, attempt integer, error_code text, error_message text, permanent boolean) FROM PUBLIC;
-GRANT ALL ON FUNCTION email.record_failure(delivery_id text, attempt integer, error_code text, error_message text, permanent boolean) TO service_role;
+REVOKE ALL ON FUNCTION email.record_failure(delivery_id text, attempt integer, message text, reply_code integer, enhanced_code text, transport_code text) FROM PUBLIC;
+GRANT ALL ON FUNCTION email.record_failure(delivery_id text, attempt integer, message text, reply_code integer, enhanced_code text, transport_code text) TO service_role;
 
 REVOKE ALL ON FUNCTION email.record_queued(delivery_id text, workflow text, recipient text, payload jsonb, metadata jsonb, user_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION email.record_queued(delivery_id text, workflow text, recipient text, payload jsonb, metadata jsonb, user_id uuid) TO service_role;
@@ -2642,6 +2714,39 @@ GRANT SELECT ON TABLE email_api.delivery_events TO service_role;
 
 -- Rows the migrations insert
 
+COPY email.failure_rules (priority, reply_code_from, reply_code_to, enhanced_pattern, transport_code, class, hard_bounce, code_with_enhanced, description) FROM stdin;
+10	\N	\N	\N	ETLS	transient	f	t	no TLS where it is required (STARTTLS refused or stripped): ours to fix, whatever the reply
+20	535	535	\N	\N	transient	f	t	authentication failed: an operator fixes the credentials
+30	500	599	5.3.%	\N	transient	f	t	mail system status: the relay's side
+31	500	599	5.4.%	\N	transient	f	t	network or routing: the relay's side
+32	500	599	5.7.0	\N	transient	f	t	our relay's policy (e.g. the sender is not allowed): an operator fixes it
+40	500	599	5.1.%	\N	permanent	t	t	bad destination mailbox or address: a hard bounce
+41	550	551		\N	permanent	t	t	mailbox unavailable or not local, without an enhanced code: a hard bounce
+42	553	553		\N	permanent	t	t	mailbox name not allowed, without an enhanced code: a hard bounce
+50	500	599	\N	\N	permanent	f	t	any other 5xx: the recipient's side refused (policy, content, mailbox full)
+60	400	499	\N	\N	transient	f	f	any 4xx: try again later
+70	\N	\N	\N	EENVELOPE	permanent	f	t	the envelope was refused
+71	\N	\N	\N	EMESSAGE	permanent	f	t	the message could not be built
+72	\N	\N	\N	EREQUIRETLS	permanent	f	t	REQUIRETLS is not supported on the path
+73	\N	\N	\N	header_injection	permanent	f	t	a header value has a line break: never sent
+80	\N	\N	\N	ETIMEDOUT	transient	f	t	timed out
+81	\N	\N	\N	ECONNECTION	transient	f	t	connection error
+82	\N	\N	\N	ESOCKET	transient	f	t	socket error
+83	\N	\N	\N	EDNS	transient	f	t	DNS lookup failed
+84	\N	\N	\N	EPROTOCOL	transient	f	t	unexpected SMTP conversation
+85	\N	\N	\N	EAUTH	transient	f	t	authentication failed
+86	\N	\N	\N	ECONNREFUSED	transient	f	t	connection refused
+87	\N	\N	\N	ECONNRESET	transient	f	t	connection reset
+88	\N	\N	\N	EPIPE	transient	f	t	broken pipe
+89	\N	\N	\N	EHOSTUNREACH	transient	f	t	host unreachable
+90	\N	\N	\N	ENETUNREACH	transient	f	t	network unreachable
+91	\N	\N	\N	ENOTFOUND	transient	f	t	host not found
+92	\N	\N	\N	EAI_AGAIN	transient	f	t	DNS lookup failed temporarily
+93	\N	\N	\N	lease_expired	transient	f	t	the reaper: the attempt did not start sending before its lease expired
+94	\N	\N	\N	outcome_unknown	transient	f	t	the reaper: the attempt started sending and never reported (at least once: retried)
+1000	\N	\N	\N	\N	transient	f	t	anything else: retried, so a bug never burns a message silently; the attempt budget bounds it
+\.
+
 COPY email.metric_families (family, type, help, "position") FROM stdin;
 email_dead_letter_deliveries	gauge	Deliveries now in the dead-letter queue	80
 email_dead_letter_oldest_age_seconds	gauge	Age of the oldest dead letter since it was dead-lettered (0 when none)	90
@@ -2688,15 +2793,15 @@ COPY email.settings (singleton, dead_letter_retention, rejected_message_retentio
 t	30 days	14 days
 \.
 
-COPY email.statuses (status, terminal, description) FROM stdin;
-dead_letter	t	attempts exhausted; kept for an operator to requeue or purge
-failed	t	permanently refused, or could not be rendered
-in_progress	f	an attempt holds the lease and is sending
-purged	t	a dead letter whose payload was erased by an operator or the retention policy; kept for the record
-queued	f	accepted, waiting for an attempt
-retrying	f	an attempt failed transiently; the next one is due at next_attempt_at
-sent	t	the SMTP server accepted the message
-suppressed	t	not sent: the recipient is on the suppression list
+COPY email.statuses (status, terminal, waiting, failing, counts_as, "position", description) FROM stdin;
+dead_letter	t	f	t	dead_letter	60	attempts exhausted; kept for an operator to requeue or purge
+failed	t	f	t	failed	50	permanently refused, or could not be rendered
+in_progress	f	f	f	open	30	an attempt holds the lease and is sending
+purged	t	f	f	dead_letter	80	a dead letter whose payload was erased by an operator or the retention policy; kept for the record
+queued	f	t	f	open	20	accepted, waiting for an attempt
+retrying	f	t	t	open	40	an attempt failed transiently; the next one is due at next_attempt_at
+sent	t	f	f	sent	10	the SMTP server accepted the message
+suppressed	t	f	f	suppressed	70	not sent: the recipient is on the suppression list
 \.
 
 COPY email.transitions (from_status, to_status, description) FROM stdin;

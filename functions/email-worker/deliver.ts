@@ -12,17 +12,23 @@
  */
 import type { Config } from "../_shared/config.ts";
 import { type Logger, maskEmail } from "../_shared/log.ts";
-import { type Mailer, SmtpError } from "../_shared/mailer.ts";
+import { type Mailer, SmtpError, type SmtpFailure } from "../_shared/mailer.ts";
+import { classifyUnrecorded } from "../_shared/failure_rules.ts";
 import type { LeaseResult, OutcomeResult, StatusTracker } from "../_shared/tracker.ts";
-import { renderEmail } from "../_shared/workflows/registry.ts";
+import type { RenderedEmail } from "../_shared/workflows/common.ts";
+import { renderEmail, type WorkflowCheck } from "../_shared/workflows/registry.ts";
 
-/** What an attempt needs; `attempt` is absent when the tracker could not claim it (untracked send). */
+/**
+ * What an attempt needs; `attempt` is absent when the tracker could not claim it (untracked send).
+ * `content` is the one check of the workflow's data on the attempt's path (checkWorkflow: the push
+ * checks the event, the sweep the stored payload); a failed check ends the attempt `render_failed`.
+ */
 export type AttemptInput = {
   deliveryId: string;
   attempt?: number;
   workflow: string;
   recipient: string;
-  data: unknown;
+  content: WorkflowCheck;
 };
 
 /**
@@ -59,15 +65,13 @@ export function sendingLeaseSeconds(config: AttemptDeps["config"]): number {
   return Math.ceil(sendTimeoutMs(config.smtp) / 1000) + config.leaseSeconds;
 }
 
-/** Renders, sends and records one attempt. Never throws. */
+/** Renders, sends and records one attempt. Throws only on a bug (the tracker lets those through). */
 export async function attemptDelivery(deps: AttemptDeps, input: AttemptInput): Promise<AttemptResult> {
   const { tracker, mailer, logger } = deps;
   const ctx = { deliveryId: input.deliveryId, attempt: input.attempt, workflow: input.workflow };
-  let rendered;
-  try {
-    rendered = renderEmail(input.workflow, input.data);
-  } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
+  const rendered = render(input.content);
+  if ("failure" in rendered) {
+    const message = rendered.failure;
     logger.error("render_failed", ctx);
     if (input.attempt === undefined) return { outcome: "render_failed", recorded: "no", errorCode: "render_failed" };
     const r = await tracker.markFailed(input.deliveryId, input.attempt, { code: "render_failed", message });
@@ -81,10 +85,12 @@ export async function attemptDelivery(deps: AttemptDeps, input: AttemptInput): P
       logger.info("sent", { ...ctx, recipient: maskEmail(input.recipient) });
       return { outcome: "sent", status: "sent", recorded: "no" };
     } catch (error) {
-      const failure = classify(error);
-      const outcome = failure.transient ? "transient_failure" : "permanent_failure";
-      logger.warn("send_failed", { ...ctx, recipient: maskEmail(input.recipient), errorCode: failure.code, outcome });
-      return { outcome, recorded: "no", errorCode: failure.code };
+      // Without tracking the database cannot decide: its rules' generated copy does (failure_rules.ts).
+      const failure = facts(error);
+      const verdict = classifyUnrecorded(failure);
+      const outcome = verdict.transient ? "transient_failure" : "permanent_failure";
+      logger.warn("send_failed", { ...ctx, recipient: maskEmail(input.recipient), ...factsToLog(failure), outcome });
+      return { outcome, recorded: "no", errorCode: verdict.errorCode };
     }
   }
 
@@ -99,37 +105,57 @@ export async function attemptDelivery(deps: AttemptDeps, input: AttemptInput): P
     return { outcome: "not_sent", recorded: "no" };
   }
   try {
-    let outcome: AttemptResult["outcome"];
-    let errorCode: string | undefined;
+    let failure: SmtpFailure | undefined;
     let write: () => Promise<OutcomeResult>;
     try {
       const sent = await mailer.send(email);
       logger.info("sent", { ...ctx, recipient: maskEmail(input.recipient) });
-      outcome = "sent";
       write = () => tracker.markSent(input.deliveryId, attempt, sent);
     } catch (error) {
-      const failure = classify(error);
-      outcome = failure.transient ? "transient_failure" : "permanent_failure";
-      errorCode = failure.code;
-      logger.warn("send_failed", { ...ctx, recipient: maskEmail(input.recipient), errorCode, outcome });
-      write = () =>
-        tracker.recordFailure(input.deliveryId, attempt, {
-          code: failure.code,
-          message: failure.message,
-          permanent: !failure.transient,
-        });
+      const f = failure = facts(error);
+      logger.warn("send_failed", { ...ctx, recipient: maskEmail(input.recipient), ...factsToLog(f) });
+      write = () => tracker.recordFailure(input.deliveryId, attempt, f);
     }
     const r = await recordOutcome(write, lease, logger, ctx);
-    return { outcome, errorCode, ...recorded(r, logger, ctx) };
+    if (!failure) return { outcome: "sent", ...recorded(r, logger, ctx) };
+    // Recorded, the database decided (email.failure_rules): failed is permanent, retrying or
+    // dead_letter transient. Unrecorded, the rules' generated copy says what the ack policy should do.
+    if (r.kind === "recorded") {
+      return {
+        outcome: r.status === "failed" ? "permanent_failure" : "transient_failure",
+        errorCode: r.errorCode,
+        ...recorded(r, logger, ctx),
+      };
+    }
+    const verdict = classifyUnrecorded(failure);
+    return {
+      outcome: verdict.transient ? "transient_failure" : "permanent_failure",
+      errorCode: verdict.errorCode,
+      ...recorded(r, logger, ctx),
+    };
   } finally {
     lease.stop();
   }
 }
 
-function classify(error: unknown) {
-  return error instanceof SmtpError
-    ? error.failure
-    : { transient: true, code: "unknown", message: String((error as Error)?.message ?? error) };
+/** The checked email rendered, or why there is nothing to send (a failed check, or a subject the renderer broke). */
+function render(content: WorkflowCheck): RenderedEmail | { failure: string } {
+  if (!content.ok) return { failure: content.reason };
+  try {
+    return renderEmail(content.email);
+  } catch (error) {
+    return { failure: error instanceof Error ? error.message : String(error) };
+  }
+}
+
+/** The facts of a send error (an error that is not an SmtpError has none but its message). */
+function facts(error: unknown): SmtpFailure {
+  return error instanceof SmtpError ? error.failure : { message: String((error as Error)?.message ?? error) };
+}
+
+/** The codes of a failure, for the log (its message may name the recipient: not logged). */
+function factsToLog(f: SmtpFailure) {
+  return { replyCode: f.replyCode, enhancedCode: f.enhancedCode, transportCode: f.transportCode };
 }
 
 /** A lease held while sending: when it ends at the latest (local clock), and the heartbeat to stop. */
@@ -160,8 +186,22 @@ async function startSending(
     if (busy || stopped) return;
     busy = true;
     const at = Date.now();
-    const r = await deps.tracker.renewLease(deliveryId, attempt, seconds);
-    busy = false;
+    let r: LeaseResult;
+    try {
+      r = await deps.tracker.renewLease(deliveryId, attempt, seconds);
+    } catch (error) {
+      // A bug (the tracker throws only those): no caller awaits a timer, and an unhandled rejection
+      // would end the process mid-send. Stop renewing; the send and its outcome write go on.
+      stop();
+      deps.logger.error("heartbeat_failed", {
+        deliveryId,
+        attempt,
+        error: error instanceof Error ? error.name : "unknown",
+      });
+      return;
+    } finally {
+      busy = false;
+    }
     if (stopped) return; // the outcome was written meanwhile: the lease is over anyway
     if (r.kind === "renewed") deadline = Math.max(deadline, at + seconds * 1000);
     else if (r.kind === "stale") {
