@@ -2,10 +2,12 @@
  * email: the delivery lifecycle's tables.
  *
  * Postgres owns the lifecycle of every email: the tables here hold the deliveries, their append-only
- * audit trail, the secret-bearing template data (kept apart and erased when a delivery ends), the
- * retry policy and the allowed transitions as data, and every input that could not be accepted.
- * The rules that act on them live in the lifecycle migration; RLS is enabled on every table here and
- * its policies live in the rls migration.
+ * audit trail, the secret-bearing template data (kept apart and erased when a delivery ends), every
+ * input that could not be accepted and the operational settings; and, as data, every status (those
+ * the api and suppression features end in too), every allowed transition, the retry policy and the
+ * SMTP failure rules, so "which statuses exist?" is answered here and only here. The rules that act
+ * on them live in the lifecycle migration; RLS is enabled on every table here and its policies and
+ * table privileges live in the rls migration.
  */
 create schema if not exists email;
 comment on schema email is 'Transactional email delivery lifecycle (private: end users read it only under RLS)';
@@ -48,7 +50,9 @@ insert into email.statuses (status, terminal, waiting, failing, counts_as, posit
   ('retrying', false, true, true, 'open', 40, 'an attempt failed transiently; the next one is due at next_attempt_at'),
   ('sent', true, false, false, 'sent', 10, 'the SMTP server accepted the message'),
   ('failed', true, false, true, 'failed', 50, 'permanently refused, or could not be rendered'),
-  ('dead_letter', true, false, true, 'dead_letter', 60, 'attempts exhausted; kept for an operator to requeue or purge');
+  ('dead_letter', true, false, true, 'dead_letter', 60, 'attempts exhausted; kept for an operator to requeue or purge'),
+  ('suppressed', true, false, false, 'suppressed', 70, 'not sent: the recipient is on the suppression list'),
+  ('purged', true, false, false, 'dead_letter', 80, 'a dead letter whose payload was erased by an operator or the retention policy; kept for the record');
 
 -- The allowed transitions, as data. A BEFORE UPDATE trigger refuses any other.
 create table email.transitions (
@@ -71,7 +75,10 @@ insert into email.transitions (from_status, to_status, description) values
   ('retrying', 'sent', 'a reaped attempt reports success late, before anyone re-claimed it'),
   ('retrying', 'dead_letter', 'given up without another attempt'),
   ('failed', 'queued', 'an operator requeues it'),
-  ('dead_letter', 'queued', 'an operator requeues it');
+  ('dead_letter', 'queued', 'an operator requeues it'),
+  ('dead_letter', 'purged', 'an operator or the retention policy purges it: the payload is erased'),
+  ('queued', 'suppressed', 'the recipient is on the suppression list: ended without an SMTP attempt'),
+  ('retrying', 'suppressed', 'the recipient was suppressed while a retry was pending');
 
 -- The retry policy, as data: one row per workflow, and the default row ('*').
 create table email.retry_policies (
@@ -194,6 +201,15 @@ create index deliveries_recipient_lower_idx on email.deliveries (lower(recipient
 -- Partial-index predicates must be immutable, so they name statuses literally: here the waiting ones.
 create index deliveries_due_idx on email.deliveries (next_attempt_at) where status in ('queued', 'retrying');
 create index deliveries_lease_idx on email.deliveries (lease_expires_at) where status = 'in_progress';
+-- What the metrics read, in the index only (queued_at window, then the columns they aggregate).
+create index deliveries_queued_at_idx on email.deliveries (queued_at)
+  include (workflow, status, attempts, last_error_code, sent_at);
+-- The dead-letter queue: its size and age per workflow, requeue by filter and purge by age.
+create index deliveries_dead_letter_idx on email.deliveries (completed_at)
+  include (workflow) where status = 'dead_letter';
+-- A new suppression finds the address's open deliveries (suppressions migration) without a scan of all
+-- deliveries; again the waiting statuses, literally.
+create index deliveries_open_recipient_idx on email.deliveries (lower(recipient)) where status in ('queued', 'retrying');
 
 /**
  * The key of deliveries.request_hash. The hash covers the payload, so an unkeyed hash of a 6-digit
@@ -263,3 +279,19 @@ comment on column email.rejected_messages.redacted is 'Where raw_body was redact
 
 create index rejected_messages_received_at_idx on email.rejected_messages (received_at);
 create index rejected_messages_delivery_id_idx on email.rejected_messages (delivery_id) where delivery_id is not null;
+
+-- Operational settings, one row: retention of dead letters and of rejected input.
+create table email.settings (
+  singleton boolean primary key default true check (singleton),
+  dead_letter_retention interval not null default interval '30 days'
+    constraint settings_dead_letter_retention_positive check (dead_letter_retention > interval '0'),
+  rejected_message_retention interval not null default interval '14 days'
+    constraint settings_rejected_message_retention_positive check (rejected_message_retention > interval '0'),
+  updated_at timestamptz not null default now()
+);
+alter table email.settings enable row level security;
+comment on table email.settings is 'Operational settings (one row): dead_letter_retention is how long a dead letter keeps its payload before a purge';
+comment on column email.settings.dead_letter_retention is 'Age (since dead-lettered) after which email.purge_dead_letters(null, reason) purges a dead letter';
+comment on column email.settings.rejected_message_retention is 'Age after which a rejected message is deleted (email.purge_rejected_messages, run on every rejection)';
+
+insert into email.settings default values;

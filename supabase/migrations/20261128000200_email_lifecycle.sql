@@ -6,8 +6,8 @@
  *   _200_apply_transition, which also derives the columns a transition implies (attempts grows when
  *   an attempt starts and only then; leases, terminal timestamps, due times);
  * - the audit trail: the AFTER trigger _500_audit writes one event per insert and status change;
- * - secrets are not retained: _600_erase_payload deletes the payload when a delivery ends sent or failed,
- *   and the request hash that stays is keyed (email._request_hash);
+ * - secrets are not retained: _600_erase_payload deletes the payload when a delivery ends sent, failed
+ *   or purged, and the request hash that stays is keyed (email._request_hash);
  * - which statuses exist and what each one is: email.statuses (terminal, waiting, failing); the
  *   triggers read it instead of naming statuses;
  * - what a failed send leads to: record_failure, the one caller-facing failure RPC: email.failure_rules
@@ -281,7 +281,7 @@ create trigger _500_audit
 after insert or update on email.deliveries
 for each row execute function email.tg_deliveries__audit();
 
-/** Erases the secret-bearing payload once a delivery ends sent or failed. */
+/** Erases the secret-bearing payload once a delivery ends sent, failed or purged. */
 create or replace function email.tg_deliveries__erase_payload()
 returns trigger
 language plpgsql
@@ -293,9 +293,11 @@ begin
 end
 $$;
 
+-- Dead letters keep their payload for a requeue (a purge erases it); suppressed deliveries erase it
+-- themselves (suppressions migration). A trigger's WHEN cannot read a table, so the statuses are literal.
 create trigger _600_erase_payload
 after update of status on email.deliveries
-for each row when (new.status in ('sent', 'failed') and old.status is distinct from new.status)
+for each row when (new.status in ('sent', 'failed', 'purged') and old.status is distinct from new.status)
 execute function email.tg_deliveries__erase_payload();
 
 -- ---------------------------------------------------------------------------------------------
@@ -814,9 +816,82 @@ comment on function email.requeue(text, text) is 'Operator requeue: failed|dead_
 grant execute on function email.requeue(text, text) to service_role;
 
 /**
+ * Requeues the dead letters that match the filter (a workflow, dead-lettered at or after `since`;
+ * null matches all) through email.requeue, one audit event each with the reason; returns them.
+ * Rows another transaction holds are skipped, so it never waits on the worker.
+ */
+create or replace function email.requeue_dead_letters(
+  workflow text default null,
+  since timestamptz default null,
+  reason text default null
+)
+returns setof email.deliveries
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  id text;
+begin
+  if coalesce(btrim(reason), '') = '' then
+    raise exception 'a requeue needs a reason' using errcode = 'EM006';
+  end if;
+  for id in
+    select x.delivery_id from email.deliveries x
+    where x.status = 'dead_letter'
+      and (requeue_dead_letters.workflow is null or x.workflow = requeue_dead_letters.workflow)
+      and (requeue_dead_letters.since is null or x.completed_at >= requeue_dead_letters.since)
+    order by x.completed_at, x.delivery_id
+    for update skip locked
+  loop
+    return next email.requeue(id, reason);
+  end loop;
+end
+$$;
+comment on function email.requeue_dead_letters(text, timestamptz, text) is 'Requeue dead letters by workflow and dead-since (null: all) through email.requeue';
+grant execute on function email.requeue_dead_letters(text, timestamptz, text) to service_role;
+
+/**
+ * Purges dead letters that have been dead for longer than `older_than` (null: the retention in
+ * email.settings): dead_letter -> purged, which erases the payload (trigger _600_erase_payload) and
+ * writes one audit event each with the actor and {reason, older_than}. Returns the purged rows.
+ */
+create or replace function email.purge_dead_letters(older_than interval, reason text)
+returns setof email.deliveries
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  keep interval := coalesce(older_than, (select s.dead_letter_retention from email.settings s));
+  id text;
+  d email.deliveries;
+begin
+  if coalesce(btrim(reason), '') = '' then
+    raise exception 'a purge needs a reason' using errcode = 'EM006';
+  end if;
+  if keep is null or keep < interval '0' then
+    raise exception 'older_than must not be negative, not %', keep using errcode = 'EM006';
+  end if;
+  for id in
+    select x.delivery_id from email.deliveries x
+    where x.status = 'dead_letter' and x.completed_at < now() - keep
+    order by x.completed_at, x.delivery_id
+    for update skip locked
+  loop
+    perform email._set_event_detail(jsonb_build_object('reason', left(reason, 500), 'older_than', keep::text));
+    update email.deliveries x set status = 'purged' where x.delivery_id = id returning x.* into d;
+    return next d;
+  end loop;
+end
+$$;
+comment on function email.purge_dead_letters(interval, text) is 'dead_letter -> purged (payload erased) for dead letters older than older_than (null: email.settings)';
+grant execute on function email.purge_dead_letters(interval, text) to service_role;
+
+/**
  * Stores input that could not be accepted, with its reason, so nothing is lost; returns its id.
  * The caller redacts secrets from raw_body first and lists where in `redacted` (the worker:
- * functions/_shared/redaction.ts). Rows older than the retention are purged (api migration).
+ * functions/_shared/redaction.ts). Rows older than the retention are purged (purge_rejected_messages).
  */
 create or replace function email.record_rejected(
   reason_code text,
@@ -844,6 +919,50 @@ as $$
 $$;
 comment on function email.record_rejected(text, text, bytea, text, text, jsonb, integer, text[]) is 'Store rejected input (secrets already redacted) with its reason';
 grant execute on function email.record_rejected(text, text, bytea, text, text, jsonb, integer, text[]) to service_role;
+
+/**
+ * Deletes rejected messages received longer ago than `older_than` (null: the retention in
+ * email.settings); returns how many. Rejected input is kept for debugging, not for ever: even with
+ * its secrets redacted it holds addresses and whatever a publisher sent. The trigger below runs it
+ * after every rejection, so the retention holds without a schedule; a pg_cron job covers quiet
+ * periods (sql/schedule_sweep.sql).
+ */
+create or replace function email.purge_rejected_messages(older_than interval default null)
+returns integer
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  keep interval := coalesce(older_than, (select s.rejected_message_retention from email.settings s));
+  n integer;
+begin
+  if keep is null or keep < interval '0' then
+    raise exception 'older_than must not be negative, not %', keep using errcode = 'EM006';
+  end if;
+  delete from email.rejected_messages r where r.received_at < now() - keep;
+  get diagnostics n = row_count;
+  return n;
+end
+$$;
+comment on function email.purge_rejected_messages(interval) is 'Delete rejected messages older than older_than (null: email.settings.rejected_message_retention); returns the count';
+grant execute on function email.purge_rejected_messages(interval) to service_role;
+
+/** After a rejection is stored: purge the rejected messages past their retention. */
+create or replace function email.tg_rejected_messages__purge_expired()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform email.purge_rejected_messages(null);
+  return null;
+end
+$$;
+
+create trigger _900_purge_expired
+after insert on email.rejected_messages
+for each statement execute function email.tg_rejected_messages__purge_expired();
 
 -- Postgres grants EXECUTE to PUBLIC on every new function, and a per-schema default privilege cannot
 -- take that back: revoke it here, so only the grants under each function remain.

@@ -6,7 +6,7 @@
  *   JWT's email claim) and those deliveries' events; nothing else, and never writes.
  * support user (app_metadata.role 'support' or 'admin' in the JWT): the policies here give them what
  *   any end user gets; every delivery and event they read through email_api (the api migration's
- *   staff views), never payloads or rejected input.
+ *   staff views, which ask email.is_staff below), never payloads or rejected input.
  * anon: nothing.
  *
  * Supabase's RLS performance guidance: one policy per way of owning a row, each `to authenticated`,
@@ -32,6 +32,45 @@ comment on function email.is_support() is 'Whether the JWT carries app_metadata.
 revoke execute on function email.is_support() from public, anon;
 grant execute on function email.is_support() to authenticated, service_role;
 
+/**
+ * True when the caller reads every delivery with its internals (actors, reasons, SMTP replies): support
+ * staff (JWT app_metadata.role support or admin) and roles that bypass RLS anyway (service_role, or a
+ * superuser connecting directly). Works inside security definer functions: it reads the SET ROLE of
+ * the session (as PostgREST sets it), else the login role.
+ */
+create or replace function email.is_staff()
+returns boolean
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  caller text := coalesce(nullif(pg_catalog.current_setting('role', true), 'none'), session_user);
+begin
+  return email.is_support()
+    or exists (select from pg_catalog.pg_roles r where r.rolname = caller and (r.rolsuper or r.rolbypassrls));
+end
+$$;
+comment on function email.is_staff() is 'Whether the caller is support staff or bypasses RLS: sees every delivery, actors and reasons';
+revoke execute on function email.is_staff() from public, anon;
+grant execute on function email.is_staff() to authenticated, service_role;
+
+/** Raises 42501 unless the caller is support staff or a role that bypasses RLS (email.is_staff). */
+create or replace function email._require_support_or_service()
+returns void
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if not email.is_staff() then
+    raise exception 'only support staff and service_role may read email metrics' using errcode = '42501';
+  end if;
+end
+$$;
+comment on function email._require_support_or_service() is 'Raises 42501 unless the caller is support staff or bypasses RLS';
+revoke execute on function email._require_support_or_service() from public;
+
 grant usage on schema email to authenticated, service_role;
 
 revoke all on all tables in schema email from public, anon, authenticated;
@@ -39,6 +78,8 @@ grant select, insert, update, delete on all tables in schema email to service_ro
 grant usage, select on all sequences in schema email to service_role;
 -- Except the request-hash key: nobody but its owner reads it (email._request_hash does, as definer).
 revoke all on email.request_hash_key from service_role;
+-- The settings are one row: service_role reads and changes it, never adds or removes one.
+revoke insert, delete on email.settings from service_role;
 -- Readable by end users and support under the policies below; no end user writes anything.
 -- Column grants: request_hash (a keyed hash over the payload) is readable by service_role only.
 grant select (

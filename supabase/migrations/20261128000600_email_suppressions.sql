@@ -15,19 +15,10 @@
  *   email.claim_due never returns them. The move is an ordinary transition: it is in the trail (and so
  *   in the webhooks), and the payload is erased (never even stored when suppressed on insert).
  *
- * The status lives in email.statuses, like every other (deliveries.status references that table).
+ * The status `suppressed` and its transitions are in the schema migration, with every other status
+ * (deliveries.status references email.statuses); the index that finds an address's open deliveries
+ * is there too, with the table's other indexes.
  */
-
--- ---------------------------------------------------------------------------------------------
--- The status `suppressed`
--- ---------------------------------------------------------------------------------------------
-
-insert into email.statuses (status, terminal, waiting, failing, counts_as, position, description) values
-  ('suppressed', true, false, false, 'suppressed', 70, 'not sent: the recipient is on the suppression list');
-
-insert into email.transitions (from_status, to_status, description) values
-  ('queued', 'suppressed', 'the recipient is on the suppression list: ended without an SMTP attempt'),
-  ('retrying', 'suppressed', 'the recipient was suppressed while a retry was pending');
 
 -- ---------------------------------------------------------------------------------------------
 -- The table
@@ -48,9 +39,6 @@ comment on table email.suppressions is 'Addresses never sent to again (hard boun
 comment on column email.suppressions.delivery_id is 'The delivery whose hard bounce added the address, when it came from one';
 
 create index suppressions_created_at_idx on email.suppressions (created_at);
--- Finds the open deliveries of a newly suppressed address without a scan of all deliveries (a
--- partial-index predicate must be immutable: the waiting statuses of email.statuses, literally).
-create index deliveries_open_recipient_idx on email.deliveries (lower(recipient)) where status in ('queued', 'retrying');
 
 -- ---------------------------------------------------------------------------------------------
 -- Functions
