@@ -1971,7 +1971,7 @@ CREATE TABLE email.delivery_payloads (
     CONSTRAINT delivery_payloads_payload_check CHECK ((jsonb_typeof(payload) = 'object'::text))
 );
 
-COMMENT ON TABLE email.delivery_payloads IS 'Template data (codes, links): service_role only, erased when the delivery ends sent or failed';
+COMMENT ON TABLE email.delivery_payloads IS 'Template data (codes, links): service_role only, erased when the delivery ends sent, failed, suppressed or purged';
 
 CREATE TABLE email.metric_counters (
     family text NOT NULL,

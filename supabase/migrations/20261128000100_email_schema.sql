@@ -230,14 +230,15 @@ revoke all on email.request_hash_key from public, anon, authenticated, service_r
 
 insert into email.request_hash_key (key) values (extensions.gen_random_bytes(32));
 
--- Secret-bearing template data, apart from deliveries: erased when a delivery ends sent or failed.
+-- Secret-bearing template data, apart from deliveries: erased when a delivery ends (sent, failed,
+-- suppressed or purged; a dead letter keeps it for a requeue until it is purged).
 create table email.delivery_payloads (
   delivery_id text primary key references email.deliveries on delete cascade,
   payload jsonb not null check (jsonb_typeof(payload) = 'object'),
   created_at timestamptz not null default now()
 );
 alter table email.delivery_payloads enable row level security;
-comment on table email.delivery_payloads is 'Template data (codes, links): service_role only, erased when the delivery ends sent or failed';
+comment on table email.delivery_payloads is 'Template data (codes, links): service_role only, erased when the delivery ends sent, failed, suppressed or purged';
 
 -- The append-only audit trail, written by a trigger on deliveries.
 create table email.delivery_events (
