@@ -14,6 +14,10 @@
  *   (through email.failure_rule) decides transient or permanent from the facts the worker reports, and
  *   email.retry_policies when to retry and when to give up (mark_retrying and mark_dead_letter are its
  *   internals, not callable by service_role);
+ * - operators' actions: requeue (failed|dead_letter -> queued), requeue_dead_letters by filter and
+ *   purge_dead_letters (dead_letter -> purged, after email.settings.dead_letter_retention);
+ * - rejected input is stored (record_rejected) and kept only for email.settings.rejected_message_retention
+ *   (purge_rejected_messages, run after every rejection);
  * - who may call what: execute is granted to service_role under each function, and revoked from public,
  *   anon and authenticated for every function at the end (Postgres grants execute to PUBLIC by default).
  *
