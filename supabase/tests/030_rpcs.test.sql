@@ -2,6 +2,8 @@
 begin;
 select plan(71);
 
+\ir fixtures/helpers.psql
+
 /** Creates delivery `id` and walks it to `status` through the RPCs. */
 create function pg_temp.walk(id text, status text, workflow text default 'pgtap') returns text language plpgsql as $$
 begin
@@ -28,7 +30,7 @@ $$;
 insert into email.retry_policies (workflow, max_attempts, base_delay, max_delay)
 values ('pgtap-two', 2, interval '10 seconds', interval '1 minute');
 
-set local role service_role;
+select tests.authenticate_as_service_role();
 
 -- ------------------------------------------------------------------------------------------------
 -- record_queued

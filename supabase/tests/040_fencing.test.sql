@@ -2,7 +2,9 @@
 begin;
 select plan(36);
 
-set local role service_role;
+\ir fixtures/helpers.psql
+
+select tests.authenticate_as_service_role();
 
 -- Attempt 1 claims, its lease expires and is reaped, attempt 2 claims.
 select email.record_queued('pgtap-040-a', 'pgtap', 'someone@example.com', '{"code": "123456"}');
