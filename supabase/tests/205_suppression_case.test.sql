@@ -1,7 +1,7 @@
 -- Suppressing an address ends its open deliveries whatever the case their recipient was written in
 -- (issue 14, point 1: the trigger must compare lower(recipient), not recipient).
 begin;
-select plan(8);
+select plan(10);
 
 -- Open deliveries to the same mailbox, written in mixed case: one queued, one retrying.
 select email.record_queued('t205-queued', 'invite', 'Ada@Example.com', '{"link": "https://x.test/secret"}');
@@ -28,6 +28,16 @@ select is((select count(*)::int from email.delivery_payloads where delivery_id i
 select is((select array_agg(to_status order by id) from email.delivery_events where delivery_id = 't205-queued'),
   array['queued', 'suppressed'], 'the trail shows the move');
 select is((select status from email.deliveries where delivery_id = 't205-other'), 'queued', 'another address stays queued');
+
+-- A delivery in flight when its address is suppressed ends suppressed when its retry is scheduled.
+select email.record_queued('t205-in-flight', 'invite', 'Cy@Example.com', '{"link": "https://x.test/secret"}');
+select email.mark_in_progress('t205-in-flight');
+select email.add_suppression('cy@example.com', 'complaint');
+select is((select status from email.deliveries where delivery_id = 't205-in-flight'), 'in_progress',
+  'an attempt in flight is not interrupted by a new suppression');
+select email.record_failure('t205-in-flight', 1, 'smtp_451', 'try later', false);
+select is((select status from email.deliveries where delivery_id = 't205-in-flight'), 'suppressed',
+  'when it fails transiently it ends suppressed instead of waiting for a retry');
 
 select * from finish();
 rollback;

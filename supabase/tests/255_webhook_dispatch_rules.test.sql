@@ -1,7 +1,7 @@
 -- Webhook dispatch rules users rely on (issue 14, points 2-4): a disabled endpoint receives nothing,
 -- results are fenced by attempt, and a 3xx (an unfollowed redirect) is a failure, not a delivery.
 begin;
-select plan(19);
+select plan(26);
 
 create temp table t_ep as
 select
@@ -58,6 +58,35 @@ update email.webhook_outbox set next_attempt_at = now() where id = (select outbo
 select is((select c.attempt from email.claim_webhook_messages(1000, 60) c where c.outbox_id = (select outbox_id from msg)), 4, 'attempt 4');
 select is((select r.status from email.record_webhook_result((select outbox_id from msg), 4, 299) r), 'delivered',
   'a 299 is delivered (the 2xx range ends there)');
+
+-- Retry-After is honoured within 1 s .. 1 day.
+select email.record_queued('t255-2', 'invite', 'bob@example.com', '{}');
+create temp table msg2 as
+select o.id as outbox_id from email.webhook_outbox o join email.delivery_events e on e.id = o.event_id
+where e.delivery_id = 't255-2' and o.endpoint_id = (select on_id from t_ep);
+update email.webhook_outbox set next_attempt_at = now() where id = (select outbox_id from msg2);
+select is((select c.attempt from email.claim_webhook_messages(1000, 60) c where c.outbox_id = (select outbox_id from msg2)), 1, 'claimed');
+select is((select r.next_attempt_at - now() from email.record_webhook_result((select outbox_id from msg2), 1, 503, null, 0) r),
+  interval '1 second', 'Retry-After: 0 waits at least 1 second');
+update email.webhook_outbox set next_attempt_at = now() where id = (select outbox_id from msg2);
+select is((select c.attempt from email.claim_webhook_messages(1000, 60) c where c.outbox_id = (select outbox_id from msg2)), 2, 'claimed again');
+select is((select r.next_attempt_at - now() from email.record_webhook_result((select outbox_id from msg2), 2, 429, null, 30 * 86400) r),
+  interval '1 day', 'a Retry-After of 30 days waits 1 day at most');
+
+-- Only secrets not yet expired sign a message.
+update email.webhook_endpoints
+set secret = 'whsec_Y3VycmVudA==',
+    previous_secrets = jsonb_build_array(
+      jsonb_build_object('secret', 'whsec_ZXhwaXJlZA==', 'expires_at', now() - interval '1 minute'),
+      jsonb_build_object('secret', 'whsec_c3RpbGwtdmFsaWQ=', 'expires_at', now() + interval '1 hour'))
+where id = (select on_id from t_ep);
+select is((select email.webhook_signing_secrets(w) from email.webhook_endpoints w where w.id = (select on_id from t_ep)),
+  array['whsec_Y3VycmVudA==', 'whsec_c3RpbGwtdmFsaWQ='], 'the current secret and the rotated one still valid, not the expired one');
+update email.webhook_outbox set next_attempt_at = now() where id = (select outbox_id from msg2);
+select is((select c.secrets from email.claim_webhook_messages(1000, 60) c where c.outbox_id = (select outbox_id from msg2)),
+  array['whsec_Y3VycmVudA==', 'whsec_c3RpbGwtdmFsaWQ='], 'a claimed message carries exactly those');
+select ok(not exists (select from email.claim_webhook_messages(1000, 60) c where 'whsec_ZXhwaXJlZA==' = any (c.secrets)),
+  'no claim hands out the expired secret');
 
 select * from finish();
 rollback;
