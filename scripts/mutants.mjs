@@ -207,7 +207,7 @@ function run(cmd, args, env) {
     });
     let output = "";
     const keep = (b) => {
-      output = (output + b.toString()).slice(-20000);
+      output = (output + b.toString()).slice(-500_000);
     };
     child.stdout.on("data", keep);
     child.stderr.on("data", keep);
@@ -257,10 +257,17 @@ async function runTests(tests, url) {
 
 /** The files a test output names as failing (all of them when it names none). */
 function failingFiles(output, files) {
-  const named = files.filter((f) =>
-    new RegExp(`^${escape(f)}\\s+\\(Wstat`, "m").test(output) || // pg_prove's summary report
-    new RegExp(`=> \\.?/?${escape(f)}:`).test(output) // deno test's failure list
-  );
+  const failed = new Set();
+  // pg_prove's summary report: "<file>  (Wstat: ... Failed: n)".
+  for (const f of files) if (new RegExp(`^${escape(f)}\\s+\\(Wstat`, "m").test(output)) failed.add(f);
+  // deno test: "running n tests from ./<file>", then "<name> ... FAILED" under it.
+  let current;
+  for (const line of output.split("\n")) {
+    const from = /^running \d+ tests? from \.\/(\S+)/.exec(line);
+    if (from) current = from[1];
+    else if (current && /\.\.\. FAILED\b/.test(line)) failed.add(current);
+  }
+  const named = files.filter((f) => failed.has(f));
   return named.length ? named : files;
 }
 const escape = (s) => s.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
