@@ -104,6 +104,7 @@ function startWorker(smtpPort: number, jwksUrl: string, dbUrl: string | undefine
     SMTP_HOST: "127.0.0.1",
     SMTP_PORT: String(smtpPort),
     SMTP_SECURE: "false",
+    SMTP_REQUIRE_TLS: "false", // a local sink without STARTTLS
     SMTP_FROM: "Bench <no-reply@bench.test>",
     LOG_LEVEL: "warn",
     ...(dbUrl ? { DELIVERY_STATUS_DATABASE_URL: dbUrl } : {}),

@@ -8,6 +8,7 @@
  *   deno task email-status purge [--older-than 30d] [--reason R] [--yes]   (default: email.settings retention)
  *   deno task email-status metrics [--since 24h] [--workflow W]
  *   deno task email-status webhooks ... | suppressions ...   (cli/webhooks.ts, cli/suppressions.ts; Postgres only)
+ *   deno task email-status dashboard [--url <function URL>] [--port N]   the dashboard on 127.0.0.1 (cli/dashboard.ts)
  *   --json on every command prints JSON for scripts; colour only on a terminal (and never with NO_COLOR).
  *
  * Connection, read once from the environment: DELIVERY_STATUS_DATABASE_URL or DATABASE_URL (Postgres,
@@ -20,8 +21,11 @@ import { parseArgs } from "node:util";
 import { userInfo } from "node:os";
 import postgres from "postgres";
 import { z } from "zod";
+import { dashboardCommand } from "./dashboard.ts";
+import { cliSql } from "./sql_subcommand.ts";
 import { suppressionsCommand } from "./suppressions.ts";
 import { webhooksCommand } from "./webhooks.ts";
+import { safeText, safeValue } from "./terminal.ts";
 
 /** A delivery as the API lists it (email_api.deliveries). */
 export type Delivery = {
@@ -326,6 +330,7 @@ const usage = `usage:
   email-status metrics [--since 24h] [--workflow W] [--json]
   email-status webhooks list|add|remove|enable|disable|rotate-secret|messages|replay ...   (--help for each)
   email-status suppressions list|check|add|remove ...
+  email-status dashboard [--url https://<ref>.supabase.co/functions/v1/email-worker] [--port 8788]
 environment: DATABASE_URL or DELIVERY_STATUS_DATABASE_URL, or SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY`;
 
 // ---------------------------------------------------------------------------------------------
@@ -370,8 +375,9 @@ function table(rows: string[][], p: Palette): string {
   ).join("\n");
 }
 
-/** The delivery and its timeline, readable at a glance. */
-export function formatDelivery(d: Delivery & { events: DeliveryEvent[] }, p: Palette): string {
+/** The delivery and its timeline, readable at a glance (stored text with its control characters shown, not obeyed). */
+export function formatDelivery(delivery: Delivery & { events: DeliveryEvent[] }, p: Palette): string {
+  const d = safeValue(delivery);
   const lines = [
     `${p.bold("delivery")}   ${d.delivery_id}`,
     `${p.bold("status")}     ${statusColour(p, d.status)}  (attempt ${d.attempts} of ${d.max_attempts})`,
@@ -403,9 +409,10 @@ export function formatDelivery(d: Delivery & { events: DeliveryEvent[] }, p: Pal
   return lines.join("\n");
 }
 
-/** Deliveries as a table. */
-export function formatList(rows: Delivery[], p: Palette): string {
-  if (rows.length === 0) return p.dim("no deliveries match");
+/** Deliveries as a table (stored text with its control characters shown, not obeyed). */
+export function formatList(deliveries: Delivery[], p: Palette): string {
+  if (deliveries.length === 0) return p.dim("no deliveries match");
+  const rows = safeValue(deliveries);
   return table([
     ["DELIVERY", "STATUS", "WORKFLOW", "RECIPIENT", "ATTEMPTS", "QUEUED", "LAST ERROR"],
     ...rows.map((d) => [
@@ -429,8 +436,9 @@ type WorkflowMetrics = {
   latency_ms: { p50: number | null; p95: number | null; p99: number | null };
 };
 
-/** Metrics as tables. */
-export function formatMetrics(m: Record<string, unknown>, p: Palette): string {
+/** Metrics as tables (stored text with its control characters shown, not obeyed). */
+export function formatMetrics(metrics: Record<string, unknown>, p: Palette): string {
+  const m = safeValue(metrics);
   const w = m.window as { since: string; until: string; workflow: string | null };
   const totals = m.totals as WorkflowMetrics;
   const flows = m.workflows as WorkflowMetrics[];
@@ -482,8 +490,15 @@ export function formatMetrics(m: Record<string, unknown>, p: Palette): string {
   return out.join("\n");
 }
 
+/**
+ * Asks `question` on stderr (stdout carries only the command's output, JSON included) and reads the
+ * answer from a terminal. Without a terminal nobody can answer: it refuses (--yes confirms up front).
+ */
 async function confirm(question: string): Promise<boolean> {
-  await Deno.stdout.write(new TextEncoder().encode(`${question} [y/N] `));
+  if (!Deno.stdin.isTerminal()) {
+    throw new CliError(`${question} Not done: stdin is not a terminal to answer on; pass --yes to confirm`, 2);
+  }
+  await Deno.stderr.write(new TextEncoder().encode(`${safeText(question)} [y/N] `));
   const buf = new Uint8Array(1024);
   const n = await Deno.stdin.read(buf);
   const answer = n === null ? "" : new TextDecoder().decode(buf.subarray(0, n)).trim().toLowerCase();
@@ -498,6 +513,9 @@ async function confirm(question: string): Promise<boolean> {
 export async function main(args: string[]): Promise<number> {
   if (args[0] === "webhooks") return await webhooksCommand(args.slice(1));
   if (args[0] === "suppressions") return await suppressionsCommand(args.slice(1));
+  if (args[0] === "dashboard") {
+    return await dashboardCommand(args.slice(1), { connect: () => cliSql(Deno.env.toObject()) });
+  }
   let parsed;
   try {
     parsed = parseArgs({
@@ -530,7 +548,7 @@ export async function main(args: string[]): Promise<number> {
   const print = (value: unknown, human: () => string) => console.log(o.json ? JSON.stringify(value, null, 2) : human());
   const fail = (e: CliError) => {
     if (o.json) console.log(JSON.stringify({ error: { message: e.message, exit_code: e.exitCode } }));
-    console.error(`email-status: ${e.message}`);
+    console.error(`email-status: ${safeText(e.message, { keepNewlines: true })}`);
     return e.exitCode;
   };
 

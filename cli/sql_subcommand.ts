@@ -6,6 +6,7 @@
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import postgres from "postgres";
 import { cliActor, CliError, connectionFromEnv, explainError } from "./email_status.ts";
+import { safeText } from "./terminal.ts";
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
 type Values<T extends Options> = ReturnType<typeof parseArgs<{ options: T; allowPositionals: true }>>["values"];
@@ -84,7 +85,7 @@ export async function runSqlSubcommand<const T extends Options>(
   } catch (e) {
     const err = e instanceof CliError ? e : explainError(e, "the database");
     if (json) console.log(JSON.stringify({ error: { message: err.message, exit_code: err.exitCode } }));
-    console.error(`email-status ${spec.name}: ${err.message}`);
+    console.error(`email-status ${spec.name}: ${safeText(err.message, { keepNewlines: true })}`);
     return err.exitCode;
   } finally {
     await sql?.end({ timeout: 2 }).catch(() => {});

@@ -11,6 +11,7 @@
  */
 import { CliError } from "./email_status.ts";
 import { runSqlSubcommand } from "./sql_subcommand.ts";
+import { safeText, safeValue } from "./terminal.ts";
 
 /** One entry of the suppression list. */
 export type Suppression = {
@@ -35,9 +36,10 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd()).join("\n");
 }
 
-/** Formats suppressions as a table. */
-export function formatSuppressions(rows: Suppression[]): string {
-  if (rows.length === 0) return "no suppressed addresses";
+/** Formats suppressions as a table (stored text with its control characters shown, not obeyed). */
+export function formatSuppressions(suppressions: Suppression[]): string {
+  if (suppressions.length === 0) return "no suppressed addresses";
+  const rows = safeValue(suppressions);
   return table([
     ["ADDRESS", "SOURCE", "SINCE", "DELIVERY", "REASON"],
     ...rows.map((s) => [
@@ -84,15 +86,18 @@ export function suppressionsCommand(
       select * from email.suppressions where address = email.normalize_address(${rest[0]})`;
       print(
         { address: rest[0], suppressed: rows.length > 0, entry: rows[0] ?? null },
-        () => rows.length ? `suppressed\n${formatSuppressions(rows)}` : `${rest[0]} is not suppressed`,
+        () => rows.length ? `suppressed\n${formatSuppressions(rows)}` : `${safeText(rest[0])} is not suppressed`,
       );
       return rows.length ? 0 : 3;
     } else if (command === "add") {
       const [row] = await sql<Suppression[]>`select * from email.add_suppression(${rest[0]}, ${o.reason!.trim()})`;
-      print(row, () => `suppressed ${row.address}`);
+      print(row, () => `suppressed ${safeText(row.address)}`);
     } else {
       const [{ removed }] = await sql<{ removed: boolean }[]>`select email.remove_suppression(${rest[0]}) as removed`;
-      print({ address: rest[0], removed }, () => removed ? `removed ${rest[0]}` : `${rest[0]} was not suppressed`);
+      print(
+        { address: rest[0], removed },
+        () => removed ? `removed ${safeText(rest[0])}` : `${safeText(rest[0])} was not suppressed`,
+      );
       return removed ? 0 : 3;
     }
     return 0;

@@ -11,10 +11,14 @@
  *   email-status webhooks replay <message_id> [--endpoint ID]             one message again (same webhook-id)
  *   email-status webhooks replay --since T [--until T] [--endpoint ID]    every event of a time range again
  *   --json prints JSON. Needs a Postgres URL (DATABASE_URL or DELIVERY_STATUS_DATABASE_URL).
+ *   `add` refuses a URL that is, or resolves to, a private, loopback, link-local or other
+ *   special-purpose address, unless WEBHOOK_ALLOW_PRIVATE=true (local development).
  *   Exit codes: 0 done, 1 error, 2 bad usage, 3 not found.
  */
 import { CliError, parseDuration, parseSince } from "./email_status.ts";
 import { runSqlSubcommand } from "./sql_subcommand.ts";
+import { safeValue } from "./terminal.ts";
+import { checkTarget, loadRefusedNetworks, RefusedTarget } from "../functions/_shared/net_guard.ts";
 
 /** An endpoint as listed (the secret only when it was just created or rotated). */
 export type WebhookEndpoint = {
@@ -57,9 +61,10 @@ function table(rows: string[][]): string {
 
 const iso = (d: Date | string | null) => d === null ? "-" : new Date(d).toISOString().slice(0, 19).replace("T", " ");
 
-/** Formats endpoints as a table. */
-export function formatEndpoints(rows: WebhookEndpoint[]): string {
-  if (rows.length === 0) return "no webhook endpoints";
+/** Formats endpoints as a table (stored text with its control characters shown, not obeyed). */
+export function formatEndpoints(endpoints: WebhookEndpoint[]): string {
+  if (endpoints.length === 0) return "no webhook endpoints";
+  const rows = safeValue(endpoints);
   return table([
     ["ID", "URL", "EVENTS", "STATE", "PENDING", "FAILED"],
     ...rows.map((w) => [
@@ -132,9 +137,23 @@ export function webhooksCommand(
       from email.webhook_endpoints w order by created_at`;
       print(rows, () => formatEndpoints(rows));
     } else if (command === "add") {
+      // Webhooks reach public addresses only: the name is resolved and every address checked here,
+      // the database checks the URL itself, the dispatcher checks again at send time.
+      const target = new URL(rest[0]);
+      if (env.WEBHOOK_ALLOW_PRIVATE === "true") {
+        await sql`select set_config('email.webhook_allow_private', 'on', false)`;
+      } else {
+        const networks = await loadRefusedNetworks(sql);
+        try {
+          await checkTarget(target, { networks });
+        } catch (e) {
+          const why = e instanceof RefusedTarget ? e.message : `cannot resolve ${target.hostname}`;
+          throw new CliError(`refusing ${target.href}: ${why} (WEBHOOK_ALLOW_PRIVATE=true allows it in development)`);
+        }
+      }
       const [w] = await sql<WebhookEndpoint[]>`
       select ${endpointColumns}, secret
-      from email.add_webhook_endpoint(${rest[0]}, ${events}::text[], ${o.description ?? null})`;
+      from email.add_webhook_endpoint(${target.href}, ${events}::text[], ${o.description ?? null})`;
       print(w, () => `${formatEndpoints([w])}\n\nsigning secret (shown once; give it to the receiver):\n${w.secret}`);
     } else if (command === "remove") {
       const [{ removed }] = await sql<{ removed: boolean }[]>`select email.remove_webhook_endpoint(${
@@ -163,7 +182,7 @@ export function webhooksCommand(
       print(rows, () =>
         rows.length === 0 ? "no webhook messages" : table([
           ["WEBHOOK-ID", "TYPE", "DELIVERY", "STATUS", "ATTEMPTS", "NEXT", "LAST"],
-          ...rows.map((m) => [
+          ...safeValue(rows).map((m) => [
             m.message_id,
             m.event_type,
             m.delivery_id,

@@ -61,6 +61,7 @@ async function main() {
     SMTP_HOST: "127.0.0.1",
     SMTP_PORT: String(ports.smtp),
     SMTP_SECURE: "false",
+    SMTP_REQUIRE_TLS: "false", // a local sink without STARTTLS
     SMTP_FROM: env.SMTP_FROM ?? "Email Worker <no-reply@localhost>",
     DELIVERY_STATUS_DATABASE_URL: dbUrl,
     SWEEP_SECRET: state.sweepSecret,

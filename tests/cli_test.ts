@@ -36,6 +36,34 @@ async function cli(args: string[], opts: { env?: Record<string, string>; stdin?:
   return { code: out.code, stdout: new TextDecoder().decode(out.stdout), stderr: new TextDecoder().decode(out.stderr) };
 }
 
+/**
+ * The CLI with stdin on a terminal (a pseudo-terminal from util-linux `script`), stdout and stderr
+ * still apart: what a person at a terminal, or one piping --json to jq, runs.
+ */
+async function cliOnTty(args: string[], opts: { env?: Record<string, string>; answer: string }): Promise<Run> {
+  const dir = await Deno.makeTempDir({ prefix: "cli_tty_" });
+  const quote = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
+  const command = [Deno.execPath(), "run", "-A", "cli/email_status.ts", ...args].map(quote).join(" ");
+  try {
+    const child = new Deno.Command("script", {
+      args: ["-qec", `${command} >${quote(`${dir}/out`)} 2>${quote(`${dir}/err`)}`, "/dev/null"],
+      cwd: root,
+      env: { ...passThrough, NO_COLOR: "1", USER: "tester", ...opts.env },
+      clearEnv: true,
+      stdin: "piped",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(opts.answer));
+    await writer.close();
+    const { code } = await child.status;
+    return { code, stdout: await Deno.readTextFile(`${dir}/out`), stderr: await Deno.readTextFile(`${dir}/err`) };
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
 async function createPrivateDatabase(name: string): Promise<string> {
   const admin = postgres(serverUrl!, { max: 1, onnotice: () => {} });
   await admin.unsafe(`drop database if exists "${name}" with (force)`);
@@ -120,18 +148,31 @@ Deno.test({
       assertEquals(JSON.parse(limited.stdout).length, 1);
     });
 
-    await t.step("requeue asks first and does nothing on no", async () => {
-      const r = await cli(["requeue", "cli-dead-1"], { env, stdin: "n\n" });
-      assertEquals(r.code, 1);
-      assert(r.stdout.includes("Requeue 1 delivery (cli-dead-1)? [y/N]"), r.stdout);
+    await t.step("requeue asks first, on stderr, and does nothing on no", async () => {
+      const r = await cliOnTty(["requeue", "cli-dead-1"], { env, answer: "n\n" });
+      assertEquals(r.code, 1, r.stderr);
+      assert(r.stderr.includes("Requeue 1 delivery (cli-dead-1)? [y/N]"), r.stderr);
+      assertEquals(r.stdout, "", "the question is not output");
       const [d] = await sql`select status from email.deliveries where delivery_id = 'cli-dead-1'`;
       assertEquals(d.status, "dead_letter");
     });
 
+    await t.step("without a terminal and without --yes, requeue and purge refuse and change nothing", async () => {
+      const before = await sql`select delivery_id, status from email.deliveries order by 1`;
+      for (const args of [["requeue", "cli-dead-1"], ["requeue", "--dead-letters"], ["purge", "--older-than", "1s"]]) {
+        const r = await cli([...args, "--json"], { env, stdin: "y\n" });
+        assertEquals(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+        assert(JSON.parse(r.stdout).error.message.includes("pass --yes"), r.stdout);
+        assert(!r.stdout.includes("[y/N]"), "no question in the JSON output");
+      }
+      assertEquals(await sql`select delivery_id, status from email.deliveries order by 1`, before);
+    });
+
     await t.step("requeue on yes, then the sweep's RPCs claim it and send it", async () => {
-      const r = await cli(["requeue", "cli-dead-1", "--reason", "relay fixed"], { env, stdin: "y\n" });
+      const r = await cliOnTty(["requeue", "cli-dead-1", "--reason", "relay fixed", "--json"], { env, answer: "y\n" });
       assertEquals(r.code, 0, r.stderr);
-      assert(r.stdout.includes("requeued 1"), r.stdout);
+      assert(r.stderr.includes("[y/N]"), r.stderr);
+      assertEquals(JSON.parse(r.stdout).map((d: { delivery_id: string }) => d.delivery_id), ["cli-dead-1"]);
       const [event] = await sql`select actor, detail ->> 'reason' as reason from email.delivery_events
         where delivery_id = 'cli-dead-1' order by id desc limit 1`;
       assertEquals(event, { actor: "cli:tester", reason: "relay fixed" });
@@ -191,6 +232,36 @@ Deno.test({
       assertEquals(human.code, 0, human.stderr);
       assert(human.stdout.includes("dead-letter queue  1"), human.stdout);
       assert(/invoice\s+2\s+0\s+0\s+2/.test(human.stdout), human.stdout);
+    });
+
+    await t.step("control characters in stored text are shown, not obeyed; --json stays exact", async () => {
+      const hostile = "550 5.1.1 \x1b]0;pwned\x07 no such user\x1b[2J \u202egnp.exe\x9b31m";
+      // deno-lint-ignore no-control-regex
+      const bad = (out: string) => /[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/.test(out);
+      const [w] = await sql`select id::text from email.add_webhook_endpoint('https://hooks.example.com/x')`;
+      await sql`select email.record_queued('cli-hostile', 'welcome', 'eve@example.com', '{}'::jsonb)`;
+      await sql`select email.mark_in_progress('cli-hostile')`;
+      await sql`select * from email.record_failure('cli-hostile', 1, 'smtp_550_5.1.1', ${hostile}, false)`;
+      await sql`select email.set_webhook_endpoint_enabled(${w.id}::uuid, false, ${hostile})`;
+      await sql`update email.webhook_outbox set last_error = ${hostile} where endpoint_id = ${w.id}::uuid`;
+      await sql`select email.add_suppression('eve@example.com', ${hostile})`;
+
+      const shown = await cli(["cli-hostile"], { env });
+      assertEquals(shown.code, 0, shown.stderr);
+      assert(!bad(shown.stdout), JSON.stringify(shown.stdout));
+      assert(shown.stdout.includes("\\x1b]0;pwned\\x07 no such user\\x1b[2J \\u{202e}gnp.exe\\x9b31m"), shown.stdout);
+      const json = await cli(["cli-hostile", "--json"], { env });
+      assert(JSON.parse(json.stdout).last_error_message.includes(hostile), json.stdout);
+      for (const args of [["webhooks", "list"], ["webhooks", "messages"], ["suppressions", "list"]]) {
+        const r = await cli(args, { env });
+        assertEquals(r.code, 0, r.stderr);
+        assert(r.stdout.includes("\\x1b]0;pwned") && !bad(r.stdout), `${args.join(" ")}: ${JSON.stringify(r.stdout)}`);
+      }
+      const messages = await cli(["webhooks", "messages", "--endpoint", w.id, "--json"], { env });
+      assert(
+        JSON.parse(messages.stdout).every((m: { last_error: string }) => m.last_error === hostile),
+        messages.stdout,
+      );
     });
 
     await t.step(

@@ -43,6 +43,7 @@ async function spawnWorker(smtp: FaultySmtp, env: Record<string, string> = {}): 
       SMTP_HOST: "127.0.0.1",
       SMTP_PORT: String(smtp.port),
       SMTP_SECURE: "false",
+      SMTP_REQUIRE_TLS: "false", // a local sink without STARTTLS
       SMTP_FROM: "Email Worker Test <no-reply@worker.test>",
       DELIVERY_STATUS_DATABASE_URL: databaseUrl(),
       SWEEP_SECRET: testSweepSecret,

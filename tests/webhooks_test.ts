@@ -12,6 +12,9 @@ import { webhooksCommand } from "../cli/webhooks.ts";
 const databaseUrl = Deno.env.get("DATABASE_URL");
 if (!databaseUrl) throw new Error("DATABASE_URL must point at a migrated database");
 
+// The receivers listen on loopback: these tests opt in, as local development does.
+const allowPrivate = { "email.webhook_allow_private": "on" };
+
 type Received = { headers: Headers; body: string };
 type Reply = (r: Received) => Response | Promise<Response>;
 
@@ -45,7 +48,7 @@ async function withEndpoint(
     makeDue: () => Promise<void>;
   }) => Promise<void>,
 ) {
-  const sql = postgres(databaseUrl!, { max: 4, onnotice: () => {} });
+  const sql = postgres(databaseUrl!, { max: 4, onnotice: () => {}, connection: allowPrivate });
   const receiver = startReceiver();
   const [endpoint] = await sql<{ id: string; secret: string }[]>`
     select id::text, secret from email.add_webhook_endpoint(${receiver.url}, ${types}::text[], 'webhooks_test')`;
@@ -54,7 +57,7 @@ async function withEndpoint(
     await sql`update email.webhook_outbox set next_attempt_at = now() + interval '1 hour'
       where endpoint_id <> ${endpoint.id}::uuid and status = 'pending' and next_attempt_at <= now()
         and endpoint_id in (select id from email.webhook_endpoints where description = 'webhooks_test')`;
-    return await dispatchWebhooks(sql, { batchSize: 100, timeoutMs, concurrency: 4 });
+    return await dispatchWebhooks(sql, { batchSize: 100, timeoutMs, concurrency: 4, allowPrivate: true });
   };
   const makeDue = async () => {
     await sql`update email.webhook_outbox set next_attempt_at = now() where endpoint_id = ${endpoint.id}::uuid and status = 'pending'`;
@@ -282,7 +285,7 @@ async function cli(args: string[]): Promise<{ code: number; out: string; err: st
   console.log = (...a: unknown[]) => out.push(a.join(" "));
   console.error = (...a: unknown[]) => err.push(a.join(" "));
   try {
-    const code = await webhooksCommand(args, { DATABASE_URL: databaseUrl });
+    const code = await webhooksCommand(args, { DATABASE_URL: databaseUrl, WEBHOOK_ALLOW_PRIVATE: "true" });
     return { code, out: out.join("\n"), err: err.join("\n") };
   } finally {
     console.log = log;
@@ -319,7 +322,7 @@ Deno.test("operators manage endpoints and replay messages with the CLI", async (
       assert(listed.out.includes(endpoint.id) && listed.out.includes("email.sent"), listed.out);
 
       await sendOne(sql, `wh-cli-${crypto.randomUUID()}`);
-      await dispatchWebhooks(sql, { batchSize: 100, timeoutMs: 2000 });
+      await dispatchWebhooks(sql, { batchSize: 100, timeoutMs: 2000, allowPrivate: true });
       const messages = JSON.parse((await cli(["messages", "--endpoint", endpoint.id, "--json"])).out);
       assertEquals(messages.map((m: { status: string }) => m.status), ["delivered"]);
 

@@ -65,6 +65,7 @@ const smtpConfig = (port: number, extra: Record<string, unknown> = {}) => ({
   host: "127.0.0.1",
   port,
   secure: false,
+  requireTls: false, // the test server is a local sink without STARTTLS
   from: "Worker <no-reply@worker.test>",
   connectionTimeoutMs: 1000,
   greetingTimeoutMs: 1000,

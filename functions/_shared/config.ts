@@ -10,7 +10,7 @@
  * | PUBSUB_SERVICE_ACCOUNTS | (required when verifying) | comma-separated service-account emails allowed to push (`--push-auth-service-account`) |
  * | SMTP_HOST | (required) | SMTP relay host |
  * | SMTP_PORT | 465 | SMTP port (Supabase blocks outbound 25 and 587) |
- * | SMTP_SECURE | true | implicit TLS from the first byte; the string "false" means plain/STARTTLS |
+ * | SMTP_SECURE | true | implicit TLS from the first byte; the string "false" means STARTTLS (required unless SMTP_REQUIRE_TLS=false) |
  * | SMTP_USER | (none) | SMTP user; no authentication when unset |
  * | SMTP_PASSWORD | (none) | SMTP password (never logged) |
  * | SMTP_FROM | (required) | the From header, e.g. `Acme <no-reply@acme.test>` |
@@ -34,6 +34,9 @@
  * | WEBHOOK_TIMEOUT_MS | 15000 | how long a webhook receiver has to answer |
  * | WEBHOOK_CONCURRENCY | 8 | webhook requests in flight at once during a sweep |
  * | WEBHOOK_BATCH_SIZE | 50 | webhook messages one sweep claims at most |
+ * | SMTP_REQUIRE_TLS | true | with SMTP_SECURE=false, insist on STARTTLS: no TLS, no AUTH and no message; "false" allows plain text, for a local sink (credentials then only to a loopback host; a warning is logged at start) |
+ * | SMTP_CA_CERT | (none) | PEM certificate(s) of a private CA to trust for the relay, besides the public roots |
+ * | WEBHOOK_ALLOW_PRIVATE | false | "true" lets webhooks reach private, loopback, link-local and other special-purpose addresses (local development only; a warning is logged at start) |
  */
 import { z } from "zod";
 
@@ -90,6 +93,12 @@ const envSchema = z.object({
   WEBHOOK_TIMEOUT_MS: int(15_000, 100, 120_000),
   WEBHOOK_CONCURRENCY: int(8, 1, 64),
   WEBHOOK_BATCH_SIZE: int(50, 1, 1000),
+  // Transport security (issue 10 items 7 and 8): TLS to the relay, webhook targets.
+  SMTP_REQUIRE_TLS: bool(true),
+  SMTP_CA_CERT: optionalText.refine((v) => v === undefined || v.includes("-----BEGIN CERTIFICATE-----"), {
+    message: "must be PEM (-----BEGIN CERTIFICATE-----)",
+  }),
+  WEBHOOK_ALLOW_PRIVATE: bool(false),
 });
 
 /** The validated configuration the worker runs with. */
@@ -106,6 +115,10 @@ export type Config = {
     connectionTimeoutMs: number;
     greetingTimeoutMs: number;
     socketTimeoutMs: number;
+    /** STARTTLS is mandatory when not `secure` (false only for a local sink). */
+    requireTls: boolean;
+    /** Extra CA certificate(s), PEM, trusted for the relay. */
+    caCert?: string;
   };
   tracking: {
     mode: "optional" | "required";
@@ -120,7 +133,7 @@ export type Config = {
   logLevel: "debug" | "info" | "warn" | "error";
   /** How user tokens are verified (the deliveries endpoint and the dashboard), and the dashboard token. */
   api: { jwtSecret?: string; jwksUrl?: string; dashboardToken?: string };
-  webhooks: { timeoutMs: number; concurrency: number; batchSize: number };
+  webhooks: { timeoutMs: number; concurrency: number; batchSize: number; allowPrivate: boolean };
 };
 
 /** A configuration error; its message names every variable that is wrong. */
@@ -142,6 +155,9 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     problems.push("PUBSUB_SERVICE_ACCOUNTS is required unless PUBSUB_VERIFY=false");
   }
   if (e.SMTP_USER && !e.SMTP_PASSWORD) problems.push("SMTP_PASSWORD is required when SMTP_USER is set");
+  if (e.SMTP_USER && !e.SMTP_SECURE && !e.SMTP_REQUIRE_TLS && !isLoopbackHost(e.SMTP_HOST)) {
+    problems.push("SMTP_REQUIRE_TLS=false with SMTP_USER would send the credentials in clear: only to a loopback host");
+  }
   const databaseUrl = e.DELIVERY_STATUS_DATABASE_URL ?? e.SUPABASE_DB_URL;
   if (e.TRACKING_MODE === "required" && !databaseUrl) {
     problems.push("DELIVERY_STATUS_DATABASE_URL (or SUPABASE_DB_URL) is required when TRACKING_MODE=required");
@@ -165,6 +181,8 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       connectionTimeoutMs: e.SMTP_CONNECTION_TIMEOUT_MS,
       greetingTimeoutMs: e.SMTP_GREETING_TIMEOUT_MS,
       socketTimeoutMs: e.SMTP_SOCKET_TIMEOUT_MS,
+      requireTls: e.SMTP_REQUIRE_TLS,
+      caCert: e.SMTP_CA_CERT,
     },
     tracking: {
       mode: e.TRACKING_MODE,
@@ -186,6 +204,13 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       timeoutMs: e.WEBHOOK_TIMEOUT_MS,
       concurrency: e.WEBHOOK_CONCURRENCY,
       batchSize: e.WEBHOOK_BATCH_SIZE,
+      allowPrivate: e.WEBHOOK_ALLOW_PRIVATE,
     },
   };
+}
+
+/** Whether an SMTP host is this machine (traffic that never crosses a network). */
+function isLoopbackHost(host: string): boolean {
+  const h = host.trim().toLowerCase().replace(/^\[(.*)\]$/, "$1");
+  return h === "localhost" || h === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
 }

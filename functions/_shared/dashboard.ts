@@ -1,21 +1,64 @@
 /**
- * The metrics dashboard: `GET /email-worker/dashboard` serves a self-contained page (no build step,
- * no external script), which reads its data from two JSON routes beside it:
+ * The metrics dashboard: `GET /email-worker/dashboard` serves a self-contained page (its files are
+ * functions/_shared/dashboard_page/, inlined into dashboard_page.ts by scripts/dashboard_page.mjs; no
+ * external resource), which reads its data from two JSON routes beside it:
  * - `GET .../dashboard/data?since=24h&workflow=W`: email_api.metrics (success rate per workflow,
  *   latency percentiles, error codes, dead-letter size), deliveries over time by status, the recent
  *   failures and the workflows seen;
  * - `GET .../dashboard/deliveries/<delivery_id>`: one delivery and its timeline (email_api.get_delivery).
  * The page itself holds no data and is served to anyone; the JSON routes need
- * `Authorization: Bearer <token>`, where the token is a Supabase user JWT whose app_metadata.role is
- * support or admin (verified with the project's HS256 secret or its JWKS), or the configured
- * DASHBOARD_TOKEN. The page asks for the token, keeps it in sessionStorage, and also takes it from the
- * URL fragment (`#token=...`, which never reaches a server or a log).
+ * `Authorization: Bearer <token>`, where the token is a signed-in Supabase user's JWT (role
+ * `authenticated`) whose app_metadata.role is support or admin (verified with the project's HS256
+ * secret or its JWKS), or the configured DASHBOARD_TOKEN. The page asks for the token, keeps it in
+ * sessionStorage, and also takes it from the URL fragment (`#token=...`, which never reaches a server
+ * or a log).
+ *
+ * On `*.supabase.co` hosted Supabase serves a function's text/html answers as text/plain, so the page
+ * only opens from the function on a custom domain; elsewhere `email-status dashboard --url` serves the
+ * same page on 127.0.0.1 and the browser calls the JSON routes across origins. For that, the JSON
+ * routes answer CORS for loopback origins only (`http://127.0.0.1:<port>`, `http://localhost:<port>`,
+ * `http://[::1]:<port>`): preflight answered, `Authorization` allowed, no credentials mode (the token
+ * is a header the page adds, never a cookie). Other origins get no CORS headers, and a 403 preflight.
  */
 import type { Sql } from "postgres";
 import { type JwtVerification, verifyUserJwt } from "./delivery_lookup.ts";
 import { json, jsonError } from "./http.ts";
 import type { Logger } from "./log.ts";
-import { dashboardPage } from "./dashboard_page.ts";
+import { dashboardHtml } from "./dashboard_page.ts";
+
+const apiMeta = '<meta name="dashboard-api" content="">';
+
+/**
+ * The page with its headers. `api`: the deployed function's `.../dashboard` URL when the page is
+ * served elsewhere (`email-status dashboard --url`); it goes into `<meta name="dashboard-api">` and
+ * the CSP's connect-src. Without it the page reads the routes beside it.
+ */
+export function dashboardPageResponse(options: { api?: URL } = {}): Response {
+  const { api } = options;
+  const connect = api ? `'self' ${api.origin}` : "'self'";
+  const html = api
+    ? dashboardHtml.replace(apiMeta, () => apiMeta.replace('""', `"${escapeAttribute(api.href)}"`))
+    : dashboardHtml;
+  return new Response(html, {
+    headers: {
+      "content-type": "text/html; charset=utf-8",
+      "cache-control": "no-store",
+      "content-security-policy":
+        `default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src ${connect}; img-src data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'`,
+      "x-content-type-options": "nosniff",
+      "referrer-policy": "no-referrer",
+    },
+  });
+}
+
+function escapeAttribute(s: string): string {
+  return s.replace(/&/g, "&amp;").replace(/"/g, "&quot;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+}
+
+/** Whether a page at `origin` may read the JSON routes across origins: loopback http origins only. */
+export function isAllowedOrigin(origin: string): boolean {
+  return /^http:\/\/(127\.0\.0\.1|localhost|\[::1\])(:[0-9]{1,5})?$/.test(origin);
+}
 
 /** What the dashboard needs: the service database connection and how to check callers. */
 export type DashboardDeps = {
@@ -71,6 +114,10 @@ async function authorize(req: Request, deps: DashboardDeps): Promise<{ who: stri
   } catch {
     return { response: jsonError(401, "unauthorized", "the token is not valid") };
   }
+  // Only a signed-in user's token: an anon (or service) token carries no user, whatever its app_metadata says.
+  if (claims.role !== "authenticated") {
+    return { response: jsonError(403, "forbidden", "the dashboard needs a signed-in support or admin user's token") };
+  }
   const role = (claims.app_metadata as { role?: unknown } | undefined)?.role;
   if (role !== "support" && role !== "admin") {
     return { response: jsonError(403, "forbidden", "the dashboard is for support and admin users") };
@@ -78,25 +125,22 @@ async function authorize(req: Request, deps: DashboardDeps): Promise<{ who: stri
   return { who: `user:${claims.sub}` };
 }
 
-/** Handles GET …/dashboard, …/dashboard/data and …/dashboard/deliveries/<id>. */
+/** Handles GET …/dashboard, …/dashboard/data and …/dashboard/deliveries/<id> (and CORS preflight for the JSON routes). */
 export async function handleDashboard(req: Request, deps: DashboardDeps): Promise<Response> {
   const url = new URL(req.url);
   const sub = /\/dashboard(\/.*)?$/.exec(url.pathname)?.[1] ?? "";
+  const isPage = sub === "" || sub === "/";
+  if (req.method === "OPTIONS" && !isPage) return preflight(req);
   if (req.method !== "GET" && req.method !== "HEAD") {
-    return json({ error: { code: "method_not_allowed", message: "use GET" } }, 405, { allow: "GET, HEAD" });
-  }
-  if (sub === "" || sub === "/") {
-    return new Response(dashboardPage, {
-      headers: {
-        "content-type": "text/html; charset=utf-8",
-        "cache-control": "no-store",
-        "content-security-policy":
-          "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
-        "x-content-type-options": "nosniff",
-        "referrer-policy": "no-referrer",
-      },
+    return json({ error: { code: "method_not_allowed", message: "use GET" } }, 405, {
+      allow: isPage ? "GET, HEAD" : "GET, HEAD, OPTIONS",
     });
   }
+  if (isPage) return dashboardPageResponse();
+  return withCors(req, await answerJson(req, sub, url, deps));
+}
+
+async function answerJson(req: Request, sub: string, url: URL, deps: DashboardDeps): Promise<Response> {
   const auth = await authorize(req, deps);
   if ("response" in auth) return auth.response;
   try {
@@ -105,7 +149,12 @@ export async function handleDashboard(req: Request, deps: DashboardDeps): Promis
     }
     const m = /^\/deliveries\/([^/]+)$/.exec(sub);
     if (m) {
-      const id = decodeURIComponent(m[1]);
+      let id: string;
+      try {
+        id = decodeURIComponent(m[1]);
+      } catch {
+        id = "";
+      }
       if (!/^[A-Za-z0-9._:-]{1,200}$/.test(id)) return jsonError(400, "bad_delivery_id", "not a delivery id");
       const [row] = await deps.sql<{ doc: unknown }[]>`select email_api.get_delivery(${id}) as doc`;
       if (!row?.doc) return jsonError(404, "not_found", `delivery ${id} not found`);
@@ -116,6 +165,38 @@ export async function handleDashboard(req: Request, deps: DashboardDeps): Promis
     return jsonError(500, "query_failed", "the metrics could not be read; try again later");
   }
   return jsonError(404, "not_found", "no such dashboard route");
+}
+
+/** Answers a CORS preflight: allowed for loopback origins asking to GET with an Authorization header. */
+function preflight(req: Request): Response {
+  const origin = req.headers.get("origin") ?? "";
+  const method = req.headers.get("access-control-request-method") ?? "";
+  if (!isAllowedOrigin(origin) || (method !== "GET" && method !== "HEAD")) {
+    return json(
+      { error: { code: "origin_not_allowed", message: "cross-origin calls come from the local page only" } },
+      403,
+      {
+        vary: "Origin",
+      },
+    );
+  }
+  return new Response(null, {
+    status: 204,
+    headers: {
+      "access-control-allow-origin": origin,
+      "access-control-allow-methods": "GET, HEAD",
+      "access-control-allow-headers": "authorization",
+      "access-control-max-age": "600",
+      vary: "Origin",
+    },
+  });
+}
+
+function withCors(req: Request, res: Response): Response {
+  const origin = req.headers.get("origin");
+  res.headers.append("vary", "Origin");
+  if (origin && isAllowedOrigin(origin)) res.headers.set("access-control-allow-origin", origin);
+  return res;
 }
 
 /** The dashboard's data for a window (`since`: 1h, 6h, 24h, 7d, 30d) and an optional workflow. */

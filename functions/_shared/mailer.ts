@@ -53,6 +53,8 @@ const permanentCodes = new Set(["EENVELOPE", "EMESSAGE", "EREQUIRETLS"]);
 export function classifySmtpError(error: unknown): SmtpFailure {
   const e = (error ?? {}) as { code?: unknown; responseCode?: unknown; response?: unknown; message?: unknown };
   const message = oneLine(typeof e.response === "string" && e.response ? e.response : String(e.message ?? error));
+  // No TLS where it is required (STARTTLS refused or stripped): our side to fix, never the recipient's.
+  if (e.code === "ETLS") return { transient: true, code: "ETLS", message };
   const reply = typeof e.responseCode === "number" ? e.responseCode : replyCode(e.response);
   if (reply !== undefined) {
     const code = `smtp_${reply}`;
@@ -89,6 +91,10 @@ export function createMailer(smtp: Config["smtp"]): Mailer {
     host: smtp.host,
     port: smtp.port,
     secure: smtp.secure,
+    // Without implicit TLS, STARTTLS is mandatory unless turned off for a local sink: a relay that does
+    // not offer it (or an attacker who strips it) gets no AUTH and no message.
+    requireTLS: !smtp.secure && smtp.requireTls,
+    tls: smtp.caCert ? { ca: [smtp.caCert] } : undefined,
     auth: smtp.user ? { user: smtp.user, pass: smtp.password } : undefined,
     connectionTimeout: smtp.connectionTimeoutMs,
     greetingTimeout: smtp.greetingTimeoutMs,

@@ -11,6 +11,7 @@
  */
 import type { Sql } from "postgres";
 import type { Logger } from "./log.ts";
+import { guardedFetch, loadRefusedNetworks, RefusedTarget } from "./net_guard.ts";
 
 /** Options of one dispatch run. */
 export type DispatchOptions = {
@@ -22,8 +23,10 @@ export type DispatchOptions = {
   concurrency?: number;
   /** Timeout of one request in ms (default 15000). */
   timeoutMs?: number;
-  /** The fetch to use (default globalThis.fetch). */
+  /** The fetch to use (default: fetch behind the target guard of net_guard.ts). */
   fetch?: typeof fetch;
+  /** Let webhooks reach private, loopback and link-local addresses (local development; default false). */
+  allowPrivate?: boolean;
   /** Where to log outcomes (no secrets, no bodies). */
   logger?: Logger;
 };
@@ -106,7 +109,9 @@ async function post(message: Claimed, timeoutMs: number, doFetch: typeof fetch):
     };
   } catch (e) {
     const name = (e as Error)?.name;
-    const error = name === "TimeoutError" || name === "AbortError"
+    const error = e instanceof RefusedTarget
+      ? "target refused: not a public address" // where it points stays out of the table
+      : name === "TimeoutError" || name === "AbortError"
       ? `timeout after ${timeoutMs} ms`
       : `request failed: ${String((e as Error)?.message ?? e).slice(0, 300)}`;
     return { statusCode: null, error, retryAfter: null };
@@ -131,7 +136,8 @@ export async function dispatchWebhooks(sql: Sql, opts: DispatchOptions = {}): Pr
   const maxRounds = opts.maxRounds ?? 1;
   const concurrency = Math.max(1, opts.concurrency ?? 8);
   const timeoutMs = opts.timeoutMs ?? 15_000;
-  const doFetch = opts.fetch ?? globalThis.fetch;
+  const doFetch = opts.fetch ??
+    guardedFetch({ allowPrivate: opts.allowPrivate === true, networks: () => loadRefusedNetworks(sql) });
   // The claim must outlast the request, so no other sweep re-sends a message still in flight.
   const lockSeconds = Math.ceil(timeoutMs / 1000) + 30;
   const result: DispatchResult = { claimed: 0, delivered: 0, retrying: 0, failed: 0, disabled: 0 };

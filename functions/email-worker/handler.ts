@@ -32,6 +32,14 @@ export function createHandler(deps: HandlerDeps): (request: Request) => Promise<
   if (!config.pubsub.verify) {
     logger.warn("pubsub_verify_off", { reason: "PUBSUB_VERIFY=false: pushes are not authenticated" });
   }
+  if (!config.smtp.secure && !config.smtp.requireTls) {
+    logger.warn("smtp_tls_optional", { reason: "SMTP_REQUIRE_TLS=false: mail may reach the relay in plain text" });
+  }
+  if (config.webhooks.allowPrivate) {
+    logger.warn("webhooks_private_allowed", {
+      reason: "WEBHOOK_ALLOW_PRIVATE=true: webhooks may reach internal addresses",
+    });
+  }
   const verifier = deps.verifier ?? createPushVerifier(config.pubsub);
   const route = createRouter([
     { method: "POST", path: "/email-worker", handle: createPushHandler({ ...deps, verifier }) },
@@ -43,19 +51,22 @@ export function createHandler(deps: HandlerDeps): (request: Request) => Promise<
       handle: (req, p) =>
         deps.sql ? handleGetDelivery(req, p.delivery_id ?? "", { sql: deps.sql, jwt: jwt(config) }) : noDatabase(),
     },
-    ...["/email-worker/dashboard", "/email-worker/dashboard/*"].map((path) => ({
-      method: "GET",
-      path,
-      handle: (req: Request) =>
-        deps.sql
-          ? handleDashboard(req, {
-            sql: deps.sql,
-            jwt: jwt(config),
-            dashboardToken: config.api.dashboardToken,
-            logger: logger.child("dashboard"),
-          })
-          : noDatabase(),
-    })),
+    // GET, and OPTIONS for the CORS preflight of `email-status dashboard`'s local page.
+    ...["/email-worker/dashboard", "/email-worker/dashboard/*"].flatMap((path) =>
+      ["GET", "OPTIONS"].map((method) => ({
+        method,
+        path,
+        handle: (req: Request) =>
+          deps.sql
+            ? handleDashboard(req, {
+              sql: deps.sql,
+              jwt: jwt(config),
+              dashboardToken: config.api.dashboardToken,
+              logger: logger.child("dashboard"),
+            })
+            : noDatabase(),
+      }))
+    ),
   ]);
   return async (request) => {
     try {

@@ -78,12 +78,13 @@ export function createSweepHandler(deps: SweepDeps): (request: Request) => Promi
 /** Sends the webhook messages that are due (the outbox is filled by the audit trail); errors are reported, not thrown. */
 async function sweepWebhooks(deps: SweepDeps): Promise<DispatchResult | { error: string } | null> {
   if (!deps.sql) return null;
-  const { timeoutMs, concurrency, batchSize } = deps.config.webhooks;
+  const { timeoutMs, concurrency, batchSize, allowPrivate } = deps.config.webhooks;
   try {
     return await dispatchWebhooks(deps.sql, {
       timeoutMs,
       concurrency,
       batchSize,
+      allowPrivate,
       logger: deps.logger.child("webhooks"),
     });
   } catch (error) {

@@ -15,6 +15,10 @@
  *   on 410 Gone or when it has been failing for more than 5 days.
  * - replay_webhook_message and replay_webhook_messages send one message, or the events of a time
  *   range, again.
+ * - Endpoints may not point inside the network: the trigger _050_refuse_private_target refuses
+ *   addresses in email.webhook_refused_networks (private, loopback, link-local, other special-purpose),
+ *   localhost and ambiguous IPv4 forms; the dispatcher checks every address a name resolves to at send
+ *   time. A session opts in for local development with `set email.webhook_allow_private = on`.
  * All tables are service_role only (RLS enabled, no policies).
  */
 
@@ -70,6 +74,44 @@ comment on table email.webhook_outbox is 'One webhook message per endpoint and a
 comment on column email.webhook_outbox.message_id is 'The webhook-id header: msg_<event id>, the same for every retry and endpoint (receivers dedup on it)';
 comment on column email.webhook_outbox.schedule_offset is 'Attempts made before the last replay: the retry schedule counts from there';
 
+create table email.webhook_refused_networks (
+  network cidr primary key,
+  description text not null
+);
+alter table email.webhook_refused_networks enable row level security;
+comment on table email.webhook_refused_networks is 'Networks webhooks never reach (IANA special-purpose): refused at registration and on every resolved address at send time';
+
+-- From the IANA IPv4 and IPv6 special-purpose address registries, plus multicast and 6to4/NAT64 (they
+-- can carry a private IPv4 address). The dispatcher reads this table; nothing else lists them.
+insert into email.webhook_refused_networks (network, description) values
+  ('0.0.0.0/8', '"this network"'),
+  ('10.0.0.0/8', 'private'),
+  ('100.64.0.0/10', 'shared address space (carrier-grade NAT)'),
+  ('127.0.0.0/8', 'loopback'),
+  ('169.254.0.0/16', 'link-local (cloud metadata)'),
+  ('172.16.0.0/12', 'private'),
+  ('192.0.0.0/24', 'IETF protocol assignments'),
+  ('192.0.2.0/24', 'documentation (TEST-NET-1)'),
+  ('192.88.99.0/24', '6to4 relay anycast'),
+  ('192.168.0.0/16', 'private'),
+  ('198.18.0.0/15', 'benchmarking'),
+  ('198.51.100.0/24', 'documentation (TEST-NET-2)'),
+  ('203.0.113.0/24', 'documentation (TEST-NET-3)'),
+  ('224.0.0.0/4', 'multicast'),
+  ('240.0.0.0/4', 'reserved, and broadcast'),
+  ('::/96', 'unspecified, loopback and IPv4-compatible'),
+  ('::ffff:0:0/96', 'IPv4-mapped'),
+  ('64:ff9b::/96', 'IPv4/IPv6 translation'),
+  ('64:ff9b:1::/48', 'local IPv4/IPv6 translation'),
+  ('100::/64', 'discard-only'),
+  ('2001::/23', 'IETF protocol assignments (Teredo, ...)'),
+  ('2001:db8::/32', 'documentation'),
+  ('2002::/16', '6to4'),
+  ('fc00::/7', 'unique local (private)'),
+  ('fe80::/10', 'link-local'),
+  ('fec0::/10', 'site-local (deprecated)'),
+  ('ff00::/8', 'multicast');
+
 create index webhook_outbox_due_idx on email.webhook_outbox (next_attempt_at) where status = 'pending';
 create index webhook_outbox_message_id_idx on email.webhook_outbox (message_id);
 create index webhook_outbox_event_id_idx on email.webhook_outbox (event_id);
@@ -112,6 +154,61 @@ as $$
 $$;
 comment on function email.webhook_body(email.delivery_events, text) is 'The JSON body sent for an audit event';
 grant execute on function email.webhook_body(email.delivery_events, text) to service_role;
+
+/**
+ * Why a webhook URL's host is refused, or null. Refused: an address in email.webhook_refused_networks
+ * (IPv6 in brackets included), localhost, an IPv4 address written other than as four decimal numbers
+ * (a URL parser reads 2130706433, 0x7f.1 and 0177.0.0.1 as 127.0.0.1), and percent-escapes,
+ * backslashes or non-ASCII in the host (a URL parser decodes them into another host). A name is
+ * not resolved here: the dispatcher checks every address it resolves to at send time.
+ */
+create or replace function email.webhook_target_refusal(url text)
+returns text
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  authority text := substring(url from '^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)');
+  host text := lower(regexp_replace(authority, '^.*@', '')); -- the user info ends at the last @
+  address inet;
+begin
+  if host is null or host = '' then
+    return 'not an http(s) URL with a host';
+  end if;
+  if authority ~ '[\\]' or host ~ '[%]' or host ~ '[^!-~]' then
+    return 'percent-escapes, backslashes and non-ASCII characters are not accepted in the host (use punycode)';
+  end if;
+  if host like '[%' then
+    begin
+      address := substring(host from '^\[([^]]*)\]')::inet;
+    exception when invalid_text_representation then
+      return 'not an IPv6 address';
+    end;
+  else
+    host := regexp_replace(regexp_replace(host, ':[0-9]*$', ''), '\.$', '');
+    if host = 'localhost' or host like '%.localhost' then
+      return 'localhost';
+    end if;
+    if substring(host from '[^.]*$') !~ '^(0x[0-9a-f]*|[0-9]+)$' then
+      return null; -- a name
+    end if;
+    if host !~ '^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$' then
+      return 'an IPv4 address must be written as four decimal numbers';
+    end if;
+    address := host::inet;
+  end if;
+  return (
+    select format('%s is %s', host(address), n.description)
+    from email.webhook_refused_networks n
+    where address <<= n.network
+    order by masklen(n.network) desc
+    limit 1
+  );
+end
+$$;
+comment on function email.webhook_target_refusal(text) is 'Why a webhook URL''s host is refused (private, loopback, link-local, special-purpose, ambiguous), or null';
+grant execute on function email.webhook_target_refusal(text) to service_role;
 
 /** Whether an endpoint wants an event type (an empty list: every type). */
 create or replace function email._webhook_wants(event_types text[], event_type text)
@@ -174,6 +271,35 @@ $$;
 create trigger _800_webhook_outbox
 after insert on email.delivery_events
 for each row execute function email.tg_delivery_events__webhook_outbox();
+
+/**
+ * Refuses an endpoint whose URL targets the inside of the network (email.webhook_target_refusal),
+ * whoever writes it, unless the session opted in for local development:
+ * `set email.webhook_allow_private = on` (the CLI does so with WEBHOOK_ALLOW_PRIVATE=true).
+ */
+create or replace function email.tg_webhook_endpoints__refuse_private_target()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+declare
+  refusal text;
+begin
+  if coalesce(current_setting('email.webhook_allow_private', true), '') in ('on', 'true') then
+    return new;
+  end if;
+  refusal := email.webhook_target_refusal(new.url);
+  if refusal is not null then
+    raise exception 'webhook target refused: %', refusal using errcode = 'EM007',
+      hint = 'Webhooks go to public addresses only; for local development set email.webhook_allow_private = on (WEBHOOK_ALLOW_PRIVATE=true for the CLI and the worker)';
+  end if;
+  return new;
+end
+$$;
+
+create trigger _050_refuse_private_target
+before insert or update of url on email.webhook_endpoints
+for each row execute function email.tg_webhook_endpoints__refuse_private_target();
 
 -- updated_at on endpoints and outbox rows: the schema's shared trigger function (lifecycle migration).
 create trigger _100_touch_updated_at
@@ -516,13 +642,15 @@ grant execute on function email.replay_webhook_messages(timestamptz, timestamptz
 -- Privileges: service_role only
 -- ---------------------------------------------------------------------------------------------
 
-revoke all on email.webhook_endpoints, email.webhook_outbox from public, anon, authenticated;
+revoke all on email.webhook_endpoints, email.webhook_outbox, email.webhook_refused_networks from public, anon, authenticated;
 grant select, insert, update, delete on email.webhook_endpoints, email.webhook_outbox to service_role;
+grant select on email.webhook_refused_networks to service_role;
 grant usage, select on sequence email.webhook_outbox_id_seq to service_role;
 
 -- Postgres grants EXECUTE to PUBLIC on every new function: take it back; the grants above remain.
 revoke execute on function
   email.new_webhook_secret(), email.webhook_body(email.delivery_events, text), email._webhook_wants(text[], text),
+  email.webhook_target_refusal(text), email.tg_webhook_endpoints__refuse_private_target(),
   email.webhook_retry_delay(integer), email.tg_delivery_events__webhook_outbox(),
   email.add_webhook_endpoint(text, text[], text, text), email.rotate_webhook_secret(uuid, interval),
   email.webhook_signing_secrets(email.webhook_endpoints), email.set_webhook_endpoint_enabled(uuid, boolean, text),

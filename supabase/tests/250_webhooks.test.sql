@@ -1,5 +1,5 @@
 begin;
-select plan(41);
+select plan(54);
 
 create temp table t_ep as
 select
@@ -16,6 +16,33 @@ select is(length(decode(substr((select secret from email.webhook_endpoints where
 select throws_ok($$select email.add_webhook_endpoint('https://x.test', array['email.opened'])$$, 'EM006', null,
   'an unknown event type is refused');
 select throws_ok($$select email.add_webhook_endpoint('ftp://x.test')$$, 'EM006', null, 'a non-http URL is refused');
+
+-- Targets inside the network are refused, however written, whoever writes them
+select throws_ok($$select email.add_webhook_endpoint('http://127.0.0.1:54321/hook')$$, 'EM007',
+  'webhook target refused: 127.0.0.1 is loopback', 'a loopback address is refused');
+select throws_ok($$select email.add_webhook_endpoint('http://[::1]:8080/')$$, 'EM007', null, 'IPv6 loopback is refused');
+select throws_ok($$select email.add_webhook_endpoint('http://2130706433/')$$, 'EM007', null,
+  'a decimal IPv4 address (127.0.0.1 to a URL parser) is refused');
+select throws_ok($$select email.add_webhook_endpoint('http://0177.0.0.1/')$$, 'EM007', null,
+  'an octal IPv4 address is refused');
+select throws_ok($$select email.add_webhook_endpoint('http://%31%32%37.0.0.1/')$$, 'EM007', null,
+  'a percent-escaped host (127.0.0.1 once decoded) is refused');
+select throws_ok($$select email.add_webhook_endpoint('http://127.0.0.1\@hooks.example.com/')$$, 'EM007', null,
+  'a backslash (a path separator to a URL parser, which then connects to 127.0.0.1) is refused');
+select throws_ok($$select email.add_webhook_endpoint('http://169.254.169.254/latest/meta-data')$$, 'EM007', null,
+  'the cloud metadata address (link-local) is refused');
+select throws_ok($$select email.add_webhook_endpoint('http://10.0.3.7/')$$, 'EM007', null, 'a private address is refused');
+select throws_ok($$select email.add_webhook_endpoint('http://localhost:5432/')$$, 'EM007', null, 'localhost is refused');
+select throws_ok($$insert into email.webhook_endpoints (url, secret, created_by)
+  values ('http://[::ffff:7f00:1]/', email.new_webhook_secret(), 'test')$$, 'EM007', null, 'a direct insert is checked too');
+select throws_ok($$update email.webhook_endpoints set url = 'http://192.168.1.1/' where id = (select all_id from t_ep)$$,
+  'EM007', null, 'so is a changed URL');
+select is(email.webhook_target_refusal('https://hooks.example.com/x'), null,
+  'a name passes registration (the dispatcher checks what it resolves to)');
+select set_config('email.webhook_allow_private', 'on', true);
+select lives_ok($$select email.remove_webhook_endpoint((email.add_webhook_endpoint('http://127.0.0.1:8080/')).id)$$,
+  'a session that opts in (local development) may register a loopback endpoint');
+select set_config('email.webhook_allow_private', 'off', true);
 select throws_ok($$select email.set_webhook_endpoint_enabled((select all_id from t_ep), false)$$, 'EM006', null,
   'disabling needs a reason');
 

@@ -6,7 +6,13 @@ export type TestDb = ReturnType<typeof openDb>;
 
 /** Opens a small pool on `url` with helpers to read deliveries, events and rejected input. */
 export function openDb(url: string) {
-  const sql = postgres(url, { max: 2, onnotice: () => {}, fetch_types: false });
+  // Tests register loopback webhook receivers: this reader opts in (as local development does).
+  const sql = postgres(url, {
+    max: 2,
+    onnotice: () => {},
+    fetch_types: false,
+    connection: { "email.webhook_allow_private": "on" },
+  });
   return {
     sql,
     async delivery(id: string) {

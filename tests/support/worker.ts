@@ -48,6 +48,7 @@ export function startWorker(
     SMTP_HOST: "127.0.0.1",
     SMTP_PORT: String(options.smtpPort),
     SMTP_SECURE: "false",
+    SMTP_REQUIRE_TLS: "false", // a local sink without STARTTLS
     SMTP_FROM: "Email Worker Test <no-reply@worker.test>",
     SMTP_CONNECTION_TIMEOUT_MS: "2000",
     SMTP_GREETING_TIMEOUT_MS: "2000",
