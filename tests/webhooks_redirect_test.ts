@@ -31,7 +31,12 @@ for (const status of [301, 302, 307, 308]) {
     sanitizeOps: false,
     sanitizeResources: false,
   }, async () => {
-    const sql = postgres(databaseUrl!, { max: 4, onnotice: () => {} });
+    // The receivers listen on loopback: this test opts in, as local development does.
+    const sql = postgres(databaseUrl!, {
+      max: 4,
+      onnotice: () => {},
+      connection: { "email.webhook_allow_private": "on" },
+    });
     const target = startReceiver(() => new Response(null, { status: 204 }));
     const redirector = startReceiver(() => new Response(null, { status, headers: { location: target.url } }));
     const [endpoint] = await sql<{ id: string }[]>`
@@ -45,7 +50,7 @@ for (const status of [301, 302, 307, 308]) {
       await sql`update email.webhook_outbox set next_attempt_at = now() + interval '1 hour'
         where endpoint_id <> ${endpoint.id}::uuid and status = 'pending' and next_attempt_at <= now()`;
 
-      const result = await dispatchWebhooks(sql, { batchSize: 100, timeoutMs: 5000 });
+      const result = await dispatchWebhooks(sql, { batchSize: 100, timeoutMs: 5000, allowPrivate: true });
       assertEquals([result.claimed, result.delivered, result.retrying], [1, 0, 1]);
       assertEquals([redirector.hits, target.hits], [1, 0], "the redirect is not followed");
       const [row] = await sql`select status, last_status_code, delivered_at from email.webhook_outbox
