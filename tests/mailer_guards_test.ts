@@ -16,6 +16,7 @@ const smtpConfig = (port: number) => ({
   connectionTimeoutMs: 2000,
   greetingTimeoutMs: 2000,
   socketTimeoutMs: 2000,
+  requireTls: false, // the test server speaks plain SMTP on loopback
 });
 
 const injections: { name: string; message: { to: string; subject: string; headers?: Record<string, string> } }[] = [
