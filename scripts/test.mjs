@@ -45,6 +45,7 @@ try {
   if (want("deno")) {
     results.push(run("deno test", deno, ["test", "-A", "--no-check=remote", "tests/", "functions/"], denoEnv));
   }
+  if (want("deploy")) results.push(run("deploy sim", process.execPath, ["scripts/deploy_sim.mjs"], denoEnv));
   if (want("fmt")) results.push(run("deno fmt", deno, ["fmt", "--check"]));
   if (want("lint")) results.push(run("deno lint", deno, ["lint"]));
   if (want("check")) results.push(run("deno check", deno, ["check", "functions/", "tests/", "cli/"]));

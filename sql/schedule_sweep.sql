@@ -34,6 +34,10 @@ select cron.schedule(
   $$
 );
 
+-- 4. Rejected input past its retention (email.settings.rejected_message_retention, 14 days) is deleted
+--    by every new rejection; this daily job covers quiet periods.
+select cron.schedule('email-purge-rejected-messages', '23 3 * * *', $$select email.purge_rejected_messages()$$);
+
 -- Operator queries:
 --   select * from cron.job where jobname = 'email-worker-sweep';
 --   select status, return_message, start_time from cron.job_run_details

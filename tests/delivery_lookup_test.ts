@@ -127,10 +127,54 @@ Deno.test({
       }
     });
 
-    await t.step("a valid anon key is not a user token: 403", async () => {
-      const res = await get(adaDelivery, await hs256({ role: "anon", sub: "anon" }));
+    await t.step("a signed token for another role is not a user token: 403", async () => {
+      const res = await get(adaDelivery, await hs256({ role: "anon", aud: "authenticated", sub: crypto.randomUUID() }));
       assertEquals(res.status, 403);
       assertEquals((await res.json()).error.code, "user_token_required");
+    });
+
+    await t.step("a legacy anon or service key (no sub, no aud) is refused with 401", async () => {
+      for (const role of ["anon", "service_role"]) {
+        const res = await get(adaDelivery, await hs256({ iss: "supabase", ref: "abcdefghijklmnopqrst", role }));
+        assertEquals(res.status, 401, role);
+        await res.body?.cancel();
+      }
+    });
+
+    await t.step("a user token without aud authenticated is 401", async () => {
+      for (const aud of [undefined, "anon", "https://other.test"]) {
+        const res = await get(adaDelivery, await hs256(user(ada, { aud })));
+        assertEquals(res.status, 401, String(aud));
+        assertEquals((await res.json()).error.code, "invalid_token");
+      }
+    });
+
+    await t.step("a sub that is not a UUID is 401, not a database error", async () => {
+      for (const sub of ["ada", "1234", `${ada.sub}x`]) {
+        const res = await get(adaDelivery, await hs256(user({ ...ada, sub })));
+        assertEquals(res.status, 401, sub);
+        assertEquals((await res.json()).error.code, "invalid_token");
+      }
+    });
+
+    await t.step("with the project's issuer known, only tokens from it pass", async () => {
+      const issuer = "https://abcdefghijklmnopqrst.supabase.co/auth/v1";
+      const strict = { sql, jwt: { secret, jwksUrl, issuer } };
+      const ask = async (token: string) => {
+        const res = await handleGetDelivery(
+          new Request(base + adaDelivery, { headers: { authorization: `Bearer ${token}` } }),
+          adaDelivery,
+          strict,
+        );
+        await res.body?.cancel();
+        return res.status;
+      };
+      assertEquals(await ask(await hs256(user(ada, { iss: issuer }))), 200);
+      assertEquals(await ask(await hs256(user(ada, { iss: "https://zyxwvutsrqponmlkjihg.supabase.co/auth/v1" }))), 401);
+      assertEquals(await ask(await hs256(user(ada))), 401);
+      const es256 = await new SignJWT(user(ada, { iss: "https://evil.test/auth/v1" }))
+        .setProtectedHeader({ alg: "ES256", kid: jwk.kid }).setIssuedAt().setExpirationTime("5m").sign(keys.privateKey);
+      assertEquals(await ask(es256), 401);
     });
 
     await t.step("a malformed id is 400 and another method 405", async () => {

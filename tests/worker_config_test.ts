@@ -46,6 +46,11 @@ const bad: [string, Record<string, string | undefined>][] = [
   ["LEASE_SECONDS", { LEASE_SECONDS: "0" }],
   ["LOG_LEVEL", { LOG_LEVEL: "loud" }],
   ["SMTP_PASSWORD", { SMTP_USER: "relay" }],
+  ["PUBSUB_VERIFY", { PUBSUB_VERIFY: "0" }],
+  ["PUBSUB_VERIFY", { PUBSUB_VERIFY: "1" }],
+  ["PUBSUB_VERIFY", { PUBSUB_VERIFY: "no" }],
+  ["SMTP_FAMILY", { SMTP_FAMILY: "ipv4" }],
+  ["USER_JWT_ISSUER", { USER_JWT_ISSUER: "supabase" }],
 ];
 for (const [name, env] of bad) {
   test(`a wrong ${name} stops start-up with a message naming it`, async () => {
@@ -61,6 +66,46 @@ for (const [name, env] of bad) {
 test("PUBSUB_VERIFY=false needs neither audience nor service accounts", () => {
   const c = loadConfig({ SMTP_HOST: "smtp.test", SMTP_FROM: "a@b.test", PUBSUB_VERIFY: "false" });
   assertEquals(c.pubsub.verify, false);
+});
+
+test("PUBSUB_VERIFY: only the string false turns push authentication off; true, empty and unset keep it on", () => {
+  for (const value of ["true", "", undefined]) {
+    assertEquals(loadConfig({ ...minimal, PUBSUB_VERIFY: value }).pubsub.verify, true);
+  }
+  assertEquals(loadConfig({ ...minimal, PUBSUB_VERIFY: "false" }).pubsub.verify, false);
+});
+
+test("SMTP_FAMILY: IPv4 by default, 6 and auto on request", () => {
+  assertEquals(loadConfig(minimal).smtp.family, 4);
+  assertEquals(loadConfig({ ...minimal, SMTP_FAMILY: "4" }).smtp.family, 4);
+  assertEquals(loadConfig({ ...minimal, SMTP_FAMILY: "6" }).smtp.family, 6);
+  assertEquals(loadConfig({ ...minimal, SMTP_FAMILY: "auto" }).smtp.family, "auto");
+});
+
+test("the legacy JWT secret is read as JWT_SECRET (settable with supabase secrets set), SUPABASE_JWT_SECRET as fallback", () => {
+  assertEquals(loadConfig({ ...minimal, JWT_SECRET: "from-jwt-secret" }).api.jwtSecret, "from-jwt-secret");
+  assertEquals(loadConfig({ ...minimal, SUPABASE_JWT_SECRET: "from-old-name" }).api.jwtSecret, "from-old-name");
+  assertEquals(
+    loadConfig({ ...minimal, JWT_SECRET: "from-jwt-secret", SUPABASE_JWT_SECRET: "from-old-name" }).api.jwtSecret,
+    "from-jwt-secret",
+  );
+  assertEquals(loadConfig(minimal).api.jwtSecret, undefined);
+});
+
+test("user tokens must carry the project's issuer: <SUPABASE_URL>/auth/v1, or USER_JWT_ISSUER; none without either", () => {
+  const hosted = loadConfig({ ...minimal, SUPABASE_URL: "https://abcdefghijklmnopqrst.supabase.co/" });
+  assertEquals(hosted.api.jwtIssuer, "https://abcdefghijklmnopqrst.supabase.co/auth/v1");
+  assertEquals(hosted.api.jwksUrl, "https://abcdefghijklmnopqrst.supabase.co/auth/v1/.well-known/jwks.json");
+  const custom = loadConfig({
+    ...minimal,
+    SUPABASE_URL: "http://kong:8000",
+    USER_JWT_ISSUER: "http://127.0.0.1:54321/auth/v1",
+  });
+  assertEquals([custom.api.jwtIssuer, custom.api.jwksUrl], [
+    "http://127.0.0.1:54321/auth/v1",
+    "http://kong:8000/auth/v1/.well-known/jwks.json",
+  ]);
+  assertEquals(loadConfig(minimal).api.jwtIssuer, undefined);
 });
 
 test("the circuit breaker opens after N consecutive failures, half-opens after the cooldown, closes on success", () => {
@@ -114,6 +159,31 @@ test("the entrypoint exits non-zero at start naming the missing variable", async
   assertEquals(out.code, 1);
   const stderr = new TextDecoder().decode(out.stderr);
   assertEquals(/SMTP_HOST/.test(stderr), true, stderr);
+});
+
+test("in an Edge Runtime user worker, where Deno.exit does nothing, a configuration error fails the start", async () => {
+  // The Edge Runtime replaces Deno.exit with a no-op in user workers (ext/runtime/js/bootstrap.js,
+  // "exit": "mock"); the entrypoint must then stop by throwing the ConfigError itself.
+  const code = `Deno.exit = () => {};
+    try {
+      await import(${JSON.stringify(new URL("../functions/email-worker/index.ts", import.meta.url).href)});
+      console.log(JSON.stringify({ started: true }));
+    } catch (error) {
+      console.log(JSON.stringify({ name: error.name, message: error.message }));
+    }`;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--ext=ts", code],
+    cwd: new URL("..", import.meta.url).pathname,
+    env: { PUBSUB_VERIFY: "false", SMTP_FROM: "a@b.test", SMTP_HOST: "", PORT: "0" },
+    clearEnv: true,
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(30_000),
+  }).output();
+  const stdout = new TextDecoder().decode(out.stdout).trim().split("\n").at(-1) ?? "";
+  const result = JSON.parse(stdout || "{}");
+  assertEquals(result.name, "ConfigError", stdout + new TextDecoder().decode(out.stderr));
+  assertEquals(/SMTP_HOST/.test(result.message), true, result.message);
 });
 
 test("the entrypoint serves /email-worker/health on PORT", async () => {

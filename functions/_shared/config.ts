@@ -4,7 +4,7 @@
  * | variable | default | meaning |
  * | --- | --- | --- |
  * | PORT | 8000 | port `deno run` listens on locally (Supabase ignores it) |
- * | PUBSUB_VERIFY | true | verify the OIDC token Pub/Sub attaches; only the string "false" turns it off (a warning is logged at start) |
+ * | PUBSUB_VERIFY | true | verify the OIDC token Pub/Sub attaches; only the string "false" turns it off (a warning is logged at start); any value other than true or false stops start-up |
  * | PUBSUB_JWKS_URL | https://www.googleapis.com/oauth2/v3/certs | where Google's signing keys are published (cached) |
  * | PUBSUB_AUDIENCE | (required when verifying) | the audience the push subscription puts in its token (`--push-auth-token-audience`) |
  * | PUBSUB_SERVICE_ACCOUNTS | (required when verifying) | comma-separated service-account emails allowed to push (`--push-auth-service-account`) |
@@ -14,6 +14,7 @@
  * | SMTP_USER | (none) | SMTP user; no authentication when unset |
  * | SMTP_PASSWORD | (none) | SMTP password (never logged) |
  * | SMTP_FROM | (required) | the From header, e.g. `Acme <no-reply@acme.test>` |
+ * | SMTP_FAMILY | 4 | address family used to reach SMTP_HOST: `4` (IPv4 only), `6` (IPv6 only) or `auto` (both, IPv6 first); on the Edge Runtime an unanswered IPv6 address can hang the send instead of falling back to IPv4 |
  * | SMTP_CONNECTION_TIMEOUT_MS | 10000 | how long to wait for the TCP/TLS connection |
  * | SMTP_GREETING_TIMEOUT_MS | 10000 | how long to wait for the server's greeting |
  * | SMTP_SOCKET_TIMEOUT_MS | 30000 | idle time on an open connection before giving up |
@@ -29,7 +30,9 @@
  * | LEASE_SECONDS | 60 | lease an attempt holds; the sweep reaps attempts that outlive it |
  * | LOG_LEVEL | info | debug, info, warn or error |
  * | SUPABASE_URL | (injected by Supabase) | the project URL; its JWKS (`/auth/v1/.well-known/jwks.json`) verifies user tokens for `GET /email-worker/deliveries/:id` and the dashboard |
- * | SUPABASE_JWT_SECRET | (none) | the project's legacy HS256 JWT secret, for projects that still sign user tokens with it |
+ * | JWT_SECRET | (none) | the project's legacy HS256 JWT secret, for projects that still sign user tokens with it (`supabase secrets set` refuses names starting with SUPABASE_) |
+ * | SUPABASE_JWT_SECRET | (none) | the same, under its old name; used when JWT_SECRET is unset (local runs) |
+ * | USER_JWT_ISSUER | `<SUPABASE_URL>/auth/v1` | the `iss` user tokens must carry; unchecked when neither it nor SUPABASE_URL is set |
  * | DASHBOARD_TOKEN | (none) | a shared secret (at least 16 characters) that opens the dashboard besides a support or admin user's token |
  * | WEBHOOK_TIMEOUT_MS | 15000 | how long a webhook receiver has to answer |
  * | WEBHOOK_CONCURRENCY | 8 | webhook requests in flight at once during a sweep |
@@ -43,6 +46,11 @@ import { z } from "zod";
 const bool = (fallback: boolean) =>
   z.enum(["true", "false", "1", "0", ""]).optional().transform((v) =>
     v === undefined || v === "" ? fallback : v === "true" || v === "1"
+  );
+/** A strict boolean: "true" or "false" (unset or empty is the fallback); anything else is an error. */
+const strictBool = (fallback: boolean) =>
+  z.enum(["true", "false", ""], { message: 'must be "true" or "false"' }).optional().transform((v) =>
+    v === undefined || v === "" ? fallback : v === "true"
   );
 const int = (fallback: number, min: number, max: number) =>
   z.string().optional().transform((v, ctx) => {
@@ -61,7 +69,7 @@ const postgresUrl = optionalText.refine((v) => v === undefined || /^postgres(ql)
 
 const envSchema = z.object({
   PORT: int(8000, 0, 65535),
-  PUBSUB_VERIFY: bool(true),
+  PUBSUB_VERIFY: strictBool(true),
   PUBSUB_JWKS_URL: z.url({ protocol: /^https?$/ }).default("https://www.googleapis.com/oauth2/v3/certs"),
   PUBSUB_AUDIENCE: optionalText,
   PUBSUB_SERVICE_ACCOUNTS: optionalText.transform((v) =>
@@ -73,6 +81,9 @@ const envSchema = z.object({
   SMTP_USER: optionalText,
   SMTP_PASSWORD: optionalText,
   SMTP_FROM: z.string().trim().min(3, "is required").refine((v) => !/[\r\n]/.test(v), "must be one line"),
+  SMTP_FAMILY: z.enum(["4", "6", "auto", ""], { message: 'must be "4", "6" or "auto"' }).optional().transform((v) =>
+    v === "6" ? 6 as const : v === "auto" ? "auto" as const : 4 as const
+  ),
   SMTP_CONNECTION_TIMEOUT_MS: int(10_000, 100, 600_000),
   SMTP_GREETING_TIMEOUT_MS: int(10_000, 100, 600_000),
   SMTP_SOCKET_TIMEOUT_MS: int(30_000, 100, 600_000),
@@ -88,7 +99,9 @@ const envSchema = z.object({
   LEASE_SECONDS: int(60, 1, 3600),
   LOG_LEVEL: z.enum(["debug", "info", "warn", "error"]).default("info"),
   SUPABASE_URL: optionalText.refine((v) => v === undefined || /^https?:\/\//.test(v), "must be an http(s) URL"),
+  JWT_SECRET: optionalText,
   SUPABASE_JWT_SECRET: optionalText,
+  USER_JWT_ISSUER: optionalText.refine((v) => v === undefined || /^https?:\/\//.test(v), "must be an http(s) URL"),
   DASHBOARD_TOKEN: optionalText.refine((v) => v === undefined || v.length >= 16, "must be at least 16 characters"),
   WEBHOOK_TIMEOUT_MS: int(15_000, 100, 120_000),
   WEBHOOK_CONCURRENCY: int(8, 1, 64),
@@ -112,6 +125,8 @@ export type Config = {
     user?: string;
     password?: string;
     from: string;
+    /** The address family used to reach the relay: IPv4 only (the default), IPv6 only, or both (IPv6 first). */
+    family?: 4 | 6 | "auto";
     connectionTimeoutMs: number;
     greetingTimeoutMs: number;
     socketTimeoutMs: number;
@@ -132,7 +147,7 @@ export type Config = {
   leaseSeconds: number;
   logLevel: "debug" | "info" | "warn" | "error";
   /** How user tokens are verified (the deliveries endpoint and the dashboard), and the dashboard token. */
-  api: { jwtSecret?: string; jwksUrl?: string; dashboardToken?: string };
+  api: { jwtSecret?: string; jwksUrl?: string; jwtIssuer?: string; dashboardToken?: string };
   webhooks: { timeoutMs: number; concurrency: number; batchSize: number; allowPrivate: boolean };
 };
 
@@ -163,6 +178,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     problems.push("DELIVERY_STATUS_DATABASE_URL (or SUPABASE_DB_URL) is required when TRACKING_MODE=required");
   }
   if (problems.length > 0) throw new ConfigError(`invalid configuration: ${problems.join("; ")}`);
+  const supabaseUrl = e.SUPABASE_URL?.replace(/\/+$/, "");
   return {
     port: e.PORT,
     pubsub: {
@@ -178,6 +194,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       user: e.SMTP_USER,
       password: e.SMTP_PASSWORD,
       from: e.SMTP_FROM,
+      family: e.SMTP_FAMILY,
       connectionTimeoutMs: e.SMTP_CONNECTION_TIMEOUT_MS,
       greetingTimeoutMs: e.SMTP_GREETING_TIMEOUT_MS,
       socketTimeoutMs: e.SMTP_SOCKET_TIMEOUT_MS,
@@ -196,8 +213,9 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     leaseSeconds: e.LEASE_SECONDS,
     logLevel: e.LOG_LEVEL,
     api: {
-      jwtSecret: e.SUPABASE_JWT_SECRET,
-      jwksUrl: e.SUPABASE_URL ? `${e.SUPABASE_URL.replace(/\/+$/, "")}/auth/v1/.well-known/jwks.json` : undefined,
+      jwtSecret: e.JWT_SECRET ?? e.SUPABASE_JWT_SECRET,
+      jwksUrl: supabaseUrl ? `${supabaseUrl}/auth/v1/.well-known/jwks.json` : undefined,
+      jwtIssuer: e.USER_JWT_ISSUER ?? (supabaseUrl ? `${supabaseUrl}/auth/v1` : undefined),
       dashboardToken: e.DASHBOARD_TOKEN,
     },
     webhooks: {

@@ -2,8 +2,9 @@
  * `GET /email-worker/deliveries/:delivery_id`: a delivery and its timeline for the holder of a
  * Supabase user JWT, read under that user's RLS exactly as PostgREST would read it.
  *
- * The token is verified with the project's JWT secret (HS256, `SUPABASE_JWT_SECRET`) or its JWKS
- * (asymmetric signing keys, `<SUPABASE_URL>/auth/v1/.well-known/jwks.json`). Then, in one
+ * The token is verified with the project's JWT secret (HS256, `JWT_SECRET`) or its JWKS (asymmetric
+ * signing keys, `<SUPABASE_URL>/auth/v1/.well-known/jwks.json`), and must carry `aud`
+ * "authenticated", the project's `iss` (`<SUPABASE_URL>/auth/v1`) when known, and a UUID `sub`. Then, in one
  * transaction: `set local role authenticated`, `request.jwt.claims` = the verified claims, and
  * `email_api.get_delivery`, which answers null for a delivery that is missing or not visible, so
  * both are a 404. Replies: 200 with the document, 400 malformed id, 401 missing or bad token,
@@ -13,14 +14,18 @@ import { createRemoteJWKSet, decodeProtectedHeader, type JWTPayload, jwtVerify }
 import type { Sql } from "postgres";
 import { json, jsonError } from "./http.ts";
 
-/** How user tokens are verified: the project's HS256 secret, its JWKS URL, or both. */
-export type JwtVerification = { secret?: string; jwksUrl?: string };
+/**
+ * How user tokens are verified: the project's HS256 secret, its JWKS URL, or both; `issuer` is the
+ * `iss` they must carry (unchecked when undefined).
+ */
+export type JwtVerification = { secret?: string; jwksUrl?: string; issuer?: string };
 
 /** What handleGetDelivery needs: a postgres.js client and how to verify tokens. */
 export type DeliveryLookupDeps = { sql: Sql; jwt: JwtVerification };
 
 const deliveryIdPattern = /^[A-Za-z0-9._:-]{1,200}$/;
 const asymmetricAlgorithms = ["RS256", "ES256", "EdDSA"];
+const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const jwksSets = new Map<string, ReturnType<typeof createRemoteJWKSet>>();
 
 /** Answers `GET /email-worker/deliveries/:delivery_id` for a Supabase user JWT. */
@@ -66,24 +71,24 @@ export async function handleGetDelivery(req: Request, deliveryId: string, deps: 
   return json(doc, 200, { "cache-control": "no-store" });
 }
 
-/** Verifies a Supabase user JWT with the HS256 secret or the JWKS, by the token's algorithm. */
+/**
+ * Verifies a Supabase user JWT with the HS256 secret or the JWKS, by the token's algorithm: the
+ * signature, `exp`, `aud` "authenticated", `iss` when configured, and a UUID `sub` (what
+ * `auth.uid()` casts it to). Throws on any failure; callers answer 401.
+ */
 export async function verifyUserJwt(token: string, jwt: JwtVerification): Promise<JWTPayload> {
   const { alg } = decodeProtectedHeader(token);
+  const options = { audience: "authenticated", issuer: jwt.issuer, requiredClaims: ["exp", "sub"] };
+  let payload: JWTPayload;
   if (alg === "HS256" && jwt.secret) {
-    const { payload } = await jwtVerify(token, new TextEncoder().encode(jwt.secret), {
-      algorithms: ["HS256"],
-      requiredClaims: ["exp", "sub"],
-    });
-    return payload;
+    ({ payload } = await jwtVerify(token, new TextEncoder().encode(jwt.secret), { ...options, algorithms: ["HS256"] }));
+  } else if (alg && asymmetricAlgorithms.includes(alg) && jwt.jwksUrl) {
+    ({ payload } = await jwtVerify(token, jwksFor(jwt.jwksUrl), { ...options, algorithms: asymmetricAlgorithms }));
+  } else {
+    throw new Error(`no key to verify a ${alg ?? "unsigned"} token`);
   }
-  if (alg && asymmetricAlgorithms.includes(alg) && jwt.jwksUrl) {
-    const { payload } = await jwtVerify(token, jwksFor(jwt.jwksUrl), {
-      algorithms: asymmetricAlgorithms,
-      requiredClaims: ["exp", "sub"],
-    });
-    return payload;
-  }
-  throw new Error(`no key to verify a ${alg ?? "unsigned"} token`);
+  if (typeof payload.sub !== "string" || !uuidPattern.test(payload.sub)) throw new Error("sub is not a UUID");
+  return payload;
 }
 
 function jwksFor(url: string): ReturnType<typeof createRemoteJWKSet> {

@@ -91,6 +91,9 @@ export function createMailer(smtp: Config["smtp"]): Mailer {
     host: smtp.host,
     port: smtp.port,
     secure: smtp.secure,
+    // nodemailer keeps only the relay's addresses of the local address's family: binding to the
+    // wildcard address of one family is how it is told to use that family alone.
+    localAddress: smtp.family === "auto" ? undefined : smtp.family === 6 ? "::" : "0.0.0.0",
     // Without implicit TLS, STARTTLS is mandatory unless turned off for a local sink: a relay that does
     // not offer it (or an attacker who strips it) gets no AUTH and no message.
     requireTLS: !smtp.secure && smtp.requireTls,

@@ -27,10 +27,18 @@ export type PushEvent = z.infer<typeof eventSchema>;
 /** Pub/Sub's metadata about a pushed message. */
 export type PushMeta = { messageId?: string; subscription?: string; deliveryAttempt?: number; publishTime?: string };
 
+/**
+ * Bounds on an event's `data` and `metadata` (each): how deep objects and arrays may nest, and how
+ * large the value may be as JSON (in UTF-16 code units, about bytes for ASCII). Deeper or larger
+ * values are refused before they reach Postgres, whose jsonb parser would fail on them (SQLSTATE
+ * 54001 at a few thousand levels) or which would store them in every row.
+ */
+export const eventBounds = { maxDepth: 32, maxJsonLength: 64 * 1024 } as const;
+
 /** Why input was refused; reasonCode is what email.rejected_messages stores. */
 export type InputRejection = {
   ok: false;
-  reasonCode: "invalid_envelope" | "invalid_encoding" | "invalid_json" | "invalid_event";
+  reasonCode: "invalid_envelope" | "invalid_encoding" | "invalid_json" | "invalid_event" | "too_deep" | "too_large";
   reason: string;
   meta: PushMeta;
   deliveryId?: string;
@@ -106,6 +114,10 @@ function toEvent(json: unknown, meta: PushMeta): ParsedPush {
       claimedId,
     );
   }
+  for (const field of ["data", "metadata"] as const) {
+    const problem = outOfBounds(parsed.data[field], field);
+    if (problem) return reject(problem.reasonCode, `invalid event: ${problem.reason}`, meta, claimedId);
+  }
   const deliveryId = parsed.data.deliveryId ?? meta.messageId;
   if (!deliveryId || !deliveryIdPattern.test(deliveryId)) {
     return reject("invalid_event", "invalid event: no deliveryId and no usable Pub/Sub messageId", meta);
@@ -134,6 +146,44 @@ function unstorableTextPath(root: unknown): string | undefined {
         if (!storableText(key)) return at;
         stack.push([inner, at]);
       }
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Whether `root` (the event's `field`) nests deeper than eventBounds.maxDepth or is longer than
+ * eventBounds.maxJsonLength as JSON; the first bound it breaks, with the path. Iterative, and it
+ * stops as soon as a bound is passed, so no input can make it slow or overflow the stack.
+ */
+function outOfBounds(
+  root: unknown,
+  field: string,
+): { reasonCode: "too_deep" | "too_large"; reason: string } | undefined {
+  const stack: [unknown, string, number][] = [[root, field, 0]];
+  let length = 0;
+  for (let item = stack.pop(); item; item = stack.pop()) {
+    const [value, path, depth] = item;
+    if (typeof value === "object" && value !== null) {
+      if (depth >= eventBounds.maxDepth) {
+        return {
+          reasonCode: "too_deep",
+          reason: `${path}: nested deeper than ${eventBounds.maxDepth} levels of objects and arrays`,
+        };
+      }
+      length += 2;
+      for (const [key, inner] of Object.entries(value)) {
+        length += (Array.isArray(value) ? 0 : key.length + 3) + 1;
+        stack.push([inner, `${path}.${key}`, depth + 1]);
+      }
+    } else {
+      length += typeof value === "string" ? value.length + 2 : String(value).length;
+    }
+    if (length > eventBounds.maxJsonLength) {
+      return {
+        reasonCode: "too_large",
+        reason: `${field}: larger than ${eventBounds.maxJsonLength} characters as JSON`,
+      };
     }
   }
   return undefined;

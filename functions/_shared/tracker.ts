@@ -16,7 +16,8 @@
  *   shared by the pool, also grows to 10-20 s after a few refused connects; a fresh pool starts at 0.
  * - text handed to Postgres has U+0000 and lone surrogates replaced (text and jsonb cannot hold
  *   NUL: SQLSTATE 22021), so a poison message can always be stored; raw bodies stay bytes.
- * EM002 (idempotency conflict) and EM003 (stale attempt) come back as typed results.
+ * EM002 (idempotency conflict) and EM003 (stale attempt) come back as typed results, and so does any
+ * other deterministic SQL error of queue-and-claim (`refused`): it is never "unavailable".
  * Round trips per pushed delivery: one to queue and claim, one to record the outcome.
  */
 import postgres from "postgres";
@@ -37,11 +38,18 @@ export type QueueRequest = {
   userId?: string;
 };
 
-/** What queue-and-claim found: an attempt to make, a delivery that is not claimable, or a conflict. */
+/**
+ * The database refused the call for good: a deterministic SQL error (bad data, a limit such as
+ * SQLSTATE 54001 stack depth), which the same call would raise again. Never "unavailable".
+ */
+export type Refused = { kind: "refused"; sqlstate: string; message: string };
+
+/** What queue-and-claim found: an attempt to make, a delivery that is not claimable, a conflict, or a refusal. */
 export type QueueResult =
   | { kind: "claimed"; attempt: number }
   | { kind: "not_claimable"; status: string }
   | { kind: "conflict"; message: string }
+  | Refused
   | Unavailable;
 
 /** A delivery claimed by the sweep. */
@@ -66,6 +74,8 @@ export type Rejection = {
   reasonCode: string;
   reason: string;
   rawBody?: Uint8Array;
+  /** Where rawBody had secrets replaced before it got here (email.rejected_messages.redacted). */
+  redacted?: string[];
   bodyBytes?: number;
   deliveryId?: string;
   messageId?: string;
@@ -197,6 +207,8 @@ export function createStatusTracker(
       if (isPostgresError(error) && !serverTrouble.test(code)) {
         if (current()) breaker.success();
         log.error("tracker_call_error", { call: action, sqlstate: code, message: oneLine(error) });
+        // Deterministic: the caller of queue_and_claim turns it into a refusal, not an outage.
+        if (action === "queue_and_claim") throw error;
         return { kind: "unavailable", reason: "error" };
       }
       if (current()) {
@@ -241,7 +253,8 @@ export function createStatusTracker(
         if (row.attempt !== null) return { kind: "claimed", attempt: row.attempt };
         return { kind: "not_claimable", status: row.status };
       } catch (error) {
-        return { kind: "conflict", message: oneLine(error) };
+        if (errorCode(error) === "EM002") return { kind: "conflict", message: oneLine(error) };
+        return { kind: "refused", sqlstate: errorCode(error), message: oneLine(error) };
       }
     },
     markSent: (id, attempt, sent) =>
@@ -288,7 +301,8 @@ export function createStatusTracker(
       return Array.isArray(r) ? { kind: "reaped", count: r[0].n } : r;
     },
     async recordRejected(x) {
-      // Rejected input is whatever arrived: only the raw body (bytea) keeps it byte for byte.
+      // Rejected input is whatever arrived: only the raw body (bytea) keeps it, byte for byte but for
+      // the redacted secrets.
       const headers: Record<string, string> = {};
       for (const [k, v] of Object.entries(x.headers ?? {})) headers[storable(k, 200)] = storable(v, 2000);
       const r = await call("record_rejected", (db) =>
@@ -296,7 +310,9 @@ export function createStatusTracker(
           ${storable(x.reasonCode, 200)}, ${storable(x.reason, 2000)}, ${x.rawBody ?? null}::bytea,
           ${x.deliveryId === undefined ? null : storable(x.deliveryId, 200)},
           ${x.messageId === undefined ? null : storable(x.messageId, 200)}, ${db.json(headers)},
-          ${x.bodyBytes ?? null}::integer
+          ${x.bodyBytes ?? null}::integer, array(select jsonb_array_elements_text(${
+          db.json((x.redacted ?? []).map((p) => storable(p, 200)))
+        }))
         ) as id`);
       return Array.isArray(r) ? { kind: "stored", id: Number(r[0].id) } : r;
     },

@@ -79,7 +79,7 @@ export function createHandler(deps: HandlerDeps): (request: Request) => Promise<
 }
 
 function jwt(config: Config) {
-  return { secret: config.api.jwtSecret, jwksUrl: config.api.jwksUrl };
+  return { secret: config.api.jwtSecret, jwksUrl: config.api.jwksUrl, issuer: config.api.jwtIssuer };
 }
 
 function noDatabase(): Response {

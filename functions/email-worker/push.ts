@@ -1,8 +1,8 @@
 /**
  * POST /email-worker: a Pub/Sub push. Pub/Sub acks on 102, 200, 201, 202 and 204 and redelivers on
- * anything else, so: invalid input is stored in email.rejected_messages and acked (a poison message
- * never gets better), unless it could not be stored (5xx, so nothing is lost); duplicates are acked
- * without sending; transient SMTP failures are acked once recorded, since the database owns the
+ * anything else, so: invalid input is stored (its secrets redacted) in email.rejected_messages and
+ * acked (a poison message never gets better), unless it could not be stored (5xx, so nothing is
+ * lost); duplicates are acked without sending; transient SMTP failures are acked once recorded, since the database owns the
  * retry schedule; when tracking is unreachable, TRACKING_MODE decides (optional: send anyway, 5xx on a
  * transient failure; required: 503 without sending).
  */
@@ -11,11 +11,12 @@ import { json, jsonError } from "../_shared/http.ts";
 import { type Logger, maskEmail } from "../_shared/log.ts";
 import type { Mailer } from "../_shared/mailer.ts";
 import { parsePush, type PushVerifier } from "../_shared/pubsub.ts";
+import { redactPushBody } from "../_shared/redaction.ts";
 import type { Rejection, StatusTracker } from "../_shared/tracker.ts";
 import { checkWorkflow } from "../_shared/workflows/registry.ts";
 import { attemptDelivery } from "./deliver.ts";
 
-/** Raw bodies larger than this are stored truncated (body_bytes keeps the full length). */
+/** Raw bodies larger than this are stored truncated (body_bytes keeps the full length, after redaction). */
 export const maxStoredBodyBytes = 64 * 1024;
 
 const storedHeaders = [
@@ -50,10 +51,14 @@ export function createPushHandler(deps: PushDeps): (request: Request) => Promise
       const v = headers.get(name);
       if (v !== null) kept[name] = v.slice(0, 500);
     }
+    // Codes and links never reach the table: the stored body is the received one with each
+    // workflow's secret fields replaced, and the row says where (email.rejected_messages.redacted).
+    const { body: stored, redacted } = redactPushBody(body);
     const r = await tracker.recordRejected({
       ...rejection,
-      rawBody: body.subarray(0, maxStoredBodyBytes),
-      bodyBytes: body.length,
+      rawBody: stored.subarray(0, maxStoredBodyBytes),
+      bodyBytes: stored.length,
+      redacted,
       headers: kept,
     });
     const fields = { deliveryId: rejection.deliveryId, reasonCode: rejection.reasonCode };
@@ -118,6 +123,19 @@ export function createPushHandler(deps: PushDeps): (request: Request) => Promise
         {
           reasonCode: "idempotency_conflict",
           reason: queued.message,
+          deliveryId: event.deliveryId,
+          messageId: meta.messageId,
+        },
+        body,
+        request.headers,
+      );
+    }
+    if (queued.kind === "refused") {
+      // The same event would be refused again: store it and ack, never send it untracked.
+      return rejectInput(
+        {
+          reasonCode: "refused_by_database",
+          reason: `the database refused the event (SQLSTATE ${queued.sqlstate}): ${queued.message}`,
           deliveryId: event.deliveryId,
           messageId: meta.messageId,
         },

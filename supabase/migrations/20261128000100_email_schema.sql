@@ -10,6 +10,9 @@
 create schema if not exists email;
 comment on schema email is 'Transactional email delivery lifecycle (private: end users read it only under RLS)';
 
+-- gen_random_bytes and hmac (Supabase has pgcrypto in schema extensions already).
+create extension if not exists pgcrypto with schema extensions;
+
 -- A per-schema default cannot take back a global one (EXECUTE on functions for PUBLIC is global), so
 -- the lifecycle and rls migrations revoke execute explicitly, and the rls migration table privileges.
 alter default privileges in schema email revoke all on tables from anon, authenticated;
@@ -98,15 +101,36 @@ create table email.deliveries (
 );
 alter table email.deliveries enable row level security;
 comment on table email.deliveries is 'One row per email to send, keyed by the caller''s idempotency key';
-comment on column email.deliveries.request_hash is 'sha256 of workflow, recipient, user and payload: tells a redelivery from a conflicting reuse of the id';
+comment on column email.deliveries.request_hash is 'HMAC-SHA256 (key: email.request_hash_key) of workflow, recipient, user and payload: tells a redelivery from a conflicting reuse of the id';
 comment on column email.deliveries.completed_at is 'When the delivery reached a terminal state (sent, failed, dead_letter); null while it is open';
 comment on column email.deliveries.next_attempt_at is 'When the sweep may claim it: due retries, requeued deliveries, and queued ones no push claimed';
 
 create index deliveries_status_updated_at_idx on email.deliveries (status, updated_at);
 create index deliveries_recipient_updated_at_idx on email.deliveries (recipient, updated_at);
+-- The two end-user policies (rls migration): own by user_id, own by the JWT's email in any case.
 create index deliveries_user_id_idx on email.deliveries (user_id) where user_id is not null;
+create index deliveries_recipient_lower_idx on email.deliveries (lower(recipient));
 create index deliveries_due_idx on email.deliveries (next_attempt_at) where status in ('queued', 'retrying');
 create index deliveries_lease_idx on email.deliveries (lease_expires_at) where status = 'in_progress';
+
+/**
+ * The key of deliveries.request_hash. The hash covers the payload, so an unkeyed hash of a 6-digit
+ * code would give the code back to anyone who can read the column (a million guesses take seconds).
+ * Keyed, it gives nothing without the key, and the key is readable by nobody but the owner of the
+ * migrations: RLS without policies, and no privilege for anon, authenticated or service_role (the rls
+ * migration takes service_role's back). Only the security definer function email._request_hash reads
+ * it. Generated here, at `supabase db push`, from pgcrypto's strong random bytes: no manual step.
+ */
+create table email.request_hash_key (
+  singleton boolean primary key default true check (singleton),
+  key bytea not null check (octet_length(key) >= 32),
+  created_at timestamptz not null default now()
+);
+alter table email.request_hash_key enable row level security;
+comment on table email.request_hash_key is 'The HMAC key of deliveries.request_hash: readable only by its owner, through email._request_hash';
+revoke all on email.request_hash_key from public, anon, authenticated, service_role;
+
+insert into email.request_hash_key (key) values (extensions.gen_random_bytes(32));
 
 -- Secret-bearing template data, apart from deliveries: erased when a delivery ends sent or failed.
 create table email.delivery_payloads (
@@ -144,13 +168,16 @@ create table email.rejected_messages (
   delivery_id text,
   message_id text,
   raw_body bytea,
+  redacted text[] not null default '{}',
   body_bytes integer not null default 0,
   body_truncated boolean not null default false,
   headers jsonb not null default '{}',
   received_at timestamptz not null default now()
 );
 alter table email.rejected_messages enable row level security;
-comment on table email.rejected_messages is 'Rejected input (bad envelope, base64, JSON, schema, idempotency conflict) with its reason and raw body';
+comment on table email.rejected_messages is 'Rejected input (bad envelope, base64, JSON, schema, idempotency conflict) with its reason and raw body (secrets redacted); purged after email.settings.rejected_message_retention';
+comment on column email.rejected_messages.raw_body is 'The body as received, except that the values listed in `redacted` (codes, links) were replaced by "[redacted]" before it was stored';
+comment on column email.rejected_messages.redacted is 'Where raw_body was redacted (e.g. {message.data:data.code}): empty when it is byte for byte what arrived';
 
 create index rejected_messages_received_at_idx on email.rejected_messages (received_at);
 create index rejected_messages_delivery_id_idx on email.rejected_messages (delivery_id) where delivery_id is not null;

@@ -6,7 +6,8 @@
  *   _200_apply_transition, which also derives the columns a transition implies (attempts grows when
  *   an attempt starts and only then; leases, terminal timestamps, due times);
  * - the audit trail: the AFTER trigger _500_audit writes one event per insert and status change;
- * - secrets are not retained: _600_erase_payload deletes the payload when a delivery ends sent or failed;
+ * - secrets are not retained: _600_erase_payload deletes the payload when a delivery ends sent or failed,
+ *   and the request hash that stays is keyed (email._request_hash);
  * - when to retry and when to give up: record_failure, from email.retry_policies;
  * - who may call what: execute is granted to service_role under each function, and revoked from public,
  *   anon and authenticated for every function at the end (Postgres grants execute to PUBLIC by default).
@@ -88,19 +89,29 @@ $$;
 comment on function email.backoff_delay(text, integer) is 'Exponential backoff with equal jitter: between half and all of min(max_delay, base_delay * 2^(attempt-1))';
 grant execute on function email.backoff_delay(text, integer) to service_role;
 
-/** sha256 over what makes a request the same request: workflow, recipient, user and payload. */
+/**
+ * HMAC-SHA256 over what makes a request the same request: workflow, recipient, user and payload,
+ * keyed with email.request_hash_key. Security definer so that it can read the key, which nobody else
+ * can: the hash of a short code cannot be brute-forced from the table (supabase/tests/065).
+ */
 create or replace function email._request_hash(workflow text, recipient text, payload jsonb, user_id uuid)
 returns text
 language plpgsql
-immutable
+stable
+security definer
 set search_path = ''
 as $$
 begin
-  return encode(sha256(convert_to(jsonb_build_object(
-    'workflow', workflow, 'recipient', lower(recipient), 'payload', payload, 'user_id', user_id
-  )::text, 'UTF8')), 'hex');
+  return encode(extensions.hmac(
+    convert_to(jsonb_build_object(
+      'workflow', workflow, 'recipient', lower(recipient), 'payload', payload, 'user_id', user_id
+    )::text, 'UTF8'),
+    (select k.key from email.request_hash_key k),
+    'sha256'
+  ), 'hex');
 end
 $$;
+comment on function email._request_hash(text, text, jsonb, uuid) is 'HMAC-SHA256 of a request with the key only this function reads';
 grant execute on function email._request_hash(text, text, jsonb, uuid) to service_role;
 
 /** Sets the detail the audit trigger attaches to the next event in this transaction. */
@@ -676,7 +687,11 @@ $$;
 comment on function email.requeue(text, text) is 'Operator requeue: failed|dead_letter -> queued, with a reason in the trail';
 grant execute on function email.requeue(text, text) to service_role;
 
-/** Stores input that could not be accepted, with its reason, so nothing is lost; returns its id. */
+/**
+ * Stores input that could not be accepted, with its reason, so nothing is lost; returns its id.
+ * The caller redacts secrets from raw_body first and lists where in `redacted` (the worker:
+ * functions/_shared/redaction.ts). Rows older than the retention are purged (api migration).
+ */
 create or replace function email.record_rejected(
   reason_code text,
   reason text,
@@ -684,23 +699,25 @@ create or replace function email.record_rejected(
   delivery_id text default null,
   message_id text default null,
   headers jsonb default '{}',
-  body_bytes integer default null
+  body_bytes integer default null,
+  redacted text[] default '{}'
 )
 returns bigint
 language sql
 volatile
 set search_path = ''
 as $$
-  insert into email.rejected_messages (reason_code, reason, raw_body, delivery_id, message_id, headers, body_bytes, body_truncated)
+  insert into email.rejected_messages (reason_code, reason, raw_body, redacted, delivery_id, message_id, headers, body_bytes, body_truncated)
   values (
-    reason_code, left(reason, 2000), raw_body, left(delivery_id, 200), left(message_id, 200), coalesce(headers, '{}'),
+    reason_code, left(reason, 2000), raw_body, coalesce(redacted, '{}'), left(delivery_id, 200), left(message_id, 200),
+    coalesce(headers, '{}'),
     coalesce(body_bytes, octet_length(raw_body), 0),
     coalesce(body_bytes, octet_length(raw_body), 0) > coalesce(octet_length(raw_body), 0)
   )
   returning id
 $$;
-comment on function email.record_rejected(text, text, bytea, text, text, jsonb, integer) is 'Store rejected input with its reason';
-grant execute on function email.record_rejected(text, text, bytea, text, text, jsonb, integer) to service_role;
+comment on function email.record_rejected(text, text, bytea, text, text, jsonb, integer, text[]) is 'Store rejected input (secrets already redacted) with its reason';
+grant execute on function email.record_rejected(text, text, bytea, text, text, jsonb, integer, text[]) to service_role;
 
 -- Postgres grants EXECUTE to PUBLIC on every new function, and a per-schema default privilege cannot
 -- take that back: revoke it here, so only the grants under each function remain.

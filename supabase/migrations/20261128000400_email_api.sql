@@ -7,17 +7,21 @@
  *   an operator or by the retention policy. Deliveries are never deleted (their audit trail is
  *   append-only and references them), so a purge keeps the row and the trail and erases the payload;
  *   the dead-letter queue no longer counts it and nothing can requeue it;
- * - email.settings: the dead-letter retention used by a purge that names no age (30 days by default);
+ * - email.settings: the dead-letter retention used by a purge that names no age (30 days by default),
+ *   and the retention of rejected input (14 days), which email.purge_rejected_messages applies after
+ *   every rejection;
  * - email.requeue_dead_letters: requeue by filter (workflow, dead since), through email.requeue;
  * - email.purge_dead_letters: dead_letter -> purged for dead letters older than the retention.
  *   Both write one audit event per delivery with the actor (email.actor) and the reason.
  *
  * API side (schema email_api, listed in supabase/config.toml [api] schemas):
- * - views deliveries and delivery_events with security_invoker, so the caller's RLS applies: an end
- *   user sees their own deliveries, support all, anon nothing, and nobody sees payloads or
- *   request hashes (a hash of a low-entropy payload such as a 6-digit code could be brute-forced);
- * - get_delivery(delivery_id): the delivery and its timeline as one document; null when it does not
- *   exist or the caller may not see it, so the two cannot be told apart;
+ * - views deliveries and delivery_events with security_invoker: an end user sees their own deliveries
+ *   (RLS) with status, times, attempts and a public error category; support staff and service_role
+ *   see all (through the staff views) with actors, reasons and SMTP replies; anon nothing; nobody
+ *   sees payloads or request hashes;
+ * - get_delivery(delivery_id): the delivery and its timeline as one document, without internals for
+ *   an end user; null when it does not exist or the caller may not see it, so the two cannot be told
+ *   apart;
  * - metrics(since, until, workflow): for support staff and service_role only (42501 for others);
  * - requeue, requeue_dead_letters, purge_dead_letters: service_role only (the CLI through PostgREST).
  */
@@ -59,14 +63,67 @@ create table email.settings (
   singleton boolean primary key default true check (singleton),
   dead_letter_retention interval not null default interval '30 days'
     constraint settings_dead_letter_retention_positive check (dead_letter_retention > interval '0'),
+  rejected_message_retention interval not null default interval '14 days'
+    constraint settings_rejected_message_retention_positive check (rejected_message_retention > interval '0'),
   updated_at timestamptz not null default now()
 );
 alter table email.settings enable row level security;
 comment on table email.settings is 'Operational settings (one row): dead_letter_retention is how long a dead letter keeps its payload before a purge';
 comment on column email.settings.dead_letter_retention is 'Age (since dead-lettered) after which email.purge_dead_letters(null, reason) purges a dead letter';
+comment on column email.settings.rejected_message_retention is 'Age after which a rejected message is deleted (email.purge_rejected_messages, run on every rejection)';
 
 insert into email.settings default values;
 grant select, update on email.settings to service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- Lifecycle side: retention of rejected input
+-- ---------------------------------------------------------------------------------------------
+
+/**
+ * Deletes rejected messages received longer ago than `older_than` (null: the retention in
+ * email.settings); returns how many. Rejected input is kept for debugging, not for ever: even with
+ * its secrets redacted it holds addresses and whatever a publisher sent. The trigger below runs it
+ * after every rejection, so the retention holds without a schedule; a pg_cron job covers quiet
+ * periods (sql/schedule_sweep.sql).
+ */
+create or replace function email.purge_rejected_messages(older_than interval default null)
+returns integer
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  keep interval := coalesce(older_than, (select s.rejected_message_retention from email.settings s));
+  n integer;
+begin
+  if keep is null or keep < interval '0' then
+    raise exception 'older_than must not be negative, not %', keep using errcode = 'EM006';
+  end if;
+  delete from email.rejected_messages r where r.received_at < now() - keep;
+  get diagnostics n = row_count;
+  return n;
+end
+$$;
+comment on function email.purge_rejected_messages(interval) is 'Delete rejected messages older than older_than (null: email.settings.rejected_message_retention); returns the count';
+revoke execute on function email.purge_rejected_messages(interval) from public, anon, authenticated;
+grant execute on function email.purge_rejected_messages(interval) to service_role;
+
+/** After a rejection is stored: purge the rejected messages past their retention. */
+create or replace function email.tg_rejected_messages__purge_expired()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform email.purge_rejected_messages(null);
+  return null;
+end
+$$;
+revoke execute on function email.tg_rejected_messages__purge_expired() from public, anon, authenticated;
+
+create trigger _900_purge_expired
+after insert on email.rejected_messages
+for each statement execute function email.tg_rejected_messages__purge_expired();
 
 -- ---------------------------------------------------------------------------------------------
 -- Lifecycle side: dead-letter processing
@@ -148,12 +205,13 @@ revoke execute on function email.purge_dead_letters(interval, text) from public;
 grant execute on function email.purge_dead_letters(interval, text) to service_role;
 
 /**
- * Raises 42501 unless the caller is support staff (JWT app_metadata.role support or admin) or a role
- * that bypasses RLS anyway (service_role, or a superuser connecting directly). Works inside security
- * definer functions: it reads the SET ROLE of the session (as PostgREST sets it), else the login role.
+ * True when the caller reads every delivery with its internals (actors, reasons, SMTP replies): support
+ * staff (JWT app_metadata.role support or admin) and roles that bypass RLS anyway (service_role, or a
+ * superuser connecting directly). Works inside security definer functions: it reads the SET ROLE of
+ * the session (as PostgREST sets it), else the login role.
  */
-create or replace function email._require_support_or_service()
-returns void
+create or replace function email.is_staff()
+returns boolean
 language plpgsql
 stable
 set search_path = ''
@@ -161,17 +219,56 @@ as $$
 declare
   caller text := coalesce(nullif(pg_catalog.current_setting('role', true), 'none'), session_user);
 begin
-  if email.is_support() then
-    return;
+  return email.is_support()
+    or exists (select from pg_catalog.pg_roles r where r.rolname = caller and (r.rolsuper or r.rolbypassrls));
+end
+$$;
+comment on function email.is_staff() is 'Whether the caller is support staff or bypasses RLS: sees every delivery, actors and reasons';
+revoke execute on function email.is_staff() from public, anon;
+grant execute on function email.is_staff() to authenticated, service_role;
+
+/** Raises 42501 unless the caller is support staff or a role that bypasses RLS (email.is_staff). */
+create or replace function email._require_support_or_service()
+returns void
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if not email.is_staff() then
+    raise exception 'only support staff and service_role may read email metrics' using errcode = '42501';
   end if;
-  if exists (select from pg_catalog.pg_roles r where r.rolname = caller and (r.rolsuper or r.rolbypassrls)) then
-    return;
-  end if;
-  raise exception 'only support staff and service_role may read email metrics' using errcode = '42501';
 end
 $$;
 comment on function email._require_support_or_service() is 'Raises 42501 unless the caller is support staff or bypasses RLS';
 revoke execute on function email._require_support_or_service() from public;
+
+/**
+ * What an end user may know about why a delivery did not go out, from its error code: `suppressed`
+ * (the address is on the suppression list), `invalid_message` (the email could not be built),
+ * `rejected` (the receiving side refused it: an SMTP 5xx) or `temporary` (anything else: timeouts,
+ * 4xx, connection errors, an attempt that did not report). The code itself, the SMTP reply text,
+ * actors and reasons stay with support staff.
+ */
+create or replace function email.public_error_category(error_code text)
+returns text
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  return case
+    when error_code is null then null
+    when error_code = 'address_suppressed' then 'suppressed'
+    when error_code in ('render_failed', 'header_injection') then 'invalid_message'
+    when error_code like 'smtp\_5%' then 'rejected'
+    else 'temporary'
+  end;
+end
+$$;
+comment on function email.public_error_category(text) is 'The public category of an error code: suppressed, invalid_message, rejected or temporary';
+revoke execute on function email.public_error_category(text) from public, anon;
+grant execute on function email.public_error_category(text) to authenticated, service_role;
 
 -- ---------------------------------------------------------------------------------------------
 -- API schema
@@ -186,50 +283,78 @@ alter default privileges in schema email_api revoke all on tables from anon, aut
 -- What Supabase needs for a custom exposed schema; each object below is granted on its own.
 grant usage on schema email_api to anon, authenticated, service_role;
 
+-- Staff views (schema email, not exposed): every row with its internals for email.is_staff() callers,
+-- nothing for anyone else. They run as their owner (the migrations' role, which owns the tables and
+-- so is not subject to their RLS): support staff see every row without a support arm in the RLS
+-- policies, which would make every end user's query a scan of the whole table (see the rls migration).
+-- Only the email_api views below read them.
+create view email._staff_deliveries as
+select d.*, email.public_error_category(d.last_error_code) as error_category
+from email.deliveries d
+where (select email.is_staff());
+comment on view email._staff_deliveries is 'Every delivery for support staff and service_role, none for others (runs as its owner, read by email_api.deliveries)';
+revoke all on email._staff_deliveries from public, anon;
+grant select on email._staff_deliveries to authenticated, service_role;
+
+create view email._staff_delivery_events as
+select e.*, email.public_error_category(e.error_code) as error_category
+from email.delivery_events e
+where (select email.is_staff());
+comment on view email._staff_delivery_events is 'Every audit event for support staff and service_role, none for others (runs as its owner, read by email_api.delivery_events)';
+revoke all on email._staff_delivery_events from public, anon;
+grant select on email._staff_delivery_events to authenticated, service_role;
+
+/**
+ * The deliveries the caller may see: support staff and service_role every delivery with its
+ * internals (last error code and message, SMTP reply, metadata); an end user their own deliveries
+ * (the RLS policies of email.deliveries) with status, times, attempts and error_category only.
+ * Two branches, of which exactly one runs (a one-time filter on email.is_staff()), so an end user's
+ * listing is an index scan (supabase/tests/085). No payloads and no request hashes, for anyone.
+ */
 create view email_api.deliveries with (security_invoker = true) as
 select
-  d.delivery_id,
-  d.workflow,
-  d.recipient,
-  d.user_id,
-  d.status,
-  d.attempts,
-  d.max_attempts,
-  d.last_error_code,
-  d.last_error_message,
-  d.queued_at,
-  d.last_attempted_at,
-  d.next_attempt_at,
-  d.sent_at,
-  d.completed_at,
-  d.provider_message_id,
-  d.provider_response,
-  d.metadata,
-  d.created_at,
-  d.updated_at
-from email.deliveries d;
-comment on view email_api.deliveries is 'Deliveries the caller may see (RLS of email.deliveries applies); no payloads, no request hashes';
+  s.delivery_id, s.workflow, s.recipient, s.user_id, s.status, s.attempts, s.max_attempts, s.error_category,
+  s.last_error_code, s.last_error_message, s.queued_at, s.last_attempted_at, s.next_attempt_at, s.sent_at,
+  s.completed_at, s.provider_message_id, s.provider_response, s.metadata, s.created_at, s.updated_at
+from email._staff_deliveries s
+union all
+select
+  d.delivery_id, d.workflow, d.recipient, d.user_id, d.status, d.attempts, d.max_attempts,
+  email.public_error_category(d.last_error_code),
+  null, null, d.queued_at, d.last_attempted_at, d.next_attempt_at, d.sent_at,
+  d.completed_at, null, null, null, d.created_at, d.updated_at
+from email.deliveries d
+where not (select email.is_staff());
+comment on view email_api.deliveries is 'Deliveries the caller may see (own under RLS; all for support): internals for support only, never payloads or request hashes';
 grant select on email_api.deliveries to authenticated, service_role;
 
+/**
+ * The audit trail of the deliveries the caller may see: support staff and service_role every event
+ * with its actor, error and detail (requeue reasons, SMTP replies); an end user the events of their
+ * own deliveries with status, attempt, time and error_category only. The end users' branch names its
+ * deliveries explicitly (`delivery_id in (...)`), so the join starts from their few deliveries and
+ * reads the events by index instead of checking the policy on every event.
+ */
 create view email_api.delivery_events with (security_invoker = true) as
 select
-  e.id,
-  e.delivery_id,
-  e.from_status,
-  e.to_status,
-  e.attempt,
-  e.error_code,
-  e.error_message,
-  e.detail,
-  e.actor,
-  e.created_at
-from email.delivery_events e;
-comment on view email_api.delivery_events is 'Audit trail of the deliveries the caller may see (RLS of email.delivery_events applies)';
+  s.id, s.delivery_id, s.from_status, s.to_status, s.attempt, s.error_category,
+  s.error_code, s.error_message, s.detail, s.actor, s.created_at
+from email._staff_delivery_events s
+union all
+select
+  e.id, e.delivery_id, e.from_status, e.to_status, e.attempt, email.public_error_category(e.error_code),
+  null, null, null, null, e.created_at
+from email.delivery_events e
+where not (select email.is_staff())
+  and e.delivery_id in (select d.delivery_id from email.deliveries d);
+comment on view email_api.delivery_events is 'Audit trail of the deliveries the caller may see: actors, reasons and errors for support only';
 grant select on email_api.delivery_events to authenticated, service_role;
 
 /**
  * The delivery and its timeline (events oldest first) as one document, read under the caller's RLS.
  * Null when the delivery does not exist or the caller may not see it: the two are indistinguishable.
+ * For an end user the document has no internal keys at all (error codes and messages, SMTP replies,
+ * metadata, actors, details): status, times, attempts and error_category.
  */
 create or replace function email_api.get_delivery(delivery_id text)
 returns jsonb
@@ -237,15 +362,22 @@ language sql
 stable
 set search_path = ''
 as $$
-  select to_jsonb(d) || jsonb_build_object('events', coalesce((
-    select jsonb_agg(to_jsonb(e) - 'delivery_id' order by e.id)
-    from email_api.delivery_events e
-    where e.delivery_id = d.delivery_id
-  ), '[]'::jsonb))
-  from email_api.deliveries d
-  where d.delivery_id = get_delivery.delivery_id
+  with doc as (
+    select to_jsonb(d) || jsonb_build_object('events', coalesce((
+      select jsonb_agg(
+        case when staff.yes then to_jsonb(e) else to_jsonb(e) - array['error_code', 'error_message', 'detail', 'actor'] end
+          - 'delivery_id' order by e.id)
+      from email_api.delivery_events e
+      where e.delivery_id = d.delivery_id
+    ), '[]'::jsonb)) as doc
+    from email_api.deliveries d, (select email.is_staff() as yes) staff
+    where d.delivery_id = get_delivery.delivery_id
+  )
+  select case when (select email.is_staff()) then doc.doc
+    else doc.doc - array['last_error_code', 'last_error_message', 'provider_message_id', 'provider_response', 'metadata'] end
+  from doc
 $$;
-comment on function email_api.get_delivery(text) is 'A delivery and its event timeline as JSON; null when missing or not visible to the caller';
+comment on function email_api.get_delivery(text) is 'A delivery and its event timeline as JSON (internals for support only); null when missing or not visible to the caller';
 revoke execute on function email_api.get_delivery(text) from public;
 grant execute on function email_api.get_delivery(text) to authenticated, service_role;
 

@@ -1,13 +1,13 @@
 -- Structure: schema, tables, columns, keys, indexes, triggers, functions and privileges, so drift shows up.
 begin;
-select plan(152);
+select plan(154);
 
 select has_schema('email');
 
 -- Tables, each with RLS enabled.
 select has_table('email', t, format('table email.%s exists', t))
 from unnest(array['statuses', 'transitions', 'retry_policies', 'deliveries', 'delivery_payloads',
-  'delivery_events', 'rejected_messages']) t;
+  'delivery_events', 'rejected_messages', 'request_hash_key']) t;
 
 select is_empty(
   $$ select c.relname::text from pg_class c
@@ -81,7 +81,7 @@ select set_eq(
 select col_type_is('email', 'rejected_messages', c, t, format('email.rejected_messages.%s is %s', c, t))
 from (values
   ('id', 'bigint'), ('reason_code', 'text'), ('reason', 'text'), ('delivery_id', 'text'), ('message_id', 'text'),
-  ('raw_body', 'bytea'), ('body_bytes', 'integer'), ('body_truncated', 'boolean'), ('headers', 'jsonb'),
+  ('raw_body', 'bytea'), ('redacted', 'text[]'), ('body_bytes', 'integer'), ('body_truncated', 'boolean'), ('headers', 'jsonb'),
   ('received_at', 'timestamp with time zone')
 ) v(c, t);
 select col_is_pk('email', 'rejected_messages', 'id', 'rejected_messages.id is the primary key');
@@ -144,7 +144,7 @@ from (values
   ('requeue', array['text', 'text']),
   ('claim_due', array['integer', 'integer']),
   ('reap_expired_leases', array[]::text[]),
-  ('record_rejected', array['text', 'text', 'bytea', 'text', 'text', 'jsonb', 'integer']),
+  ('record_rejected', array['text', 'text', 'bytea', 'text', 'text', 'jsonb', 'integer', 'text[]']),
   ('backoff_delay', array['text', 'integer']),
   ('retry_policy', array['text']),
   ('is_support', array[]::text[])
@@ -200,7 +200,7 @@ from unnest(array[
   'email.mark_retrying(text, integer, text, text)', 'email.mark_failed(text, integer, text, text)',
   'email.mark_dead_letter(text, integer, text, text)', 'email.requeue(text, text)',
   'email.claim_due(integer, integer)', 'email.reap_expired_leases()',
-  'email.record_rejected(text, text, bytea, text, text, jsonb, integer)'
+  'email.record_rejected(text, text, bytea, text, text, jsonb, integer, text[])'
 ]) p;
 select is_empty(
   $$ select p.oid::regprocedure::text from pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
@@ -215,8 +215,9 @@ select is_empty(
 select is_empty(
   $$ select p.oid::regprocedure::text from pg_proc p
      where p.pronamespace = 'email'::regnamespace and has_function_privilege('authenticated', p.oid, 'execute')
-       and p.oid <> 'email.is_support()'::regprocedure $$,
-  'authenticated may execute no function in schema email but the policy helper is_support()'
+       and p.oid not in ('email.is_support()'::regprocedure, 'email.is_staff()'::regprocedure,
+         'email.public_error_category(text)'::regprocedure) $$,
+  'authenticated may execute no function in schema email but the read helpers is_support(), is_staff() and public_error_category()'
 );
 
 -- Schema and table privileges.

@@ -1,6 +1,6 @@
 -- email_api as support staff (app_metadata.role support or admin): every delivery, never a payload.
 begin;
-select plan(9);
+select plan(13);
 
 \ir fixtures/api_deliveries.psql
 
@@ -19,6 +19,24 @@ select results_eq(
 select ok(position('482913' in (select jsonb_agg(to_jsonb(d))::text from email_api.deliveries d where workflow = 't-api')) = 0,
   'no payload reaches support through the list');
 select lives_ok($$select email_api.metrics()$$, 'support reads metrics');
+-- Actors, reasons and SMTP text are for support (issue 10, item 6).
+select is(
+  (select jsonb_build_object('actor', e ->> 'actor', 'reason', e -> 'detail' ->> 'reason')
+   from jsonb_array_elements(email_api.get_delivery('t-api-ada-3') -> 'events') e where e ->> 'to_status' = 'queued' and e ->> 'from_status' = 'dead_letter'),
+  jsonb_build_object('actor', 'ops:ada.lovelace@corp', 'reason', 'customer Jane Doe (ticket #4411) asked again; relay 10.0.3.7 was down'),
+  'support sees who requeued and why'
+);
+select is(
+  (select actor from email_api.delivery_events where delivery_id = 't-api-ada-3' and from_status = 'dead_letter'),
+  'ops:ada.lovelace@corp',
+  'support sees the actor in the events view'
+);
+select is(
+  (select array[last_error_code, last_error_message, error_category] from email_api.deliveries where delivery_id = 't-api-ada-3'),
+  array['smtp_451', '451 4.3.0 relay 10.0.3.7 busy', 'temporary'],
+  'support sees the error code and the SMTP text as well as the category'
+);
+select is(email_api.get_delivery('t-api-ada-3') ->> 'last_error_message', '451 4.3.0 relay 10.0.3.7 busy', 'and in the document');
 select throws_ok($$select * from email_api.requeue(array['t-api-ada-1'], 'x')$$, '42501', null, 'support cannot requeue through the API (operators use service_role)');
 
 set local request.jwt.claims to '{"sub": "00000000-0000-0000-0000-00000000000d", "role": "authenticated", "app_metadata": {"role": "admin"}}';

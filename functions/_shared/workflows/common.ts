@@ -7,16 +7,25 @@ import { z } from "zod";
 /** A rendered email: subject (one line), plain text and HTML. */
 export type RenderedEmail = { subject: string; text: string; html: string };
 
-/** One workflow: its name, the zod schema of its data and a renderer. */
+/**
+ * One workflow: its name, the zod schema of its data, the fields of its data that are secrets (codes,
+ * links with tokens: redacted wherever input is stored, functions/_shared/redaction.ts) and a renderer.
+ */
 export type Workflow<T = unknown> = {
   name: string;
   schema: z.ZodType<T>;
+  secretFields: readonly string[];
   render(data: T): RenderedEmail;
 };
 
 /** Defines a workflow with its data type inferred from the schema. */
 export function defineWorkflow<S extends z.ZodType>(
-  workflow: { name: string; schema: S; render(data: z.infer<S>): RenderedEmail },
+  workflow: {
+    name: string;
+    schema: S;
+    secretFields: readonly (keyof z.infer<S> & string)[];
+    render(data: z.infer<S>): RenderedEmail;
+  },
 ): Workflow<z.infer<S>> {
   return workflow as Workflow<z.infer<S>>;
 }

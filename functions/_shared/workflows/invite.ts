@@ -10,6 +10,7 @@ export const invite = defineWorkflow({
     organizationName: singleLine(100),
     inviteUrl: httpUrl(),
   }),
+  secretFields: ["inviteUrl"],
   render: ({ inviterName, organizationName, inviteUrl }) => ({
     subject: `${inviterName} invited you to ${organizationName}`,
     text: `${inviterName} invited you to join ${organizationName}.\n\nAccept the invitation: ${inviteUrl}\n`,

@@ -6,6 +6,7 @@ import { defineWorkflow, escapeHtml, httpUrl, layout, minutes } from "./common.t
 export const passwordReset = defineWorkflow({
   name: "password-reset",
   schema: z.object({ resetUrl: httpUrl(), expiresInMinutes: minutes }),
+  secretFields: ["resetUrl"],
   render: ({ resetUrl, expiresInMinutes }) => ({
     subject: "Reset your password",
     text: `Someone asked to reset your password. Choose a new one here: ${resetUrl}\n\n` +

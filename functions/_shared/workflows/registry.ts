@@ -11,6 +11,12 @@ export const workflows: ReadonlyMap<string, Workflow<unknown>> = new Map(
   all.map((w) => [w.name, w as unknown as Workflow<unknown>]),
 );
 
+/**
+ * Every data field any workflow declares secret. Redaction removes all of them from any event,
+ * whatever workflow it names: a rejected event may name an unknown or the wrong workflow.
+ */
+export const allSecretFields: readonly string[] = [...new Set(all.flatMap((w) => w.secretFields))];
+
 /** The outcome of checking an event's workflow and data before it is accepted. */
 export type WorkflowCheck =
   | { ok: true; workflow: Workflow<unknown>; data: unknown }

@@ -9,6 +9,7 @@ export const verificationCode = defineWorkflow({
     code: z.string().regex(/^[A-Za-z0-9-]{4,32}$/, "must be 4 to 32 letters, digits or dashes"),
     expiresInMinutes: minutes,
   }),
+  secretFields: ["code"],
   render: ({ code, expiresInMinutes }) => ({
     subject: "Your verification code",
     text: `Your verification code is ${code}.\n\nIt expires in ${expiresInMinutes} minutes. ` +

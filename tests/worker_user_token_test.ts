@@ -1,0 +1,53 @@
+/**
+ * User tokens through the real worker as configured on hosted Supabase: the legacy HS256 secret set
+ * as JWT_SECRET (`supabase secrets set` refuses SUPABASE_* names) and SUPABASE_URL fixing the issuer,
+ * for both routes that take user tokens (the deliveries endpoint and the dashboard's JSON route).
+ */
+import { SignJWT } from "jose";
+import { assertEquals } from "./support/assert.ts";
+import { test, withHarness } from "./support/harness.ts";
+import { envelope, newDeliveryId, verificationEvent } from "./support/pubsub.ts";
+
+const secret = "hosted-project-legacy-jwt-secret-0123456789";
+const projectUrl = "https://abcdefghijklmnopqrst.supabase.co";
+const issuer = `${projectUrl}/auth/v1`;
+
+function userToken(claims: Record<string, unknown>): Promise<string> {
+  return new SignJWT({ role: "authenticated", aud: "authenticated", iss: issuer, ...claims })
+    .setProtectedHeader({ alg: "HS256", typ: "JWT" }).setIssuedAt().setExpirationTime("5m")
+    .sign(new TextEncoder().encode(secret));
+}
+
+test("with JWT_SECRET and SUPABASE_URL set, user tokens of the project open the status route and the dashboard; others get 401", async () => {
+  await withHarness(async ({ worker, token }) => {
+    const owner = crypto.randomUUID();
+    const id = newDeliveryId("user-token");
+    const push = await worker.push(envelope(verificationEvent({ deliveryId: id, userId: owner })), { token });
+    assertEquals(push.status, 200);
+    await push.body?.cancel();
+
+    const get = async (path: string, bearer: string) => {
+      const res = await fetch(`${worker.url}/email-worker/${path}`, { headers: { authorization: `Bearer ${bearer}` } });
+      const body = await res.json();
+      return { status: res.status, body };
+    };
+    const own = await get(`deliveries/${id}`, await userToken({ sub: owner }));
+    assertEquals([own.status, own.body.status], [200, "sent"]);
+    const support = await get(
+      "dashboard/data",
+      await userToken({ sub: crypto.randomUUID(), app_metadata: { role: "support" } }),
+    );
+    assertEquals(support.status, 200);
+
+    const otherProject = await userToken({ sub: owner, iss: "https://zyxwvutsrqponmlkjihg.supabase.co/auth/v1" });
+    const noSub = await userToken({ sub: "not-a-uuid", app_metadata: { role: "support" } });
+    for (
+      const [path, bearer] of [[`deliveries/${id}`, otherProject], ["dashboard/data", otherProject], [
+        `deliveries/${id}`,
+        noSub,
+      ], ["dashboard/data", noSub]]
+    ) {
+      assertEquals((await get(path, bearer)).status, 401, path);
+    }
+  }, { env: { JWT_SECRET: secret, SUPABASE_URL: projectUrl } });
+});
