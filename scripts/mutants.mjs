@@ -166,6 +166,18 @@ function copyRepo(from, to) {
 
 const port = Number(process.env.MUTANTS_PG_PORT ?? 54369);
 const server = await startServer({ name: `pg-mutants-${port}`, port, log });
+let running; // the test process in flight, so an interrupted run leaves nothing behind
+for (const signal of ["SIGINT", "SIGTERM"]) {
+  process.on(signal, async () => {
+    log(`${signal}: stopping`);
+    try {
+      if (running) process.kill(-running.pid, "SIGKILL");
+    } catch { /* gone already */ }
+    await server.stop().catch(() => {});
+    if (!opts.keep) rmSync(scratchBase, { recursive: true, force: true });
+    process.exit(130);
+  });
+}
 installPgTapInto(server);
 // The scratch copy's own migrate: it applies the scratch copy's (possibly mutated) migrations.
 const { migrate } = await import(path.join(scratch, "scripts/lib/postgres.mjs"));
@@ -205,6 +217,7 @@ function run(cmd, args, env) {
       stdio: ["ignore", "pipe", "pipe"],
       detached: true,
     });
+    running = child;
     let output = "";
     const keep = (b) => {
       output = (output + b.toString()).slice(-500_000);
@@ -218,6 +231,7 @@ function run(cmd, args, env) {
       resolve({ ok: false, timedOut: true, output });
     }, timeoutMs);
     child.on("close", (code) => {
+      running = undefined;
       clearTimeout(timer);
       resolve({ ok: code === 0, timedOut: false, output });
     });
@@ -277,6 +291,7 @@ const escape = (s) => s.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
 // ---------------------------------------------------------------------------------------------
 
 const results = [];
+const flaky = new Set();
 let exitCode = 0;
 try {
   await freshDatabase(template, { fromTemplate: false });
@@ -290,8 +305,19 @@ try {
     const r = await runTests(tests, url);
     await dropDatabase("email_mutants_baseline");
     if (!r.ok) {
-      console.log(r.output);
-      throw new Error(`the unmutated code fails ${r.failed.join(", ")}: fix that first (a mutant cannot be judged)`);
+      // Once more, alone: a timing test can fail on a loaded machine and pass the next time.
+      const again = await runTests(tests, await freshDatabase("email_mutants_baseline", { fromTemplate: true }));
+      await dropDatabase("email_mutants_baseline");
+      if (!again.ok) {
+        console.log(again.output);
+        throw new Error(
+          `the unmutated code fails ${again.failed.join(", ")}: fix that first (a mutant cannot be judged)`,
+        );
+      }
+      for (const f of r.failed) flaky.add(f);
+      log(
+        `flaky: ${r.failed.join(", ")} failed once and passed when run again; a mutant they alone kill is re-checked`,
+      );
     }
     log(`baseline passes (${seconds(Date.now() - t0)})`);
   }
@@ -325,7 +351,15 @@ try {
         detail = `by the migration: ${String(e?.message ?? e).split("\n").find((l) => /ERROR/.test(l)) ?? "failed"}`;
       }
       if (url) {
-        const r = await runTests(m.tests, url);
+        let r = await runTests(m.tests, url);
+        if (!r.ok && !r.timedOut && r.failed.every((f) => flaky.has(f))) {
+          // Only a test that failed once unmutated: it must fail again to count.
+          const again = await runTests(
+            r.failed,
+            await freshDatabase("email_mutants_run", { fromTemplate: !sqlChanged }),
+          );
+          if (again.ok) r = again;
+        }
         outcome = r.ok ? "survived" : "killed";
         detail = r.ok ? "" : r.timedOut ? `by a timeout (${m.tests.join(", ")})` : `by ${r.failed.join(", ")}`;
       }
