@@ -20,6 +20,7 @@ import { parseArgs } from "node:util";
 import type postgres from "postgres";
 import { dashboardPageResponse, handleDashboard } from "../functions/_shared/dashboard.ts";
 import { jsonError } from "../functions/_shared/http.ts";
+import { safeText } from "./terminal.ts";
 
 /** The usage text of `email-status dashboard`. */
 export const dashboardUsage = `usage: email-status dashboard [--url <function URL>] [--port N]
@@ -80,7 +81,7 @@ export async function dashboardCommand(args: string[], deps: DashboardCommandDep
       await sql`select 1`;
     } catch (e) {
       console.error(
-        `email-status dashboard: ${e instanceof Error ? e.message : e}\n` +
+        `email-status dashboard: ${safeText(e instanceof Error ? e.message : String(e))}\n` +
           "  (or read a deployed function: email-status dashboard --url https://<ref>.supabase.co/functions/v1/email-worker)",
       );
       await sql?.end({ timeout: 1 }).catch(() => {});

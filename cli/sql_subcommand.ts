@@ -4,9 +4,9 @@
  * trail, print JSON or text, turn errors into messages and exit codes, and close the connection.
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import postgres from "postgres";
-import { cliActor, CliError, connectionFromEnv, explainError } from "./email_status.ts";
-import { safeText } from "./terminal.ts";
+import type postgres from "postgres";
+import { cliActor, explainError, printer, reportError } from "./common.ts";
+import { cliSql } from "./transports.ts";
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
 type Values<T extends Options> = ReturnType<typeof parseArgs<{ options: T; allowPositionals: true }>>["values"];
@@ -22,24 +22,6 @@ export type SubcommandContext<T extends Options> = {
   /** Connects (once per run), with email.actor set for the audit trail. */
   connect(): Promise<postgres.Sql>;
 };
-
-/** Opens a Postgres connection for the CLI (a postgres:// URL is required: schema email is not exposed). */
-export function cliSql(env: Record<string, string | undefined>): postgres.Sql {
-  const conn = connectionFromEnv(env);
-  if (conn.kind !== "postgres") {
-    throw new CliError(
-      "this command needs DATABASE_URL (or DELIVERY_STATUS_DATABASE_URL): schema email is not exposed over PostgREST",
-      2,
-    );
-  }
-  return postgres(conn.url, {
-    max: 1,
-    connect_timeout: 5,
-    idle_timeout: 5,
-    onnotice: () => {},
-    connection: { application_name: "email-status" },
-  });
-}
 
 /** Runs `email-status <name> <args>` with `body`; returns the exit code (0 done, 1 error, 2 bad usage, 3 not found). */
 export async function runSqlSubcommand<const T extends Options>(
@@ -73,7 +55,7 @@ export async function runSqlSubcommand<const T extends Options>(
       o: values as unknown as Values<T>,
       command: command ?? "",
       rest,
-      print: (value, human) => console.log(json ? JSON.stringify(value, null, 2) : human()),
+      print: printer(json),
       async connect() {
         if (!sql) {
           sql = cliSql(env);
@@ -83,10 +65,7 @@ export async function runSqlSubcommand<const T extends Options>(
       },
     });
   } catch (e) {
-    const err = e instanceof CliError ? e : explainError(e, "the database");
-    if (json) console.log(JSON.stringify({ error: { message: err.message, exit_code: err.exitCode } }));
-    console.error(`email-status ${spec.name}: ${safeText(err.message, { keepNewlines: true })}`);
-    return err.exitCode;
+    return reportError(explainError(e, "the database"), { command: `email-status ${spec.name}`, json });
   } finally {
     await sql?.end({ timeout: 2 }).catch(() => {});
   }

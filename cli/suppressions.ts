@@ -9,7 +9,8 @@
  *   lives in schema `email`, which PostgREST does not expose. Exit codes: 0 done, 1 error, 2 bad usage,
  *   3 not found.
  */
-import { CliError } from "./email_status.ts";
+import { CliError, parseLimit } from "./common.ts";
+import { table, whenToSecond } from "./format.ts";
 import { runSqlSubcommand } from "./sql_subcommand.ts";
 import { safeText, safeValue } from "./terminal.ts";
 
@@ -31,11 +32,6 @@ export const suppressionsUsage = `usage:
   email-status suppressions add <address> --reason R [--json]
   email-status suppressions remove <address> [--json]`;
 
-function table(rows: string[][]): string {
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd()).join("\n");
-}
-
 /** Formats suppressions as a table (stored text with its control characters shown, not obeyed). */
 export function formatSuppressions(suppressions: Suppression[]): string {
   if (suppressions.length === 0) return "no suppressed addresses";
@@ -45,7 +41,7 @@ export function formatSuppressions(suppressions: Suppression[]): string {
     ...rows.map((s) => [
       s.address,
       s.source,
-      new Date(s.created_at).toISOString().slice(0, 19).replace("T", " "),
+      whenToSecond(s.created_at),
       s.delivery_id ?? "-",
       s.reason,
     ]),
@@ -70,8 +66,7 @@ export function suppressionsCommand(
       throw new CliError(suppressionsUsage, 2);
     }
     if (command === "add" && !o.reason?.trim()) throw new CliError("add needs --reason", 2);
-    const limit = o.limit === undefined ? 100 : Number(o.limit);
-    if (!Number.isInteger(limit) || limit < 1 || limit > 100000) throw new CliError("--limit must be 1 to 100000", 2);
+    const limit = parseLimit(o.limit, 100, 100000);
 
     const sql = await connect();
     if (command === "list") {

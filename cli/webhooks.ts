@@ -15,7 +15,8 @@
  *   special-purpose address, unless WEBHOOK_ALLOW_PRIVATE=true (local development).
  *   Exit codes: 0 done, 1 error, 2 bad usage, 3 not found.
  */
-import { CliError, parseDuration, parseSince } from "./email_status.ts";
+import { CliError, parseDuration, parseLimit, parseSince } from "./common.ts";
+import { table, whenToSecond } from "./format.ts";
 import { runSqlSubcommand } from "./sql_subcommand.ts";
 import { safeValue } from "./terminal.ts";
 import { checkTarget, loadRefusedNetworks, RefusedTarget } from "../functions/_shared/net_guard.ts";
@@ -54,13 +55,6 @@ function checkUuid(id: string | undefined, what = "endpoint id"): string {
   return id;
 }
 
-function table(rows: string[][]): string {
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd()).join("\n");
-}
-
-const iso = (d: Date | string | null) => d === null ? "-" : new Date(d).toISOString().slice(0, 19).replace("T", " ");
-
 /** Formats endpoints as a table (stored text with its control characters shown, not obeyed). */
 export function formatEndpoints(endpoints: WebhookEndpoint[]): string {
   if (endpoints.length === 0) return "no webhook endpoints";
@@ -72,7 +66,7 @@ export function formatEndpoints(endpoints: WebhookEndpoint[]): string {
       w.url,
       w.event_types.length ? w.event_types.join(",") : "(all)",
       w.enabled
-        ? (w.failing_since ? `enabled, failing since ${iso(w.failing_since)}` : "enabled")
+        ? (w.failing_since ? `enabled, failing since ${whenToSecond(w.failing_since)}` : "enabled")
         : `disabled: ${w.disabled_reason}`,
       String(w.pending ?? 0),
       String(w.failed ?? 0),
@@ -120,8 +114,7 @@ export function webhooksCommand(
     if (o.status !== undefined && !["pending", "delivered", "failed"].includes(o.status)) {
       throw new CliError("--status must be pending, delivered or failed", 2);
     }
-    const limit = o.limit === undefined ? 50 : Number(o.limit);
-    if (!Number.isInteger(limit) || limit < 1 || limit > 10000) throw new CliError("--limit must be 1 to 10000", 2);
+    const limit = parseLimit(o.limit, 50, 10000);
     const since = o.since === undefined ? undefined : parseSince(o.since);
     const until = o.until === undefined ? new Date(Date.now() + 1000) : parseSince(o.until);
 
@@ -188,7 +181,7 @@ export function webhooksCommand(
             m.delivery_id,
             m.status,
             String(m.attempts),
-            m.status === "pending" ? iso(m.next_attempt_at) : "-",
+            m.status === "pending" ? whenToSecond(m.next_attempt_at) : "-",
             m.last_error ?? (m.last_status_code ? String(m.last_status_code) : "-"),
           ]),
         ]));

@@ -34,18 +34,21 @@ test("Postgres stopped mid-run with TRACKING_MODE=optional: every push is sent o
           body: await res.json(),
         });
       };
-      // Three pushers; Postgres goes away after the 8th answer, while pushes are in flight.
+      // Three pushers; Postgres goes away after the 8th answer, while pushes are in flight, and comes
+      // back 2 s later (a push whose send started waits for it to record the outcome; the others go on).
+      let outage: Promise<void> | undefined;
       await Promise.all([0, 1, 2].map(async () => {
         for (let i = 0; i < 8; i++) {
           await pushOne();
           if (pushed.length >= 8 && !stopped) {
             stopped = true;
             await pg.stop();
+            outage = new Promise((r) => setTimeout(r, 2000)).then(() => pg.start());
           }
         }
       }));
       assert(stopped);
-      await pg.start();
+      await outage;
 
       // Nothing lost, nothing acked unsent: a 2xx means the mail went out, anything else is a 5xx.
       for (const p of pushed) {
@@ -71,7 +74,23 @@ test("Postgres stopped mid-run with TRACKING_MODE=optional: every push is sent o
       assert(resumed, "tracking resumed after Postgres came back");
       assertEquals((await db.delivery(resumed.deliveryId))?.status, "sent");
       assertEquals((await (await worker.health()).json()).tracking.state, "closed");
-    }, { env: { DELIVERY_STATUS_DATABASE_URL: pg.url, TRACKING_MODE: "optional", ...trackerEnv } });
+
+      // Sweeps after recovery (expired leases reaped, retries made due at once) send no push that was
+      // answered "sent" again; a claimed push answered 5xx (nothing sent) is sent by them, once.
+      await new Promise((r) => setTimeout(r, 2500)); // past LEASE_SECONDS
+      for (let round = 0; round < 4; round++) {
+        await (await worker.sweep()).body?.cancel();
+        for (const p of pushed) {
+          await db.sql`update email.deliveries set next_attempt_at = now() - interval '1 second'
+            where status = 'retrying' and delivery_id = ${p.deliveryId}`;
+        }
+      }
+      for (const p of pushed) {
+        const mails = mailTo(smtp, p.recipient).length;
+        if (p.status >= 200 && p.status < 300) assertEquals(mails, 1, `sent once: ${JSON.stringify(p)}`);
+        else assert(mails <= 1, `at most once: ${JSON.stringify(p)}`);
+      }
+    }, { env: { DELIVERY_STATUS_DATABASE_URL: pg.url, TRACKING_MODE: "optional", LEASE_SECONDS: "2", ...trackerEnv } });
   } finally {
     await db.close();
     await pg.destroy();

@@ -2,7 +2,7 @@ import { ConfigError, loadConfig } from "../functions/_shared/config.ts";
 import { createCircuitBreaker } from "../functions/_shared/circuit_breaker.ts";
 import { maskEmail } from "../functions/_shared/log.ts";
 import { decodeBase64 } from "../functions/_shared/pubsub.ts";
-import { secretsEqual } from "../functions/email-worker/sweep.ts";
+import { secretsEqual } from "../functions/_shared/auth.ts";
 import { assertEquals, assertRejects } from "./support/assert.ts";
 import { test } from "./support/harness.ts";
 

@@ -1,7 +1,8 @@
+import type { TestDb } from "./support/db.ts";
 import { assert, assertEquals } from "./support/assert.ts";
 import { test, withHarness } from "./support/harness.ts";
 import { envelope, newDeliveryId, newRecipient, verificationEvent } from "./support/pubsub.ts";
-import { mailTo } from "./support/smtp.ts";
+import { mailTo, type TestSmtp } from "./support/smtp.ts";
 
 test("a transient failure, then success through the sweep", async () => {
   await withHarness(async ({ smtp, worker, db, token }) => {
@@ -44,31 +45,93 @@ test("attempts exhausted end in dead_letter, and a later duplicate push sends no
   });
 });
 
-test("a lease that expires mid-send is reaped by the sweep, and the late success still records sent", async () => {
+/** Waits until the relay has the message's DATA (the send is in flight), for at most 15 s. */
+async function dataArrived(smtp: TestSmtp) {
+  for (let i = 0; i < 600 && smtp.attempts < 1; i++) await new Promise((r) => setTimeout(r, 25));
+  assert(smtp.attempts >= 1, "the relay got the message");
+}
+
+/**
+ * Reaps (as every sweep does first) until `id` is retrying, at most 50 times: the reaper skips a row
+ * another transaction holds (a heartbeat's renewal, which the expired lease then refuses).
+ */
+async function reapUntilRetrying(db: TestDb, id: string) {
+  for (let i = 0; i < 50 && (await db.delivery(id))?.status !== "retrying"; i++) {
+    await db.sql`select email.reap_expired_leases()`;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  assertEquals((await db.delivery(id))?.status, "retrying");
+}
+
+/** Makes the lease of `id` look expired mid-send, as if the worker had lost the database for longer than it (the test's clock jump). */
+async function expireLease(db: TestDb, id: string) {
+  await db.sql`update email.deliveries set lease_expires_at = now() - interval '1 second' where delivery_id = ${id}`;
+}
+
+test("a send slower than the claim's lease keeps its lease: a sweep meanwhile reaps nothing, one mail", async () => {
   await withHarness(async ({ smtp, worker, db, token }) => {
-    smtp.delayMs = 2500;
+    smtp.delayMs = 4000;
     const event = verificationEvent();
     const push = worker.push(envelope(event), { token });
-    await new Promise((r) => setTimeout(r, 1500));
-    const counts = await (await worker.sweep()).json();
-    assert(counts.reaped >= 1, JSON.stringify(counts));
-    assertEquals((await db.delivery(event.deliveryId!))?.status, "retrying");
+    await dataArrived(smtp);
+    await new Promise((r) => setTimeout(r, 1200)); // past the claim's 1 s lease, mid-send
+    assertEquals((await worker.sweep()).status, 200); // reaps expired leases first
+    assertEquals((await db.delivery(event.deliveryId!))?.status, "in_progress", "not reaped");
+    const reply = await (await push).json();
+    assertEquals([reply.outcome, reply.status, reply.tracked], ["sent", "sent", true]);
+    const trail = (await db.events(event.deliveryId!)).map((e) => `${e.to_status}:${e.error_code ?? ""}`);
+    assertEquals(trail, ["queued:", "in_progress:", "sent:"]);
+    assertEquals(mailTo(smtp, event.recipient).length, 1);
+  }, { env: { LEASE_SECONDS: "1" } });
+});
+
+test("a heartbeat keeps the lease of a send in flight moving forward, and the send starts on a lease that outlasts its timeouts", async () => {
+  await withHarness(async ({ smtp, worker, db, token }) => {
+    smtp.delayMs = 3000;
+    const event = verificationEvent();
+    const id = event.deliveryId!;
+    const push = worker.push(envelope(event), { token });
+    await dataArrived(smtp);
+    const lease = async () => {
+      const [r] = await db.sql`select extract(epoch from lease_expires_at - now())::float8 as left_s,
+        lease_expires_at, send_started_at is not null as started from email.deliveries where delivery_id = ${id}`;
+      return r as unknown as { left_s: number; lease_expires_at: Date; started: boolean };
+    };
+    const first = await lease();
+    // LEASE_SECONDS=1, SMTP timeouts 2 + 2 + 5 s: the lease taken as the send starts covers 10 s.
+    assert(first.started && first.left_s > 5, JSON.stringify(first));
+    await new Promise((r) => setTimeout(r, 1200));
+    const later = await lease();
+    assert(later.lease_expires_at.getTime() > first.lease_expires_at.getTime(), "the heartbeat renewed it");
+    assertEquals((await (await push).json()).tracked, true);
+  }, { env: { LEASE_SECONDS: "1" } });
+});
+
+test("a lease that expires mid-send is reaped as outcome_unknown, and the late success still records sent", async () => {
+  await withHarness(async ({ smtp, worker, db, token }) => {
+    smtp.delayMs = 4000;
+    const event = verificationEvent();
+    const push = worker.push(envelope(event), { token });
+    await dataArrived(smtp); // mid-send
+    await expireLease(db, event.deliveryId!);
+    await reapUntilRetrying(db, event.deliveryId!);
 
     const reply = await (await push).json();
     assertEquals([reply.outcome, reply.status], ["sent", "sent"]);
     const trail = (await db.events(event.deliveryId!)).map((e) => `${e.to_status}:${e.error_code ?? ""}`);
-    assertEquals(trail, ["queued:", "in_progress:", "retrying:lease_expired", "sent:"]);
+    assertEquals(trail, ["queued:", "in_progress:", "retrying:outcome_unknown", "sent:"]);
     assertEquals(mailTo(smtp, event.recipient).length, 1);
   }, { env: { LEASE_SECONDS: "1" } });
 });
 
 test("an attempt whose lease was reaped and re-claimed is fenced off as stale", async () => {
   await withHarness(async ({ smtp, worker, db, token }) => {
-    smtp.delayMs = 2000;
+    smtp.delayMs = 4000;
     const event = verificationEvent();
     const push = worker.push(envelope(event), { token });
-    await new Promise((r) => setTimeout(r, 1300));
-    await worker.sweep(); // reaps attempt 1
+    await dataArrived(smtp); // mid-send
+    await expireLease(db, event.deliveryId!);
+    await reapUntilRetrying(db, event.deliveryId!); // reaps attempt 1
     await db.makeDue(event.deliveryId!);
     smtp.delayMs = 0;
     const sweep = worker.sweep(); // claims attempt 2 while attempt 1 is still sending

@@ -27,7 +27,8 @@
  * | TRACKER_BREAKER_COOLDOWN_MS | 30000 | how long the breaker stays open before one trial call (half-open) |
  * | SWEEP_SECRET | (none) | bearer secret of `POST /email-worker/sweep`; the sweep is refused while unset |
  * | SWEEP_BATCH_SIZE | 20 | deliveries one sweep claims at most |
- * | LEASE_SECONDS | 60 | lease an attempt holds; the sweep reaps attempts that outlive it |
+ * | SWEEP_TIME_BUDGET_MS | 20000 | a sweep claims no further delivery after this long (sends already started finish) |
+ * | LEASE_SECONDS | 60 | lease a claim holds; from the start of a send the lease covers the SMTP timeouts plus LEASE_SECONDS (renewed by a heartbeat), and the sweep reaps attempts that outlive it |
  * | LOG_LEVEL | info | debug, info, warn or error |
  * | SUPABASE_URL | (injected by Supabase) | the project URL; its JWKS (`/auth/v1/.well-known/jwks.json`) verifies user tokens for `GET /email-worker/deliveries/:id` and the dashboard |
  * | JWT_SECRET | (none) | the project's legacy HS256 JWT secret, for projects that still sign user tokens with it (`supabase secrets set` refuses names starting with SUPABASE_) |
@@ -96,6 +97,7 @@ const envSchema = z.object({
   TRACKER_BREAKER_COOLDOWN_MS: int(30_000, 10, 3_600_000),
   SWEEP_SECRET: optionalText.refine((v) => v === undefined || v.length >= 16, "must be at least 16 characters"),
   SWEEP_BATCH_SIZE: int(20, 1, 500),
+  SWEEP_TIME_BUDGET_MS: int(20_000, 100, 600_000),
   LEASE_SECONDS: int(60, 1, 3600),
   LOG_LEVEL: z.enum(["debug", "info", "warn", "error"]).default("info"),
   SUPABASE_URL: optionalText.refine((v) => v === undefined || /^https?:\/\//.test(v), "must be an http(s) URL"),
@@ -143,7 +145,7 @@ export type Config = {
     breakerThreshold: number;
     breakerCooldownMs: number;
   };
-  sweep: { secret?: string; batchSize: number };
+  sweep: { secret?: string; batchSize: number; timeBudgetMs: number };
   leaseSeconds: number;
   logLevel: "debug" | "info" | "warn" | "error";
   /** How user tokens are verified (the deliveries endpoint and the dashboard), and the dashboard token. */
@@ -209,7 +211,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       breakerThreshold: e.TRACKER_BREAKER_THRESHOLD,
       breakerCooldownMs: e.TRACKER_BREAKER_COOLDOWN_MS,
     },
-    sweep: { secret: e.SWEEP_SECRET, batchSize: e.SWEEP_BATCH_SIZE },
+    sweep: { secret: e.SWEEP_SECRET, batchSize: e.SWEEP_BATCH_SIZE, timeBudgetMs: e.SWEEP_TIME_BUDGET_MS },
     leaseSeconds: e.LEASE_SECONDS,
     logLevel: e.LOG_LEVEL,
     api: {

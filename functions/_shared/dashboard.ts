@@ -21,8 +21,10 @@
  * is a header the page adds, never a cookie). Other origins get no CORS headers, and a 403 preflight.
  */
 import type { Sql } from "postgres";
+import { bearerToken, secretsEqual } from "./auth.ts";
 import { type JwtVerification, verifyUserJwt } from "./delivery_lookup.ts";
 import { json, jsonError } from "./http.ts";
+import { isDeliveryId } from "./ids.ts";
 import type { Logger } from "./log.ts";
 import { dashboardHtml } from "./dashboard_page.ts";
 
@@ -90,22 +92,13 @@ export function isDashboardPath(pathname: string): boolean {
   return /\/dashboard(\/.*)?$/.test(pathname);
 }
 
-function timingSafeEqual(a: string, b: string): boolean {
-  const x = new TextEncoder().encode(a);
-  const y = new TextEncoder().encode(b);
-  let diff = x.length ^ y.length;
-  for (let i = 0; i < Math.max(x.length, y.length); i++) diff |= (x[i] ?? 0) ^ (y[i] ?? 0);
-  return diff === 0;
-}
-
 /** Who the caller is when allowed: "token" or "user:<sub>"; else the error response to send. */
 async function authorize(req: Request, deps: DashboardDeps): Promise<{ who: string } | { response: Response }> {
-  const match = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.get("authorization") ?? "");
-  if (!match) {
+  const token = bearerToken(req.headers);
+  if (!token) {
     return { response: jsonError(401, "unauthorized", "sign in: a support user's token or the dashboard token") };
   }
-  const token = match[1];
-  if (deps.dashboardToken && deps.dashboardToken.length >= 16 && timingSafeEqual(token, deps.dashboardToken)) {
+  if (deps.dashboardToken && deps.dashboardToken.length >= 16 && await secretsEqual(token, deps.dashboardToken)) {
     return { who: "token" };
   }
   let claims;
@@ -155,7 +148,7 @@ async function answerJson(req: Request, sub: string, url: URL, deps: DashboardDe
       } catch {
         id = "";
       }
-      if (!/^[A-Za-z0-9._:-]{1,200}$/.test(id)) return jsonError(400, "bad_delivery_id", "not a delivery id");
+      if (!isDeliveryId(id)) return jsonError(400, "bad_delivery_id", "not a delivery id");
       const [row] = await deps.sql<{ doc: unknown }[]>`select email_api.get_delivery(${id}) as doc`;
       if (!row?.doc) return jsonError(404, "not_found", `delivery ${id} not found`);
       return json(row.doc, 200, { "cache-control": "no-store" });

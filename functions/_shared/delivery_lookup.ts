@@ -12,7 +12,9 @@
  */
 import { createRemoteJWKSet, decodeProtectedHeader, type JWTPayload, jwtVerify } from "jose";
 import type { Sql } from "postgres";
+import { bearerToken } from "./auth.ts";
 import { json, jsonError } from "./http.ts";
+import { deliveryIdRule, isDeliveryId } from "./ids.ts";
 
 /**
  * How user tokens are verified: the project's HS256 secret, its JWKS URL, or both; `issuer` is the
@@ -23,7 +25,6 @@ export type JwtVerification = { secret?: string; jwksUrl?: string; issuer?: stri
 /** What handleGetDelivery needs: a postgres.js client and how to verify tokens. */
 export type DeliveryLookupDeps = { sql: Sql; jwt: JwtVerification };
 
-const deliveryIdPattern = /^[A-Za-z0-9._:-]{1,200}$/;
 const asymmetricAlgorithms = ["RS256", "ES256", "EdDSA"];
 const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const jwksSets = new Map<string, ReturnType<typeof createRemoteJWKSet>>();
@@ -33,7 +34,7 @@ export async function handleGetDelivery(req: Request, deliveryId: string, deps: 
   if (req.method !== "GET" && req.method !== "HEAD") {
     return jsonError(405, "method_not_allowed", `${req.method} is not allowed here`);
   }
-  const token = bearerToken(req);
+  const token = bearerToken(req.headers);
   if (!token) return unauthorized("missing_token", "an Authorization: Bearer <user JWT> header is required");
 
   let claims: JWTPayload;
@@ -52,8 +53,8 @@ export async function handleGetDelivery(req: Request, deliveryId: string, deps: 
   } catch {
     id = "";
   }
-  if (!deliveryIdPattern.test(id)) {
-    return jsonError(400, "invalid_delivery_id", "a delivery id is 1 to 200 characters of A-Z a-z 0-9 . _ : -");
+  if (!isDeliveryId(id)) {
+    return jsonError(400, "invalid_delivery_id", `a delivery id is ${deliveryIdRule}`);
   }
 
   let doc: unknown;
@@ -98,11 +99,6 @@ function jwksFor(url: string): ReturnType<typeof createRemoteJWKSet> {
     jwksSets.set(url, set);
   }
   return set;
-}
-
-function bearerToken(req: Request): string | null {
-  const match = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.get("authorization") ?? "");
-  return match ? match[1] : null;
 }
 
 function unauthorized(code: string, message: string): Response {

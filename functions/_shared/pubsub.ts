@@ -4,14 +4,13 @@
  */
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify } from "jose";
 import { z } from "zod";
+import { bearerToken } from "./auth.ts";
 import type { Config } from "./config.ts";
-
-/** The idempotency key's shape: 1–200 characters of `[A-Za-z0-9._:-]`. */
-export const deliveryIdPattern = /^[A-Za-z0-9._:-]{1,200}$/;
+import { deliveryIdPattern, deliveryIdRule, isDeliveryId } from "./ids.ts";
 
 /** The event inside `message.data`. */
 export const eventSchema = z.object({
-  deliveryId: z.string().regex(deliveryIdPattern, "must be 1-200 characters of A-Z a-z 0-9 . _ : -").optional(),
+  deliveryId: z.string().regex(deliveryIdPattern, `must be ${deliveryIdRule}`).optional(),
   workflow: z.string().min(1).max(63),
   recipient: z.string().max(320).refine((v) => !/[\r\n]/.test(v), "must not contain CR or LF").pipe(
     z.email({ message: "must be one valid email address" }),
@@ -119,7 +118,7 @@ function toEvent(json: unknown, meta: PushMeta): ParsedPush {
     if (problem) return reject(problem.reasonCode, `invalid event: ${problem.reason}`, meta, claimedId);
   }
   const deliveryId = parsed.data.deliveryId ?? meta.messageId;
-  if (!deliveryId || !deliveryIdPattern.test(deliveryId)) {
+  if (!deliveryId || !isDeliveryId(deliveryId)) {
     return reject("invalid_event", "invalid event: no deliveryId and no usable Pub/Sub messageId", meta);
   }
   return { ok: true, event: { ...parsed.data, deliveryId }, meta };
@@ -234,12 +233,11 @@ export function createPushVerifier(pubsub: Config["pubsub"]): PushVerifier {
   const jwks = createRemoteJWKSet(new URL(pubsub.jwksUrl), { timeoutDuration: 5000, cooldownDuration: 30_000 });
   const allowed = new Set(pubsub.serviceAccounts);
   return async (request) => {
-    const header = request.headers.get("authorization") ?? "";
-    const m = /^Bearer ([A-Za-z0-9_.-]+)$/i.exec(header.trim());
-    if (!m) return { ok: false, status: 401, code: "missing_token", message: "a Bearer token is required" };
+    const token = bearerToken(request.headers);
+    if (!token) return { ok: false, status: 401, code: "missing_token", message: "a Bearer token is required" };
     let payload;
     try {
-      ({ payload } = await jwtVerify(m[1], jwks, {
+      ({ payload } = await jwtVerify(token, jwks, {
         algorithms: ["RS256"],
         issuer: issuers,
         audience: pubsub.audience,

@@ -4,7 +4,8 @@
  * gracefully and never blocks a send for long:
  * - no database URL: a no-op tracker (one info line);
  * - schema `email` missing (SQLSTATE 42P01, 42704, 3F000, 42883): disabled for good, one warning;
- * - connection failures and timeouts: a circuit breaker opens after consecutive failures and lets
+ * - connection failures, sessions the server refuses to start, and timeouts: a circuit breaker opens
+ *   after consecutive failures and lets
  *   one trial call through after a cooldown;
  * - every call has a timeout (the query is cancelled when it passes);
  * - the pool is replaced by a fresh one whenever the breaker opens, and whenever a call timed out
@@ -18,7 +19,8 @@
  *   NUL: SQLSTATE 22021), so a poison message can always be stored; raw bodies stay bytes.
  * EM002 (idempotency conflict) and EM003 (stale attempt) come back as typed results, and so does any
  * other deterministic SQL error of queue-and-claim (`refused`): it is never "unavailable".
- * Round trips per pushed delivery: one to queue and claim, one to record the outcome.
+ * Round trips per pushed delivery: one to queue and claim, one to renew the lease as the send starts,
+ * one to record the outcome (plus a lease heartbeat while a send or an outcome write takes long).
  */
 import postgres from "postgres";
 import { type BreakerState, createCircuitBreaker } from "./circuit_breaker.ts";
@@ -69,6 +71,9 @@ export type OutcomeResult = { kind: "recorded"; status: string; nextAttemptAt?: 
   message: string;
 } | Unavailable;
 
+/** A lease renewal: when the lease now ends, or stale (expired, or a newer attempt owns the delivery). */
+export type LeaseResult = { kind: "renewed"; leaseExpiresAt: Date } | { kind: "stale"; message: string } | Unavailable;
+
 /** Rejected input to store with its reason. */
 export type Rejection = {
   reasonCode: string;
@@ -105,6 +110,16 @@ export type StatusTracker = {
     leaseSeconds: number,
   ): Promise<{ kind: "claimed"; deliveries: ClaimedDelivery[] } | Unavailable>;
   reapExpiredLeases(): Promise<{ kind: "reaped"; count: number } | Unavailable>;
+  /**
+   * renew_lease: keeps the attempt's live lease for `leaseSeconds` more; `startingSend` records that
+   * the SMTP conversation starts now (the reaper then says outcome_unknown, not lease_expired).
+   */
+  renewLease(
+    deliveryId: string,
+    attempt: number,
+    leaseSeconds: number,
+    options?: { startingSend?: boolean },
+  ): Promise<LeaseResult>;
   recordRejected(rejection: Rejection): Promise<{ kind: "stored"; id: number } | Unavailable>;
   health(): TrackerHealth;
   close(): Promise<void>;
@@ -204,7 +219,7 @@ export function createStatusTracker(
         });
         return { kind: "unavailable", reason: "disabled" };
       }
-      if (isPostgresError(error) && !serverTrouble.test(code)) {
+      if (isPostgresError(error) && !serverTrouble.test(code) && !sessionEnded(error)) {
         if (current()) breaker.success();
         log.error("tracker_call_error", { call: action, sqlstate: code, message: oneLine(error) });
         // Deterministic: the caller of queue_and_claim turns it into a refusal, not an outage.
@@ -296,6 +311,19 @@ export function createStatusTracker(
         })),
       };
     },
+    async renewLease(id, attempt, leaseSeconds, options = {}) {
+      try {
+        const r = await call("renew_lease", (db) =>
+          db<{ lease_expires_at: Date }[]>`select email.renew_lease(
+            ${id}, ${attempt}::integer, ${Math.max(1, Math.ceil(leaseSeconds))}::integer, ${
+            options.startingSend ?? false
+          }
+          ) as lease_expires_at`);
+        return Array.isArray(r) ? { kind: "renewed", leaseExpiresAt: new Date(r[0].lease_expires_at) } : r;
+      } catch (error) {
+        return { kind: "stale", message: oneLine(error) };
+      }
+    },
     async reapExpiredLeases() {
       const r = await call("reap_expired_leases", (db) => db<{ n: number }[]>`select email.reap_expired_leases() as n`);
       return Array.isArray(r) ? { kind: "reaped", count: r[0].n } : r;
@@ -343,6 +371,7 @@ function noopTracker(): StatusTracker {
     markFailed: () => Promise.resolve(off),
     claimDue: () => Promise.resolve(off),
     reapExpiredLeases: () => Promise.resolve(off),
+    renewLease: () => Promise.resolve(off),
     recordRejected: () => Promise.resolve(off),
     health: () => ({ state: "off", consecutiveFailures: 0 }),
     close: () => Promise.resolve(),
@@ -352,6 +381,17 @@ function noopTracker(): StatusTracker {
 function errorCode(error: unknown): string {
   const code = (error as { code?: unknown })?.code;
   return typeof code === "string" ? code : "unknown";
+}
+
+/**
+ * A FATAL (or PANIC) error ends the session: the server refused to start it or threw it out (e.g.
+ * 55000 "database is not currently accepting connections" while ALLOW_CONNECTIONS is false, during
+ * maintenance or a failover), whatever its SQLSTATE class. The database is unavailable; an error
+ * about our query is only ever an ERROR.
+ */
+function sessionEnded(error: unknown): boolean {
+  const severity = (error as { severity?: unknown })?.severity;
+  return severity === "FATAL" || severity === "PANIC";
 }
 
 function isPostgresError(error: unknown): boolean {

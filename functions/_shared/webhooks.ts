@@ -31,8 +31,18 @@ export type DispatchOptions = {
   logger?: Logger;
 };
 
-/** What one dispatch run did. */
-export type DispatchResult = { claimed: number; delivered: number; retrying: number; failed: number; disabled: number };
+/**
+ * What one dispatch run did. `stale`: messages another dispatcher claimed again meanwhile, skipped
+ * before their request (the usual case) or whose report came back late; that dispatcher owns them.
+ */
+export type DispatchResult = {
+  claimed: number;
+  delivered: number;
+  retrying: number;
+  failed: number;
+  disabled: number;
+  stale: number;
+};
 
 type Claimed = {
   outbox_id: string;
@@ -127,9 +137,18 @@ async function eachLimited<T>(items: T[], limit: number, work: (item: T) => Prom
   await Promise.all(lanes);
 }
 
+/** Whether a database error is EM003: the attempt is stale (another dispatcher claimed the message again). */
+function isStale(error: unknown): boolean {
+  return (error as { code?: unknown })?.code === "EM003";
+}
+
 /**
  * Claims due webhook messages and sends them; each outcome goes to `email.record_webhook_result`.
- * Never throws for a receiver's failure (that is recorded); throws only when the database does.
+ * Each message's claim is renewed right before its request (`email.renew_webhook_claim`), so a
+ * message whose claim ran out while the batch ran in waves, and that another dispatcher claimed
+ * again, is skipped rather than sent twice; a report that comes back stale (EM003) is counted and
+ * the batch goes on. Never throws for a receiver's failure (that is recorded); throws only when the
+ * database does.
  */
 export async function dispatchWebhooks(sql: Sql, opts: DispatchOptions = {}): Promise<DispatchResult> {
   const batchSize = opts.batchSize ?? 50;
@@ -138,9 +157,17 @@ export async function dispatchWebhooks(sql: Sql, opts: DispatchOptions = {}): Pr
   const timeoutMs = opts.timeoutMs ?? 15_000;
   const doFetch = opts.fetch ??
     guardedFetch({ allowPrivate: opts.allowPrivate === true, networks: () => loadRefusedNetworks(sql) });
-  // The claim must outlast the request, so no other sweep re-sends a message still in flight.
+  // A claim must outlast the request, so no other sweep re-sends a message still in flight: renewed
+  // right before the request, it does (the request is aborted after timeoutMs).
   const lockSeconds = Math.ceil(timeoutMs / 1000) + 30;
-  const result: DispatchResult = { claimed: 0, delivered: 0, retrying: 0, failed: 0, disabled: 0 };
+  const result: DispatchResult = { claimed: 0, delivered: 0, retrying: 0, failed: 0, disabled: 0, stale: 0 };
+  const staleLog = (message: Claimed, when: "before_request" | "late_report") =>
+    opts.logger?.warn("webhook_stale", {
+      webhookId: message.message_id,
+      endpointId: message.endpoint_id,
+      attempt: message.attempt,
+      when,
+    });
 
   for (let round = 0; round < maxRounds; round++) {
     const claimed = await sql<Claimed[]>`
@@ -148,11 +175,27 @@ export async function dispatchWebhooks(sql: Sql, opts: DispatchOptions = {}): Pr
       from email.claim_webhook_messages(${batchSize}, ${lockSeconds})`;
     result.claimed += claimed.length;
     await eachLimited(claimed, concurrency, async (message) => {
+      try {
+        await sql`select email.renew_webhook_claim(${message.outbox_id}::bigint, ${message.attempt}, ${lockSeconds})`;
+      } catch (error) {
+        if (!isStale(error)) throw error;
+        result.stale++;
+        staleLog(message, "before_request");
+        return;
+      }
       const outcome = await post(message, timeoutMs, doFetch);
-      const [r] = await sql<{ status: string; next_attempt_at: Date | null; endpoint_disabled: boolean }[]>`
-        select * from email.record_webhook_result(
-          ${message.outbox_id}::bigint, ${message.attempt}, ${outcome.statusCode}::integer,
-          ${outcome.error}, ${outcome.retryAfter}::integer)`;
+      let r: { status: string; next_attempt_at: Date | null; endpoint_disabled: boolean };
+      try {
+        [r] = await sql<{ status: string; next_attempt_at: Date | null; endpoint_disabled: boolean }[]>`
+          select * from email.record_webhook_result(
+            ${message.outbox_id}::bigint, ${message.attempt}, ${outcome.statusCode}::integer,
+            ${outcome.error}, ${outcome.retryAfter}::integer)`;
+      } catch (error) {
+        if (!isStale(error)) throw error;
+        result.stale++;
+        staleLog(message, "late_report");
+        return;
+      }
       if (r.status === "delivered") result.delivered++;
       else if (r.status === "pending") result.retrying++;
       else result.failed++;

@@ -1,10 +1,19 @@
 /**
  * One attempt at one delivery: render, send, record the outcome. Shared by the push and the sweep.
  * The database decides what a failure leads to (record_failure); this only reports it.
+ *
+ * The lease (docs/architecture.md, "Delivery guarantee"): an attempt claimed with a short lease
+ * renews it right before the SMTP conversation starts (email.renew_lease with starting_send), for the
+ * send's timeout plus LEASE_SECONDS, and sends nothing when the lease is gone or the database cannot
+ * say (no SMTP conversation on a lease that has expired or could expire mid-send). A heartbeat keeps
+ * the lease alive while the send and the outcome write take long, and the outcome write is retried
+ * while the database is unreachable, until the lease runs out: a mail that went out is recorded as
+ * soon as the database is back within that time, so the sweep never sends it again.
  */
+import type { Config } from "../_shared/config.ts";
 import { type Logger, maskEmail } from "../_shared/log.ts";
 import { type Mailer, SmtpError } from "../_shared/mailer.ts";
-import type { OutcomeResult, StatusTracker } from "../_shared/tracker.ts";
+import type { LeaseResult, OutcomeResult, StatusTracker } from "../_shared/tracker.ts";
 import { renderEmail } from "../_shared/workflows/registry.ts";
 
 /** What an attempt needs; `attempt` is absent when the tracker could not claim it (untracked send). */
@@ -16,17 +25,39 @@ export type AttemptInput = {
   data: unknown;
 };
 
-/** What happened: the send's outcome, the status the database recorded, and whether it was recorded. */
+/**
+ * What happened: the send's outcome, the status the database recorded, and whether it was recorded.
+ * `not_sent`: the attempt's lease was gone (recorded "stale") or could not be renewed (recorded "no")
+ * before the SMTP conversation, so nothing was sent.
+ */
 export type AttemptResult = {
-  outcome: "sent" | "transient_failure" | "permanent_failure" | "render_failed";
+  outcome: "sent" | "transient_failure" | "permanent_failure" | "render_failed" | "not_sent";
   status?: string;
   recorded: "yes" | "stale" | "no";
   errorCode?: string;
   nextAttemptAt?: Date | null;
 };
 
-/** Dependencies of an attempt. */
-export type AttemptDeps = { tracker: StatusTracker; mailer: Mailer; logger: Logger };
+/** Dependencies of an attempt: the lease it holds and the send's timeouts come from the config. */
+export type AttemptDeps = {
+  tracker: StatusTracker;
+  mailer: Mailer;
+  logger: Logger;
+  config: Pick<Config, "leaseSeconds" | "smtp">;
+};
+
+/**
+ * How long one SMTP conversation may take before nodemailer gives up on a silent relay: its
+ * connection, greeting and socket (idle) timeouts, one after the other.
+ */
+export function sendTimeoutMs(smtp: Config["smtp"]): number {
+  return smtp.connectionTimeoutMs + smtp.greetingTimeoutMs + smtp.socketTimeoutMs;
+}
+
+/** The lease an attempt holds from the start of its send: the send's timeout, then LEASE_SECONDS to record the outcome. */
+export function sendingLeaseSeconds(config: AttemptDeps["config"]): number {
+  return Math.ceil(sendTimeoutMs(config.smtp) / 1000) + config.leaseSeconds;
+}
 
 /** Renders, sends and records one attempt. Never throws. */
 export async function attemptDelivery(deps: AttemptDeps, input: AttemptInput): Promise<AttemptResult> {
@@ -42,30 +73,125 @@ export async function attemptDelivery(deps: AttemptDeps, input: AttemptInput): P
     const r = await tracker.markFailed(input.deliveryId, input.attempt, { code: "render_failed", message });
     return { outcome: "render_failed", errorCode: "render_failed", ...recorded(r, logger, ctx) };
   }
+  const email = { to: input.recipient, ...rendered, headers: { "X-Email-Delivery-Id": input.deliveryId } };
 
+  if (input.attempt === undefined) {
+    try {
+      await mailer.send(email);
+      logger.info("sent", { ...ctx, recipient: maskEmail(input.recipient) });
+      return { outcome: "sent", status: "sent", recorded: "no" };
+    } catch (error) {
+      const failure = classify(error);
+      const outcome = failure.transient ? "transient_failure" : "permanent_failure";
+      logger.warn("send_failed", { ...ctx, recipient: maskEmail(input.recipient), errorCode: failure.code, outcome });
+      return { outcome, recorded: "no", errorCode: failure.code };
+    }
+  }
+
+  const attempt = input.attempt;
+  const lease = await startSending(deps, input.deliveryId, attempt);
+  if (lease.kind === "stale") {
+    logger.warn("lease_lost", { ...ctx, reason: "the lease expired or a newer attempt owns the delivery: not sent" });
+    return { outcome: "not_sent", recorded: "stale" };
+  }
+  if (lease.kind === "unavailable") {
+    logger.warn("send_not_started", { ...ctx, reason: lease.reason });
+    return { outcome: "not_sent", recorded: "no" };
+  }
   try {
-    const sent = await mailer.send({
-      to: input.recipient,
-      ...rendered,
-      headers: { "X-Email-Delivery-Id": input.deliveryId },
-    });
-    logger.info("sent", { ...ctx, recipient: maskEmail(input.recipient) });
-    if (input.attempt === undefined) return { outcome: "sent", status: "sent", recorded: "no" };
-    const r = await tracker.markSent(input.deliveryId, input.attempt, sent);
-    return { outcome: "sent", ...recorded(r, logger, ctx) };
-  } catch (error) {
-    const failure = error instanceof SmtpError
-      ? error.failure
-      : { transient: true, code: "unknown", message: String((error as Error)?.message ?? error) };
-    const outcome = failure.transient ? "transient_failure" : "permanent_failure";
-    logger.warn("send_failed", { ...ctx, recipient: maskEmail(input.recipient), errorCode: failure.code, outcome });
-    if (input.attempt === undefined) return { outcome, recorded: "no", errorCode: failure.code };
-    const r = await tracker.recordFailure(input.deliveryId, input.attempt, {
-      code: failure.code,
-      message: failure.message,
-      permanent: !failure.transient,
-    });
-    return { outcome, errorCode: failure.code, ...recorded(r, logger, ctx) };
+    let outcome: AttemptResult["outcome"];
+    let errorCode: string | undefined;
+    let write: () => Promise<OutcomeResult>;
+    try {
+      const sent = await mailer.send(email);
+      logger.info("sent", { ...ctx, recipient: maskEmail(input.recipient) });
+      outcome = "sent";
+      write = () => tracker.markSent(input.deliveryId, attempt, sent);
+    } catch (error) {
+      const failure = classify(error);
+      outcome = failure.transient ? "transient_failure" : "permanent_failure";
+      errorCode = failure.code;
+      logger.warn("send_failed", { ...ctx, recipient: maskEmail(input.recipient), errorCode, outcome });
+      write = () =>
+        tracker.recordFailure(input.deliveryId, attempt, {
+          code: failure.code,
+          message: failure.message,
+          permanent: !failure.transient,
+        });
+    }
+    const r = await recordOutcome(write, lease, logger, ctx);
+    return { outcome, errorCode, ...recorded(r, logger, ctx) };
+  } finally {
+    lease.stop();
+  }
+}
+
+function classify(error: unknown) {
+  return error instanceof SmtpError
+    ? error.failure
+    : { transient: true, code: "unknown", message: String((error as Error)?.message ?? error) };
+}
+
+/** A lease held while sending: when it ends at the latest (local clock), and the heartbeat to stop. */
+type HeldLease = { kind: "held"; deadline(): number; stop(): void };
+
+/**
+ * Renews the claim's lease as the SMTP conversation starts (fenced; it must still be live), then
+ * renews it every third of LEASE_SECONDS until stopped. A renewal that finds the lease gone stops
+ * the heartbeat; one that cannot reach the database leaves the deadline where it was.
+ */
+async function startSending(
+  deps: AttemptDeps,
+  deliveryId: string,
+  attempt: number,
+): Promise<HeldLease | Exclude<LeaseResult, { kind: "renewed" }>> {
+  const seconds = sendingLeaseSeconds(deps.config);
+  const asked = Date.now();
+  const first = await deps.tracker.renewLease(deliveryId, attempt, seconds, { startingSend: true });
+  if (first.kind !== "renewed") return first;
+  let deadline = asked + seconds * 1000;
+  let busy = false;
+  let stopped = false;
+  const stop = () => {
+    stopped = true;
+    clearInterval(timer);
+  };
+  const timer = setInterval(async () => {
+    if (busy || stopped) return;
+    busy = true;
+    const at = Date.now();
+    const r = await deps.tracker.renewLease(deliveryId, attempt, seconds);
+    busy = false;
+    if (stopped) return; // the outcome was written meanwhile: the lease is over anyway
+    if (r.kind === "renewed") deadline = Math.max(deadline, at + seconds * 1000);
+    else if (r.kind === "stale") {
+      stop();
+      deps.logger.warn("lease_lost", { deliveryId, attempt, reason: "a heartbeat found the lease gone" });
+    }
+  }, Math.max(250, (deps.config.leaseSeconds * 1000) / 3));
+  return { kind: "held", deadline: () => deadline, stop };
+}
+
+/**
+ * Writes the outcome; while the database is unreachable (the call failed, or the breaker is open)
+ * tries again, backing off up to 1 s, until the lease's deadline. Other answers are final.
+ */
+async function recordOutcome(
+  write: () => Promise<OutcomeResult>,
+  lease: HeldLease,
+  logger: Logger,
+  ctx: Record<string, string | number | undefined>,
+): Promise<OutcomeResult> {
+  let wait = 100;
+  for (let tries = 1;; tries++) {
+    const r = await write();
+    if (r.kind !== "unavailable" || (r.reason !== "failed" && r.reason !== "open")) return r;
+    if (Date.now() + wait >= lease.deadline()) return r;
+    if (tries === 1) {
+      logger.warn("outcome_retrying", { ...ctx, reason: r.reason, until: new Date(lease.deadline()).toISOString() });
+    }
+    await new Promise((resolve) => setTimeout(resolve, wait));
+    wait = Math.min(wait * 2, 1000);
   }
 }
 

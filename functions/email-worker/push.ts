@@ -4,7 +4,9 @@
  * acked (a poison message never gets better), unless it could not be stored (5xx, so nothing is
  * lost); duplicates are acked without sending; transient SMTP failures are acked once recorded, since the database owns the
  * retry schedule; when tracking is unreachable, TRACKING_MODE decides (optional: send anyway, 5xx on a
- * transient failure; required: 503 without sending).
+ * transient failure; required: 503 without sending). Once claimed, a send only starts on a renewed
+ * lease (503 without sending when it cannot be renewed; 200 `not_sent` when another attempt owns the
+ * delivery), and the answer waits while the outcome write is retried (see deliver.ts).
  */
 import type { Config } from "../_shared/config.ts";
 import { json, jsonError } from "../_shared/http.ts";
@@ -172,6 +174,11 @@ export function createPushHandler(deps: PushDeps): (request: Request) => Promise
       errorCode: result.errorCode,
       nextAttemptAt: result.nextAttemptAt ?? undefined,
     };
+    if (result.outcome === "not_sent" && result.recorded === "no") {
+      // Claimed, but the lease could not be renewed before the send: nothing went out; the reaper
+      // frees the claim (lease_expired) and a redelivery or the sweep sends it.
+      return jsonError(503, "tracking_unavailable", "the tracking database is unavailable; redeliver later", reply);
+    }
     if (result.outcome === "transient_failure" && result.recorded !== "yes") {
       // Nobody recorded the retry: let Pub/Sub redeliver.
       return json({

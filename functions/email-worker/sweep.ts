@@ -1,31 +1,24 @@
 /**
  * POST /email-worker/sweep (Bearer SWEEP_SECRET, called every 30 s by pg_cron + pg_net): reaps expired
- * leases, claims due deliveries (retries, requeued, and queued ones no push claimed), sends them and
- * records the outcomes; answers with counts.
+ * leases, claims due deliveries (retries, requeued, and queued ones no push claimed) one at a time per
+ * lane, sends them and records the outcomes, for at most SWEEP_BATCH_SIZE deliveries and
+ * SWEEP_TIME_BUDGET_MS; answers with counts. Sweeps may overlap: every claim is its own lease.
  */
-import { timingSafeEqual } from "node:crypto";
 import type { Config } from "../_shared/config.ts";
 import { json, jsonError } from "../_shared/http.ts";
 import type { Logger } from "../_shared/log.ts";
 import type { Mailer } from "../_shared/mailer.ts";
-import type { StatusTracker } from "../_shared/tracker.ts";
+import type { StatusTracker, Unavailable } from "../_shared/tracker.ts";
 import type { Sql } from "postgres";
 import { type DispatchResult, dispatchWebhooks } from "../_shared/webhooks.ts";
 import { attemptDelivery } from "./deliver.ts";
+import { secretsEqual } from "../_shared/auth.ts";
 
 /** What the sweep needs. */
 export type SweepDeps = { config: Config; tracker: StatusTracker; mailer: Mailer; logger: Logger; sql?: Sql };
 
 /** Deliveries sent at the same time within one sweep. */
 const concurrency = 4;
-
-/** Compares two secrets in constant time (over their SHA-256 digests, so lengths do not leak). */
-export async function secretsEqual(given: string, expected: string): Promise<boolean> {
-  const digest = async (s: string) =>
-    new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(s)));
-  const [a, b] = await Promise.all([digest(given), digest(expected)]);
-  return timingSafeEqual(a, b) && given.length === expected.length;
-}
 
 /** Creates the sweep route's handler. */
 export function createSweepHandler(deps: SweepDeps): (request: Request) => Promise<Response> {
@@ -41,13 +34,9 @@ export function createSweepHandler(deps: SweepDeps): (request: Request) => Promi
     if (reaped.kind === "unavailable") {
       return jsonError(503, "tracking_unavailable", `the tracking database is unavailable (${reaped.reason})`);
     }
-    const claimed = await tracker.claimDue(config.sweep.batchSize, config.leaseSeconds);
-    if (claimed.kind === "unavailable") {
-      return jsonError(503, "tracking_unavailable", `the tracking database is unavailable (${claimed.reason})`);
-    }
     const counts = {
       reaped: reaped.count,
-      claimed: claimed.deliveries.length,
+      claimed: 0,
       sent: 0,
       retrying: 0,
       failed: 0,
@@ -55,9 +44,19 @@ export function createSweepHandler(deps: SweepDeps): (request: Request) => Promi
       stale: 0,
       unrecorded: 0,
     };
-    const queue = [...claimed.deliveries];
-    const worker = async () => {
-      for (let d = queue.shift(); d; d = queue.shift()) {
+    // Each lane claims one delivery and sends it at once, so no claim waits for a free lane while its
+    // lease runs out; lanes stop claiming at the batch size or when the time budget is spent.
+    const started = Date.now();
+    let taken = 0;
+    let unavailable: Unavailable | undefined;
+    const lane = async () => {
+      while (taken < config.sweep.batchSize && Date.now() - started < config.sweep.timeBudgetMs) {
+        taken++;
+        const claimed = await tracker.claimDue(1, config.leaseSeconds);
+        if (claimed.kind === "unavailable") unavailable ??= claimed;
+        const d = claimed.kind === "claimed" ? claimed.deliveries[0] : undefined;
+        if (!d) return;
+        counts.claimed++;
         const r = await attemptDelivery(deps, { ...d, data: d.payload });
         if (r.recorded === "stale") counts.stale++;
         else if (r.recorded === "no") counts.unrecorded++;
@@ -68,7 +67,10 @@ export function createSweepHandler(deps: SweepDeps): (request: Request) => Promi
         }
       }
     };
-    await Promise.all(Array.from({ length: Math.min(concurrency, queue.length) }, worker));
+    await Promise.all(Array.from({ length: concurrency }, lane));
+    if (unavailable && counts.claimed === 0) {
+      return jsonError(503, "tracking_unavailable", `the tracking database is unavailable (${unavailable.reason})`);
+    }
     const webhooks = await sweepWebhooks(deps);
     logger.info("sweep", { ...counts, webhooks: JSON.stringify(webhooks) });
     return json({ ...counts, webhooks });

@@ -48,9 +48,9 @@ insert into email.transitions (from_status, to_status, description) values
   ('queued', 'in_progress', 'an attempt claims the delivery'),
   ('queued', 'failed', 'render or validation failure after enqueue'),
   ('in_progress', 'sent', 'the SMTP server accepted the message'),
-  ('in_progress', 'retrying', 'transient failure, or the lease expired, with attempts left'),
+  ('in_progress', 'retrying', 'transient failure, or the lease expired (lease_expired: never sent; outcome_unknown: may have been sent), with attempts left'),
   ('in_progress', 'failed', 'permanent failure'),
-  ('in_progress', 'dead_letter', 'transient failure with no attempts left'),
+  ('in_progress', 'dead_letter', 'transient failure (or an expired lease) with no attempts left'),
   ('retrying', 'in_progress', 'the next attempt claims the delivery'),
   ('retrying', 'sent', 'a reaped attempt reports success late, before anyone re-claimed it'),
   ('retrying', 'dead_letter', 'given up without another attempt'),
@@ -88,6 +88,7 @@ create table email.deliveries (
   last_attempted_at timestamptz,
   next_attempt_at timestamptz,
   lease_expires_at timestamptz,
+  send_started_at timestamptz,
   sent_at timestamptz,
   completed_at timestamptz,
   provider_message_id text check (char_length(provider_message_id) <= 998),
@@ -103,6 +104,7 @@ alter table email.deliveries enable row level security;
 comment on table email.deliveries is 'One row per email to send, keyed by the caller''s idempotency key';
 comment on column email.deliveries.request_hash is 'HMAC-SHA256 (key: email.request_hash_key) of workflow, recipient, user and payload: tells a redelivery from a conflicting reuse of the id';
 comment on column email.deliveries.completed_at is 'When the delivery reached a terminal state (sent, failed, dead_letter); null while it is open';
+comment on column email.deliveries.send_started_at is 'When the current (or last) attempt began its SMTP conversation; null while it has not: an expired lease is then safe to retry';
 comment on column email.deliveries.next_attempt_at is 'When the sweep may claim it: due retries, requeued deliveries, and queued ones no push claimed';
 
 create index deliveries_status_updated_at_idx on email.deliveries (status, updated_at);

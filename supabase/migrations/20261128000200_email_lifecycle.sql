@@ -150,7 +150,8 @@ for each row execute function email.tg__touch_updated_at();
 /**
  * Refuses inserts that do not start queued, and status changes that are not in email.transitions
  * (EM001); derives what each transition implies, so no caller can get it wrong:
- * - entering in_progress: attempts + 1 (the only place attempts grows), last_attempted_at, a lease;
+ * - entering in_progress: attempts + 1 (the only place attempts grows), last_attempted_at, a lease,
+ *   and no send started yet (send_started_at, set by renew_lease when the SMTP conversation starts);
  * - leaving in_progress: no lease;
  * - entering a terminal state: completed_at (and sent_at for sent), nothing due;
  * - entering queued (requeue): due now, not completed, a fresh attempt budget.
@@ -194,6 +195,7 @@ begin
   if new.status = 'in_progress' then
     new.attempts := old.attempts + 1;
     new.last_attempted_at := now();
+    new.send_started_at := null;
     new.next_attempt_at := null;
     new.lease_expires_at := coalesce(new.lease_expires_at, now() + interval '60 seconds');
   else
@@ -431,6 +433,49 @@ $$;
 grant execute on function email._fence(text, integer, text[]) to service_role;
 
 /**
+ * Keeps the lease of attempt `attempt` alive: it then ends lease_seconds from now (never earlier than
+ * it did). Fenced: EM003 unless the delivery is in_progress at that attempt under a lease that has
+ * not expired. An expired lease belongs to the reaper, so a worker never starts, nor carries on with,
+ * an SMTP conversation on it. With starting_send = true the worker says its SMTP conversation starts
+ * now (it asks for a lease that outlasts the send's timeout): from then on the attempt may have been
+ * sent, and if its lease expires without an outcome the reaper records outcome_unknown, not
+ * lease_expired. The worker calls it right before each send and as a heartbeat while it sends and
+ * while it retries the outcome write. Returns when the lease now ends.
+ */
+create or replace function email.renew_lease(
+  delivery_id text,
+  attempt integer,
+  lease_seconds integer,
+  starting_send boolean default false
+)
+returns timestamptz
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  d email.deliveries;
+begin
+  if lease_seconds is null or lease_seconds < 1 then
+    raise exception 'lease_seconds must be at least 1, not %', lease_seconds using errcode = 'EM006';
+  end if;
+  d := email._fence(renew_lease.delivery_id, renew_lease.attempt, array['in_progress']);
+  if d.lease_expires_at <= now() then
+    raise exception 'the lease of attempt % of delivery % expired at %', renew_lease.attempt, renew_lease.delivery_id,
+      d.lease_expires_at using errcode = 'EM003', hint = 'The reaper decides what an expired attempt leads to';
+  end if;
+  update email.deliveries x
+  set lease_expires_at = greatest(x.lease_expires_at, now() + make_interval(secs => lease_seconds)),
+      send_started_at = case when coalesce(starting_send, false) then coalesce(x.send_started_at, now()) else x.send_started_at end
+  where x.delivery_id = renew_lease.delivery_id
+  returning x.lease_expires_at into d.lease_expires_at;
+  return d.lease_expires_at;
+end
+$$;
+comment on function email.renew_lease(text, integer, integer, boolean) is 'Renew a live lease (fenced by attempt); starting_send records that the SMTP conversation starts';
+grant execute on function email.renew_lease(text, integer, integer, boolean) to service_role;
+
+/**
  * Records that attempt `attempt` was accepted by the SMTP server. Idempotent for the same attempt.
  * Accepted too when the attempt's lease was reaped but nobody re-claimed it yet: the mail did go out.
  */
@@ -571,7 +616,18 @@ $$;
 comment on function email.record_failure(text, integer, text, text, boolean) is 'Record a failed attempt; the database decides retrying, failed or dead_letter';
 grant execute on function email.record_failure(text, integer, text, text, boolean) to service_role;
 
-/** Reaps one in_progress delivery whose lease expired: retrying, or dead_letter when exhausted. */
+/**
+ * Reaps one in_progress delivery whose lease expired, and decides, explicitly, what an attempt that
+ * never reported leads to:
+ * - its SMTP conversation never started (send_started_at is null): nothing went out, so it is an
+ *   ordinary transient failure, code lease_expired: retrying, or dead_letter when exhausted;
+ * - it started (renew_lease with starting_send): the relay may have accepted the mail and the worker
+ *   died, or could not reach the database for the whole lease, before recording it. Code
+ *   outcome_unknown, and still retried like a transient failure: the delivery guarantee is at least
+ *   once (a verification code or a reset link held for an operator is as good as lost), and this is
+ *   the one path on which a mail can go out twice (docs/architecture.md, "Delivery guarantee").
+ *   The attempt's own late success is still recorded (retrying -> sent) until a new attempt claims it.
+ */
 create or replace function email._reap(delivery_id text)
 returns void
 language plpgsql
@@ -584,8 +640,13 @@ begin
   -- By key alone, then the condition: see mark_in_progress on why not in one WHERE.
   select x.* into d from email.deliveries x where x.delivery_id = _reap.delivery_id for update;
   if found and d.status = 'in_progress' and d.lease_expires_at < now() then
-    perform email.record_failure(d.delivery_id, d.attempts, 'lease_expired',
-      'the attempt did not report before its lease expired', false);
+    if d.send_started_at is null then
+      perform email.record_failure(d.delivery_id, d.attempts, 'lease_expired',
+        'the attempt did not start sending before its lease expired', false);
+    else
+      perform email.record_failure(d.delivery_id, d.attempts, 'outcome_unknown',
+        'the attempt started sending and did not report an outcome before its lease expired: it may have been sent', false);
+    end if;
   end if;
 end
 $$;
@@ -614,7 +675,7 @@ begin
   return n;
 end
 $$;
-comment on function email.reap_expired_leases() is 'Reap expired leases: in_progress -> retrying or dead_letter; returns the count';
+comment on function email.reap_expired_leases() is 'Reap expired leases: in_progress -> retrying or dead_letter (lease_expired or outcome_unknown); returns the count';
 grant execute on function email.reap_expired_leases() to service_role;
 
 /**

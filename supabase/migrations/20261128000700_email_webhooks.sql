@@ -9,7 +9,8 @@
  *   has its rows, a rolled-back one never does. The body is fixed when the row is written, so every
  *   retry sends the same bytes under the same webhook-id (`msg_<event id>`).
  * - The dispatcher (functions/_shared/webhooks.ts, run by the sweep) claims due rows with
- *   claim_webhook_messages (skip locked), POSTs them and reports each outcome to record_webhook_result,
+ *   claim_webhook_messages (skip locked), renews each claim with renew_webhook_claim right before its
+ *   POST (a message claimed again meanwhile is skipped), and reports each outcome to record_webhook_result,
  *   which decides everything that follows: delivered; a retry after 5 s, 5 min, 30 min, 2 h, 5 h,
  *   10 h, 10 h (or after the receiver's Retry-After); given up after the last; the endpoint disabled
  *   on 410 Gone or when it has been failing for more than 5 days.
@@ -489,6 +490,45 @@ comment on function email.claim_webhook_messages(integer, integer) is 'Claim due
 grant execute on function email.claim_webhook_messages(integer, integer) to service_role;
 
 /**
+ * Renews the claim of attempt `attempt` of an outbox message right before its request is sent: the
+ * message is not due again for lock_seconds from now, and last_attempt_at says when the request went
+ * out. A batch is sent in waves, so a claim made for the whole batch may have run out by the time a
+ * message's turn comes; this is the per-message check. Fenced by the attempt, like
+ * record_webhook_result: a claim that ran out is still ours as long as nobody claimed the message
+ * again (a claim increments attempts), else EM003 and the dispatcher skips the message, so no
+ * message is ever in flight from two dispatchers. Returns when the claim now ends.
+ */
+create or replace function email.renew_webhook_claim(outbox_id bigint, attempt integer, lock_seconds integer)
+returns timestamptz
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  o email.webhook_outbox;
+begin
+  if lock_seconds is null or lock_seconds < 1 then
+    raise exception 'lock_seconds must be at least 1, not %', lock_seconds using errcode = 'EM006';
+  end if;
+  select x.* into o from email.webhook_outbox x where x.id = renew_webhook_claim.outbox_id for update;
+  if not found then
+    raise exception 'webhook message % does not exist', renew_webhook_claim.outbox_id using errcode = 'EM004';
+  end if;
+  if o.attempts is distinct from renew_webhook_claim.attempt or o.status <> 'pending' then
+    raise exception 'attempt % of webhook message % is stale: it is % at attempt %',
+      renew_webhook_claim.attempt, renew_webhook_claim.outbox_id, o.status, o.attempts using errcode = 'EM003';
+  end if;
+  update email.webhook_outbox x
+  set next_attempt_at = now() + make_interval(secs => lock_seconds), last_attempt_at = now()
+  where x.id = o.id
+  returning x.next_attempt_at into o.next_attempt_at;
+  return o.next_attempt_at;
+end
+$$;
+comment on function email.renew_webhook_claim(bigint, integer, integer) is 'Renew a webhook message''s claim right before its request (fenced by attempt: EM003 once claimed again)';
+grant execute on function email.renew_webhook_claim(bigint, integer, integer) to service_role;
+
+/**
  * Records the outcome of attempt `attempt` of an outbox message and decides what follows:
  * - 2xx: delivered; the endpoint's failure run ends;
  * - 410 Gone: the message fails and the endpoint is disabled (the receiver asked us to stop);
@@ -655,6 +695,7 @@ revoke execute on function
   email.add_webhook_endpoint(text, text[], text, text), email.rotate_webhook_secret(uuid, interval),
   email.webhook_signing_secrets(email.webhook_endpoints), email.set_webhook_endpoint_enabled(uuid, boolean, text),
   email.remove_webhook_endpoint(uuid), email.claim_webhook_messages(integer, integer),
+  email.renew_webhook_claim(bigint, integer, integer),
   email.record_webhook_result(bigint, integer, integer, text, integer), email.replay_webhook_message(text, uuid),
   email.replay_webhook_messages(timestamptz, timestamptz, uuid)
 from public, anon, authenticated;

@@ -1,6 +1,6 @@
 -- Structure: schema, tables, columns, keys, indexes, triggers, functions and privileges, so drift shows up.
 begin;
-select plan(154);
+select plan(158);
 
 select has_schema('email');
 
@@ -23,7 +23,7 @@ from (values
   ('last_error_code', 'text'), ('last_error_message', 'text'),
   ('queued_at', 'timestamp with time zone'), ('last_attempted_at', 'timestamp with time zone'),
   ('next_attempt_at', 'timestamp with time zone'), ('lease_expires_at', 'timestamp with time zone'),
-  ('sent_at', 'timestamp with time zone'), ('completed_at', 'timestamp with time zone'),
+  ('send_started_at', 'timestamp with time zone'), ('sent_at', 'timestamp with time zone'), ('completed_at', 'timestamp with time zone'),
   ('provider_message_id', 'text'), ('provider_response', 'text'), ('request_hash', 'text'),
   ('metadata', 'jsonb'), ('created_at', 'timestamp with time zone'), ('updated_at', 'timestamp with time zone')
 ) v(c, t);
@@ -144,6 +144,7 @@ from (values
   ('requeue', array['text', 'text']),
   ('claim_due', array['integer', 'integer']),
   ('reap_expired_leases', array[]::text[]),
+  ('renew_lease', array['text', 'integer', 'integer', 'boolean']),
   ('record_rejected', array['text', 'text', 'bytea', 'text', 'text', 'jsonb', 'integer', 'text[]']),
   ('backoff_delay', array['text', 'integer']),
   ('retry_policy', array['text']),
@@ -156,6 +157,7 @@ select function_returns('email', 'record_failure', array['text', 'integer', 'tex
 select function_returns('email', 'requeue', array['text', 'text'], 'email.deliveries');
 select function_returns('email', 'claim_due', array['integer', 'integer'], 'setof record');
 select function_returns('email', 'reap_expired_leases', array[]::text[], 'integer');
+select function_returns('email', 'renew_lease', array['text', 'integer', 'integer', 'boolean'], 'timestamp with time zone');
 select function_returns('email', 'backoff_delay', array['text', 'integer'], 'interval');
 select is(
   (select array_agg(a order by n) from pg_proc p, unnest(p.proargnames) with ordinality u(a, n)
@@ -200,7 +202,7 @@ from unnest(array[
   'email.mark_retrying(text, integer, text, text)', 'email.mark_failed(text, integer, text, text)',
   'email.mark_dead_letter(text, integer, text, text)', 'email.requeue(text, text)',
   'email.claim_due(integer, integer)', 'email.reap_expired_leases()',
-  'email.record_rejected(text, text, bytea, text, text, jsonb, integer, text[])'
+  'email.renew_lease(text, integer, integer, boolean)', 'email.record_rejected(text, text, bytea, text, text, jsonb, integer, text[])'
 ]) p;
 select is_empty(
   $$ select p.oid::regprocedure::text from pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a

@@ -1,6 +1,6 @@
 -- Fencing: an outcome carries the attempt number of its claim; a stale one raises EM003 and changes nothing.
 begin;
-select plan(21);
+select plan(36);
 
 set local role service_role;
 
@@ -94,6 +94,71 @@ select results_eq(
 select is_empty(
   $$ select 1 from email.claim_due(1000) where delivery_id = 'pgtap-040-b' $$,
   'a late success is not claimed again'
+);
+
+-- The lease: renewed as the send starts and by the heartbeat, only while live and only by its attempt.
+select email.record_queued('pgtap-040-c', 'pgtap', 'someone@example.com', '{"code": "123456"}');
+select is(email.mark_in_progress('pgtap-040-c', 1), 1, 'attempt 1 of pgtap-040-c claims with a 1 s lease');
+select is(
+  (select send_started_at from email.deliveries where delivery_id = 'pgtap-040-c'), null,
+  'a fresh claim has not started sending'
+);
+select is(
+  email.renew_lease('pgtap-040-c', 1, 90, true), now() + interval '90 seconds',
+  'renew_lease as the send starts: the lease ends lease_seconds from now'
+);
+select is(
+  (select send_started_at from email.deliveries where delivery_id = 'pgtap-040-c'), now(),
+  'and the attempt is recorded as sending'
+);
+select is(
+  email.renew_lease('pgtap-040-c', 1, 5), now() + interval '90 seconds',
+  'a heartbeat never shortens a lease'
+);
+select throws_ok(
+  $$ select email.renew_lease('pgtap-040-c', 2, 60) $$, 'EM003', null, 'another attempt cannot renew it'
+);
+select throws_ok($$ select email.renew_lease('pgtap-040-c', 1, 0) $$, 'EM006', null, 'lease_seconds must be positive');
+select throws_ok(
+  $$ select email.renew_lease('pgtap-040-does-not-exist', 1, 60) $$, 'EM004', null, 'an unknown delivery raises EM004'
+);
+
+-- An expired lease is the reaper's: no renewal, and since the send had started, outcome_unknown.
+update email.deliveries set lease_expires_at = now() - interval '1 second' where delivery_id = 'pgtap-040-c';
+select throws_ok(
+  $$ select email.renew_lease('pgtap-040-c', 1, 60, true) $$, 'EM003', null,
+  'an expired lease cannot be renewed, so no send starts on it'
+);
+select email.reap_expired_leases();
+select results_eq(
+  $$ select status, attempts, last_error_code from email.deliveries where delivery_id = 'pgtap-040-c' $$,
+  $$ values ('retrying'::text, 1, 'outcome_unknown'::text) $$,
+  'an attempt that started sending and never reported is reaped as outcome_unknown, and retried (at least once)'
+);
+update email.deliveries set next_attempt_at = now() - interval '1 second' where delivery_id = 'pgtap-040-c';
+select is(email.mark_in_progress('pgtap-040-c'), 2, 'attempt 2 claims');
+select is(
+  (select send_started_at from email.deliveries where delivery_id = 'pgtap-040-c'), null,
+  'a new attempt starts with no send started'
+);
+
+-- An attempt that never started sending is reaped as lease_expired: nothing went out.
+select email.record_queued('pgtap-040-d', 'pgtap', 'someone@example.com', '{"code": "123456"}');
+select email.mark_in_progress('pgtap-040-d');
+select email.renew_lease('pgtap-040-d', 1, 60);
+update email.deliveries set lease_expires_at = now() - interval '1 second' where delivery_id = 'pgtap-040-d';
+select email.reap_expired_leases();
+select is(
+  (select last_error_code from email.deliveries where delivery_id = 'pgtap-040-d'), 'lease_expired',
+  'a heartbeat alone does not mark the attempt as sending: reaped as lease_expired'
+);
+select is(
+  (select count(*)::integer from email.delivery_events where delivery_id = 'pgtap-040-c' and from_status = to_status), 0,
+  'renewals write no event'
+);
+select is(
+  (select error_code from email.delivery_events where delivery_id = 'pgtap-040-c' and to_status = 'retrying'),
+  'outcome_unknown', 'the trail says outcome_unknown'
 );
 
 select * from finish();

@@ -1,5 +1,5 @@
 begin;
-select plan(54);
+select plan(59);
 
 create temp table t_ep as
 select
@@ -88,6 +88,21 @@ select is((select secrets from t_claim where event_type = 'email.sent' and endpo
 select ok(not exists (select from email.claim_webhook_messages(1000) c join t_claim t on t.outbox_id = c.outbox_id),
   'a claimed message is not claimed again while its lock lasts');
 select throws_ok($$select * from email.claim_webhook_messages(1, 0)$$, 'EM006', null, 'lock_seconds must be positive');
+
+-- The per-message renewal right before a request: fenced by the attempt.
+create temp table t_renew as select outbox_id, attempt from t_claim
+  where event_type = 'email.retrying' and body::jsonb #>> '{data,delivery_id}' = 't250-fail' limit 1;
+update email.webhook_outbox set next_attempt_at = now() - interval '1 second' where id = (select outbox_id from t_renew);
+select is(email.renew_webhook_claim((select outbox_id from t_renew), (select attempt from t_renew), 45),
+  now() + interval '45 seconds', 'a claim that ran out but was not claimed again is renewed by its attempt');
+select ok(not exists (select from email.claim_webhook_messages(1000) c where c.outbox_id = (select outbox_id from t_renew)),
+  'and is not claimed by anyone else');
+update email.webhook_outbox set next_attempt_at = now() - interval '1 second' where id = (select outbox_id from t_renew);
+select is((select count(*)::integer from email.claim_webhook_messages(1000) c where c.outbox_id = (select outbox_id from t_renew)), 1,
+  'once it runs out again another dispatcher claims it (attempt + 1)');
+select throws_ok(format('select email.renew_webhook_claim(%s, %s, 45)', (select outbox_id from t_renew), (select attempt from t_renew)),
+  'EM003', null, 'the first attempt can no longer renew it: it is skipped, not sent twice');
+select throws_ok($$select email.renew_webhook_claim(1, 1, 0)$$, 'EM006', null, 'lock_seconds must be positive (renewal)');
 
 -- Outcomes
 create temp table t_ids as select
