@@ -76,7 +76,9 @@ test("a send slower than the claim's lease keeps its lease: a sweep meanwhile re
     await dataArrived(smtp);
     await new Promise((r) => setTimeout(r, 1200)); // past the claim's 1 s lease, mid-send
     assertEquals((await worker.sweep()).status, 200); // reaps expired leases first
-    assertEquals((await db.delivery(event.deliveryId!))?.status, "in_progress", "not reaped");
+    // Under load the sweep itself may outlast the rest of the send: either way the attempt was not reaped.
+    const now = (await db.delivery(event.deliveryId!))?.status;
+    assert(now === "in_progress" || now === "sent", `not reaped (status ${now})`);
     const reply = await (await push).json();
     assertEquals([reply.outcome, reply.status, reply.tracked], ["sent", "sent", true]);
     const trail = (await db.events(event.deliveryId!)).map((e) => `${e.to_status}:${e.error_code ?? ""}`);

@@ -316,3 +316,117 @@ test("a rejection with U+0000 and lone surrogates in its reason, ids and headers
     await db.end();
   }
 });
+
+/** Asserts that `fn` rejects with a TypeError (what the tracker must not turn into a result). */
+async function assertTypeError(fn: () => Promise<unknown>): Promise<void> {
+  let result: unknown;
+  try {
+    result = await fn();
+  } catch (error) {
+    assert(error instanceof TypeError, `not a TypeError: ${error}`);
+    return;
+  }
+  throw new Error(`expected a TypeError, got ${JSON.stringify(result)}`);
+}
+
+/** A tracker on the test database and a claimed delivery in it. */
+async function claimedDelivery(tag: string) {
+  const { lines, logger } = capture();
+  const tracker = createStatusTracker(
+    loadConfig({ ...baseEnv, DELIVERY_STATUS_DATABASE_URL: Deno.env.get("DATABASE_URL") }).tracking,
+    { logger },
+  );
+  const deliveryId = newDeliveryId(tag);
+  const claimed = await tracker.queueAndClaim({
+    deliveryId,
+    workflow: "verification-code",
+    recipient: "ada@example.com",
+    payload: { code: "123456", expiresInMinutes: 5 },
+    metadata: {},
+  }, 60);
+  assert(claimed.kind === "claimed", JSON.stringify(claimed));
+  return { tracker, lines, deliveryId, attempt: claimed.attempt };
+}
+
+test("a programming error in an outcome write is thrown, not recorded as a stale attempt, and the breaker does not count it", async () => {
+  const { tracker, lines, deliveryId, attempt } = await claimedDelivery("bug-stale");
+  const db = postgres(Deno.env.get("DATABASE_URL")!, { max: 1, onnotice: () => {} });
+  try {
+    // A mailer answer without a message id: the query builder throws a TypeError before any SQL runs.
+    const broken = { messageId: undefined as unknown as string, response: "250 ok" };
+    await assertTypeError(() => tracker.markSent(deliveryId, attempt, broken));
+    assertEquals(tracker.health(), { state: "closed", consecutiveFailures: 0 });
+    assert(!lines.some((l) => l.action === "tracker_call_failed" || l.action === "tracker_call_error"));
+    const [row] = await db`select status from email.deliveries where delivery_id = ${deliveryId}`;
+    assertEquals(row.status, "in_progress");
+    // The same write with a real answer is recorded: the attempt was never stale.
+    const ok = await tracker.markSent(deliveryId, attempt, { messageId: "<m@x>", response: "250 ok" });
+    assertEquals([ok.kind, ok.kind === "recorded" && ok.status], ["recorded", "sent"]);
+  } finally {
+    await tracker.close();
+    await db.end();
+  }
+});
+
+test("a payload that cannot be serialised is thrown from queueAndClaim: neither a conflict, a refusal nor an outage", async () => {
+  const { tracker, lines } = await claimedDelivery("bug-queue");
+  const db = postgres(Deno.env.get("DATABASE_URL")!, { max: 1, onnotice: () => {} });
+  try {
+    const deliveryId = newDeliveryId("bug-bigint");
+    const request = {
+      deliveryId,
+      workflow: "verification-code",
+      recipient: "ada@example.com",
+      payload: { code: "123456", expiresInMinutes: 5, n: 1n }, // JSON cannot hold a BigInt
+      metadata: {},
+    };
+    await assertTypeError(() => tracker.queueAndClaim(request, 60));
+    // A request whose fields throw when read: the query builder itself throws.
+    const throwing = Object.defineProperty({ ...request, n: undefined }, "deliveryId", {
+      get: () => {
+        throw new TypeError("a bug");
+      },
+    });
+    await assertTypeError(() => tracker.queueAndClaim(throwing, 60));
+    assertEquals(tracker.health(), { state: "closed", consecutiveFailures: 0 });
+    assert(!lines.some((l) => l.action === "tracker_call_failed" || l.action === "tracker_call_error"));
+    const rows = await db`select 1 from email.deliveries where delivery_id = ${deliveryId}`;
+    assertEquals(rows.length, 0);
+  } finally {
+    await tracker.close();
+    await db.end();
+  }
+});
+
+test("a programming error in the half-open breaker's trial call does not leave the breaker open for good", async () => {
+  const gate = startGate(new URL(Deno.env.get("DATABASE_URL")!));
+  const { logger } = capture();
+  const tracker = createStatusTracker(
+    loadConfig({
+      ...baseEnv,
+      DELIVERY_STATUS_DATABASE_URL: gate.url,
+      TRACKER_TIMEOUT_MS: "300",
+      TRACKER_BREAKER_THRESHOLD: "1",
+      TRACKER_BREAKER_COOLDOWN_MS: "200",
+    }).tracking,
+    { logger },
+  );
+  try {
+    assertEquals(await tracker.reapExpiredLeases(), { kind: "unavailable", reason: "failed" });
+    assertEquals(tracker.health().state, "open");
+    gate.open();
+    await new Promise((r) => setTimeout(r, 300)); // past the cooldown: the next call is the trial
+    const broken = { messageId: undefined as unknown as string, response: "250 ok" };
+    await assertTypeError(() => tracker.markSent(newDeliveryId("trial"), 1, broken));
+    let r = await tracker.reapExpiredLeases();
+    for (let i = 0; i < 20 && r.kind !== "reaped"; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      r = await tracker.reapExpiredLeases();
+    }
+    assertEquals(r.kind, "reaped");
+    assertEquals(tracker.health().state, "closed");
+  } finally {
+    await tracker.close().catch(() => {});
+    gate.close();
+  }
+});

@@ -7,11 +7,15 @@
 /** The breaker's state. */
 export type BreakerState = "closed" | "open" | "half_open";
 
-/** A circuit breaker; ask allow() before a call and report success() or failure() after it. */
+/**
+ * A circuit breaker; ask allow() before a call and report success() or failure() after it, or
+ * release() when the call said nothing about the server (it failed on our side before an answer).
+ */
 export type CircuitBreaker = {
   allow(): boolean;
   success(): void;
   failure(): void;
+  release(): void;
   state(): BreakerState;
   consecutiveFailures(): number;
 };
@@ -49,6 +53,9 @@ export function createCircuitBreaker(
       failures = 0;
       trialInFlight = false;
       set("closed");
+    },
+    release() {
+      trialInFlight = false;
     },
     failure() {
       failures += 1;

@@ -41,6 +41,7 @@
  * | SMTP_REQUIRE_TLS | true | with SMTP_SECURE=false, insist on STARTTLS: no TLS, no AUTH and no message; "false" allows plain text, for a local sink (credentials then only to a loopback host; a warning is logged at start) |
  * | SMTP_CA_CERT | (none) | PEM certificate(s) of a private CA to trust for the relay, besides the public roots |
  * | WEBHOOK_ALLOW_PRIVATE | false | "true" lets webhooks reach private, loopback, link-local and other special-purpose addresses (local development only; a warning is logged at start) |
+ * | METRICS_TOKEN | (none) | bearer token (at least 16 characters) of `GET /email-worker/metrics` (Prometheus); the route answers 403 while unset |
  */
 import { z } from "zod";
 
@@ -114,6 +115,7 @@ const envSchema = z.object({
     message: "must be PEM (-----BEGIN CERTIFICATE-----)",
   }),
   WEBHOOK_ALLOW_PRIVATE: bool(false),
+  METRICS_TOKEN: optionalText.refine((v) => v === undefined || v.length >= 16, "must be at least 16 characters"),
 });
 
 /** The validated configuration the worker runs with. */
@@ -151,6 +153,8 @@ export type Config = {
   /** How user tokens are verified (the deliveries endpoint and the dashboard), and the dashboard token. */
   api: { jwtSecret?: string; jwksUrl?: string; jwtIssuer?: string; dashboardToken?: string };
   webhooks: { timeoutMs: number; concurrency: number; batchSize: number; allowPrivate: boolean };
+  /** The bearer token of the Prometheus route (none: the route answers 403). */
+  metrics: { token?: string };
 };
 
 /** A configuration error; its message names every variable that is wrong. */
@@ -226,6 +230,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       batchSize: e.WEBHOOK_BATCH_SIZE,
       allowPrivate: e.WEBHOOK_ALLOW_PRIVATE,
     },
+    metrics: { token: e.METRICS_TOKEN },
   };
 }
 

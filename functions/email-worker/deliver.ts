@@ -14,15 +14,20 @@ import type { Config } from "../_shared/config.ts";
 import { type Logger, maskEmail } from "../_shared/log.ts";
 import { type Mailer, SmtpError } from "../_shared/mailer.ts";
 import type { LeaseResult, OutcomeResult, StatusTracker } from "../_shared/tracker.ts";
-import { renderEmail } from "../_shared/workflows/registry.ts";
+import type { RenderedEmail } from "../_shared/workflows/common.ts";
+import { renderEmail, type WorkflowCheck } from "../_shared/workflows/registry.ts";
 
-/** What an attempt needs; `attempt` is absent when the tracker could not claim it (untracked send). */
+/**
+ * What an attempt needs; `attempt` is absent when the tracker could not claim it (untracked send).
+ * `content` is the one check of the workflow's data on the attempt's path (checkWorkflow: the push
+ * checks the event, the sweep the stored payload); a failed check ends the attempt `render_failed`.
+ */
 export type AttemptInput = {
   deliveryId: string;
   attempt?: number;
   workflow: string;
   recipient: string;
-  data: unknown;
+  content: WorkflowCheck;
 };
 
 /**
@@ -59,15 +64,13 @@ export function sendingLeaseSeconds(config: AttemptDeps["config"]): number {
   return Math.ceil(sendTimeoutMs(config.smtp) / 1000) + config.leaseSeconds;
 }
 
-/** Renders, sends and records one attempt. Never throws. */
+/** Renders, sends and records one attempt. Throws only on a bug (the tracker lets those through). */
 export async function attemptDelivery(deps: AttemptDeps, input: AttemptInput): Promise<AttemptResult> {
   const { tracker, mailer, logger } = deps;
   const ctx = { deliveryId: input.deliveryId, attempt: input.attempt, workflow: input.workflow };
-  let rendered;
-  try {
-    rendered = renderEmail(input.workflow, input.data);
-  } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
+  const rendered = render(input.content);
+  if ("failure" in rendered) {
+    const message = rendered.failure;
     logger.error("render_failed", ctx);
     if (input.attempt === undefined) return { outcome: "render_failed", recorded: "no", errorCode: "render_failed" };
     const r = await tracker.markFailed(input.deliveryId, input.attempt, { code: "render_failed", message });
@@ -126,6 +129,16 @@ export async function attemptDelivery(deps: AttemptDeps, input: AttemptInput): P
   }
 }
 
+/** The checked email rendered, or why there is nothing to send (a failed check, or a subject the renderer broke). */
+function render(content: WorkflowCheck): RenderedEmail | { failure: string } {
+  if (!content.ok) return { failure: content.reason };
+  try {
+    return renderEmail(content.email);
+  } catch (error) {
+    return { failure: error instanceof Error ? error.message : String(error) };
+  }
+}
+
 function classify(error: unknown) {
   return error instanceof SmtpError
     ? error.failure
@@ -160,8 +173,22 @@ async function startSending(
     if (busy || stopped) return;
     busy = true;
     const at = Date.now();
-    const r = await deps.tracker.renewLease(deliveryId, attempt, seconds);
-    busy = false;
+    let r: LeaseResult;
+    try {
+      r = await deps.tracker.renewLease(deliveryId, attempt, seconds);
+    } catch (error) {
+      // A bug (the tracker throws only those): no caller awaits a timer, and an unhandled rejection
+      // would end the process mid-send. Stop renewing; the send and its outcome write go on.
+      stop();
+      deps.logger.error("heartbeat_failed", {
+        deliveryId,
+        attempt,
+        error: error instanceof Error ? error.name : "unknown",
+      });
+      return;
+    } finally {
+      busy = false;
+    }
     if (stopped) return; // the outcome was written meanwhile: the lease is over anyway
     if (r.kind === "renewed") deadline = Math.max(deadline, at + seconds * 1000);
     else if (r.kind === "stale") {

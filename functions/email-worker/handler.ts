@@ -11,6 +11,7 @@ import type { Logger } from "../_shared/log.ts";
 import type { Mailer } from "../_shared/mailer.ts";
 import { createPushVerifier, type PushVerifier } from "../_shared/pubsub.ts";
 import type { StatusTracker } from "../_shared/tracker.ts";
+import { createMetricsHandler } from "./metrics.ts";
 import { createPushHandler } from "./push.ts";
 import { createRouter } from "./router.ts";
 import { createSweepHandler } from "./sweep.ts";
@@ -26,7 +27,7 @@ export type HandlerDeps = {
   sql?: Sql;
 };
 
-/** Creates the handler for `Deno.serve`: push, sweep, health, the deliveries endpoint and the dashboard. */
+/** Creates the handler for `Deno.serve`: push, sweep, health, metrics, the deliveries endpoint and the dashboard. */
 export function createHandler(deps: HandlerDeps): (request: Request) => Promise<Response> {
   const { config, tracker, logger } = deps;
   if (!config.pubsub.verify) {
@@ -45,6 +46,7 @@ export function createHandler(deps: HandlerDeps): (request: Request) => Promise<
     { method: "POST", path: "/email-worker", handle: createPushHandler({ ...deps, verifier }) },
     { method: "POST", path: "/email-worker/sweep", handle: createSweepHandler(deps) },
     { method: "GET", path: "/email-worker/health", handle: () => health(config, tracker) },
+    { method: "GET", path: "/email-worker/metrics", handle: createMetricsHandler(deps) },
     {
       method: "GET",
       path: "/email-worker/deliveries/:delivery_id",

@@ -1,6 +1,7 @@
 /**
  * POST /email-worker: a Pub/Sub push. Pub/Sub acks on 102, 200, 201, 202 and 204 and redelivers on
- * anything else, so: invalid input is stored (its secrets redacted) in email.rejected_messages and
+ * anything else; every answer comes from ack.ts's ackStatus, the one statement of that policy:
+ * invalid input is stored (its secrets redacted) in email.rejected_messages and
  * acked (a poison message never gets better), unless it could not be stored (5xx, so nothing is
  * lost); duplicates are acked without sending; transient SMTP failures are acked once recorded, since the database owns the
  * retry schedule; when tracking is unreachable, TRACKING_MODE decides (optional: send anyway, 5xx on a
@@ -9,13 +10,14 @@
  * delivery), and the answer waits while the outcome write is retried (see deliver.ts).
  */
 import type { Config } from "../_shared/config.ts";
-import { json, jsonError } from "../_shared/http.ts";
+import { json } from "../_shared/http.ts";
 import { type Logger, maskEmail } from "../_shared/log.ts";
 import type { Mailer } from "../_shared/mailer.ts";
 import { parsePush, type PushVerifier } from "../_shared/pubsub.ts";
 import { redactPushBody } from "../_shared/redaction.ts";
 import type { Rejection, StatusTracker } from "../_shared/tracker.ts";
 import { checkWorkflow } from "../_shared/workflows/registry.ts";
+import { ackStatus, type PushOutcome } from "./ack.ts";
 import { attemptDelivery } from "./deliver.ts";
 
 /** Raw bodies larger than this are stored truncated (body_bytes keeps the full length, after redaction). */
@@ -42,6 +44,10 @@ export type PushDeps = {
 export function createPushHandler(deps: PushDeps): (request: Request) => Promise<Response> {
   const { config, tracker, logger } = deps;
   const required = config.tracking.mode === "required";
+  const answer = (outcome: PushOutcome) => {
+    const ack = ackStatus(outcome);
+    return json(ack.body, ack.status);
+  };
 
   async function rejectInput(
     rejection: Omit<Rejection, "rawBody" | "bodyBytes" | "headers">,
@@ -63,27 +69,26 @@ export function createPushHandler(deps: PushDeps): (request: Request) => Promise
       redacted,
       headers: kept,
     });
-    const fields = { deliveryId: rejection.deliveryId, reasonCode: rejection.reasonCode };
-    if (r.kind === "stored") {
-      logger.info("input_rejected", { ...fields, rejectedId: r.id });
-      return json({ status: "rejected", reasonCode: rejection.reasonCode, reason: rejection.reason, rejectedId: r.id });
-    }
-    if ((r.reason === "off" || r.reason === "disabled") && !required) {
-      // Tracking is switched off or absent on purpose: there is nowhere to store it, and redelivery cannot help.
-      logger.warn("input_rejected_unstored", { ...fields, tracker: r.reason });
-      return json({ status: "rejected", reasonCode: rejection.reasonCode, reason: rejection.reason, stored: false });
-    }
-    logger.error("input_rejected_not_stored", { ...fields, tracker: r.reason });
-    return jsonError(503, "rejection_not_stored", "the input was invalid and could not be stored; redeliver later", {
+    const outcome: PushOutcome = {
+      kind: "rejected",
       reasonCode: rejection.reasonCode,
-    });
+      reason: rejection.reason,
+      stored: r,
+      required,
+    };
+    const fields = { deliveryId: rejection.deliveryId, reasonCode: rejection.reasonCode };
+    const ack = ackStatus(outcome);
+    if (r.kind === "stored") logger.info("input_rejected", { ...fields, rejectedId: r.id });
+    else if (ack.status === 200) logger.warn("input_rejected_unstored", { ...fields, tracker: r.reason });
+    else logger.error("input_rejected_not_stored", { ...fields, tracker: r.reason });
+    return json(ack.body, ack.status);
   }
 
   return async (request) => {
     const auth = await deps.verifier(request);
     if (!auth.ok) {
       logger.warn("push_unauthorized", { code: auth.code, status: auth.status });
-      return jsonError(auth.status, auth.code, auth.message);
+      return answer({ kind: "unauthorized", status: auth.status, code: auth.code, message: auth.message });
     }
     const body = new Uint8Array(await request.arrayBuffer());
     const parsed = parsePush(body, request.headers);
@@ -100,6 +105,7 @@ export function createPushHandler(deps: PushDeps): (request: Request) => Promise
       );
     }
     const { event, meta } = parsed;
+    // The one validation of the workflow's data on this path: deliver.ts renders the checked email.
     const check = checkWorkflow(event.workflow, event.data);
     if (!check.ok) {
       return rejectInput(
@@ -147,11 +153,11 @@ export function createPushHandler(deps: PushDeps): (request: Request) => Promise
     }
     if (queued.kind === "not_claimable") {
       logger.info("duplicate", { ...ctx, status: queued.status });
-      return json({ deliveryId: event.deliveryId, status: "duplicate", deliveryStatus: queued.status });
+      return answer({ kind: "duplicate", deliveryId: event.deliveryId, deliveryStatus: queued.status });
     }
     if (queued.kind === "unavailable" && required) {
       logger.warn("tracking_unavailable", { ...ctx, reason: queued.reason, mode: "required" });
-      return jsonError(503, "tracking_unavailable", "the tracking database is unavailable; redeliver later");
+      return answer({ kind: "tracking_unavailable" });
     }
     const attempt = queued.kind === "claimed" ? queued.attempt : undefined;
     if (attempt === undefined) {
@@ -163,29 +169,8 @@ export function createPushHandler(deps: PushDeps): (request: Request) => Promise
       attempt,
       workflow: event.workflow,
       recipient: event.recipient,
-      data: check.data,
+      content: check,
     });
-    const reply = {
-      deliveryId: event.deliveryId,
-      attempt,
-      outcome: result.outcome,
-      status: result.status,
-      tracked: result.recorded === "yes",
-      errorCode: result.errorCode,
-      nextAttemptAt: result.nextAttemptAt ?? undefined,
-    };
-    if (result.outcome === "not_sent" && result.recorded === "no") {
-      // Claimed, but the lease could not be renewed before the send: nothing went out; the reaper
-      // frees the claim (lease_expired) and a redelivery or the sweep sends it.
-      return jsonError(503, "tracking_unavailable", "the tracking database is unavailable; redeliver later", reply);
-    }
-    if (result.outcome === "transient_failure" && result.recorded !== "yes") {
-      // Nobody recorded the retry: let Pub/Sub redeliver.
-      return json({
-        error: { code: "transient_failure", message: "the send failed and will be redelivered" },
-        ...reply,
-      }, 503);
-    }
-    return json(reply);
+    return answer({ kind: "attempted", deliveryId: event.deliveryId, attempt, result });
   };
 }

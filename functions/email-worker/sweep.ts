@@ -11,6 +11,7 @@ import type { Mailer } from "../_shared/mailer.ts";
 import type { StatusTracker, Unavailable } from "../_shared/tracker.ts";
 import type { Sql } from "postgres";
 import { type DispatchResult, dispatchWebhooks } from "../_shared/webhooks.ts";
+import { checkWorkflow } from "../_shared/workflows/registry.ts";
 import { attemptDelivery } from "./deliver.ts";
 import { secretsEqual } from "../_shared/auth.ts";
 
@@ -57,7 +58,9 @@ export function createSweepHandler(deps: SweepDeps): (request: Request) => Promi
         const d = claimed.kind === "claimed" ? claimed.deliveries[0] : undefined;
         if (!d) return;
         counts.claimed++;
-        const r = await attemptDelivery(deps, { ...d, data: d.payload });
+        // A stored payload is checked here, once: it may predate a change to its workflow's schema.
+        const content = checkWorkflow(d.workflow, d.payload);
+        const r = await attemptDelivery(deps, { ...d, content });
         if (r.recorded === "stale") counts.stale++;
         else if (r.recorded === "no") counts.unrecorded++;
         else if (

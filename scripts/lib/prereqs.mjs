@@ -8,6 +8,7 @@ const PACKAGES = {
   "/usr/bin/psql": "postgresql-client-15",
   "/usr/share/postgresql/15/extension/pgtap.control": "postgresql-15-pgtap",
   "/usr/bin/chromium": "chromium",
+  "/usr/bin/promtool": "prometheus",
 };
 
 /** Makes sure pg_prove, psql and the pgTAP extension files exist, installing them when we can. */

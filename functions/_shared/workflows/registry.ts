@@ -17,12 +17,20 @@ export const workflows: ReadonlyMap<string, Workflow<unknown>> = new Map(
  */
 export const allSecretFields: readonly string[] = [...new Set(all.flatMap((w) => w.secretFields))];
 
+declare const checked: unique symbol;
+
+/**
+ * An email whose data passed its workflow's schema: only checkWorkflow makes one, so renderEmail never
+ * sees unchecked data and never checks it again.
+ */
+export type CheckedEmail = { readonly workflow: Workflow<unknown>; readonly data: unknown; readonly [checked]: true };
+
 /** The outcome of checking an event's workflow and data before it is accepted. */
 export type WorkflowCheck =
-  | { ok: true; workflow: Workflow<unknown>; data: unknown }
+  | { ok: true; email: CheckedEmail }
   | { ok: false; reasonCode: "unknown_workflow" | "invalid_data"; reason: string };
 
-/** Finds the workflow and validates its data (zod); says why when it cannot. */
+/** Finds the workflow and validates its data (zod), once per path; says why when it cannot. */
 export function checkWorkflow(name: string, data: unknown): WorkflowCheck {
   const workflow = workflows.get(name);
   if (!workflow) return { ok: false, reasonCode: "unknown_workflow", reason: `unknown workflow "${name}"` };
@@ -31,14 +39,14 @@ export function checkWorkflow(name: string, data: unknown): WorkflowCheck {
     const fields = parsed.error.issues.map((i) => `data.${i.path.join(".")}: ${i.message}`).join("; ");
     return { ok: false, reasonCode: "invalid_data", reason: `invalid data for ${name}: ${fields}` };
   }
-  return { ok: true, workflow, data: parsed.data };
+  return { ok: true, email: { workflow, data: parsed.data } as CheckedEmail };
 }
 
-/** Validates and renders; throws when the workflow is unknown or the data invalid. */
-export function renderEmail(name: string, data: unknown): RenderedEmail {
-  const check = checkWorkflow(name, data);
-  if (!check.ok) throw new Error(check.reason);
-  const rendered = check.workflow.render(check.data);
-  if (/[\r\n]/.test(rendered.subject)) throw new Error(`workflow ${name} rendered a subject with a line break`);
+/** Renders a checked email; throws when the workflow rendered a subject with a line break. */
+export function renderEmail(email: CheckedEmail): RenderedEmail {
+  const rendered = email.workflow.render(email.data);
+  if (/[\r\n]/.test(rendered.subject)) {
+    throw new Error(`workflow ${email.workflow.name} rendered a subject with a line break`);
+  }
   return rendered;
 }
