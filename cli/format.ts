@@ -5,6 +5,7 @@
  */
 import { safeValue } from "./terminal.ts";
 import type { Delivery, DeliveryEvent } from "./transports.ts";
+import { type CountsAs, isStatus, type Status, statuses } from "../functions/_shared/statuses.gen.ts";
 
 /** Colours, or none when stdout is not a terminal or NO_COLOR is set. */
 export function palette(enabled: boolean) {
@@ -14,9 +15,25 @@ export function palette(enabled: boolean) {
 /** The colours of `palette`. */
 export type Palette = ReturnType<typeof palette>;
 
+/** Every status of email.statuses has its colour (the Status type makes a missing one a type error). */
+const statusColours: Record<Status, (p: Palette) => (s: string) => string> = {
+  sent: (p) => p.green,
+  queued: (p) => p.cyan,
+  in_progress: (p) => p.cyan,
+  retrying: (p) => p.yellow,
+  failed: (p) => p.red,
+  dead_letter: (p) => p.red,
+  suppressed: (p) => p.cyan,
+  purged: (p) => p.gray,
+};
+
 function statusColour(p: Palette, status: string): string {
-  const f = { sent: p.green, failed: p.red, dead_letter: p.red, retrying: p.yellow, purged: p.gray }[status] ?? p.cyan;
-  return f(status);
+  return (isStatus(status) ? statusColours[status](p) : p.cyan)(status);
+}
+
+/** How many of `by_status` count in a metrics column (email.statuses.counts_as). */
+function countIn(byStatus: Record<string, number>, column: CountsAs): number {
+  return statuses.filter((s) => s.countsAs === column).reduce((n, s) => n + (byStatus[s.status] ?? 0), 0);
 }
 
 function when(ts: string | null): string {
@@ -131,10 +148,11 @@ export function formatMetrics(metrics: Record<string, unknown>, p: Palette): str
   const row = (name: string, x: WorkflowMetrics) => [
     name,
     String(x.total),
-    String(x.by_status.sent ?? 0),
-    String(x.by_status.failed ?? 0),
-    String((x.by_status.dead_letter ?? 0) + (x.by_status.purged ?? 0)),
-    String((x.by_status.queued ?? 0) + (x.by_status.in_progress ?? 0) + (x.by_status.retrying ?? 0)),
+    String(countIn(x.by_status, "sent")),
+    String(countIn(x.by_status, "failed")),
+    String(countIn(x.by_status, "dead_letter")),
+    String(countIn(x.by_status, "suppressed")),
+    String(countIn(x.by_status, "open")),
     pct(x.success_rate),
     x.avg_attempts === null ? "-" : Number(x.avg_attempts).toFixed(2),
     ms(x.latency_ms.p50),
@@ -144,7 +162,7 @@ export function formatMetrics(metrics: Record<string, unknown>, p: Palette): str
   const out = [
     p.bold(`deliveries queued ${when(w.since)} .. ${when(w.until)}${w.workflow ? ` (workflow ${w.workflow})` : ""}`),
     table([
-      ["WORKFLOW", "TOTAL", "SENT", "FAILED", "DEAD", "OPEN", "SUCCESS", "ATTEMPTS", "P50", "P95", "P99"],
+      ["WORKFLOW", "TOTAL", "SENT", "FAILED", "DEAD", "SUPPRESSED", "OPEN", "SUCCESS", "ATTEMPTS", "P50", "P95", "P99"],
       ...flows.map((x) => row(x.workflow ?? "", x)),
       row("(all)", totals),
     ], p),

@@ -12,7 +12,7 @@
 //   --clients=1,8,32               BENCH_CLIENTS    concurrency levels
 //   --rows=1000000                 BENCH_ROWS       history size for (c)
 //   --deliveries=300               BENCH_DELIVERIES deliveries per end-to-end run
-//   BENCH_PG_PORT (default 54319): the embedded Postgres port (DATABASE_URL, when set, is used instead)
+//   BENCH_PG_PORT (default: a free port): the embedded Postgres port (DATABASE_URL, when set, is used instead)
 import { mkdirSync, writeFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import os from "node:os";
@@ -36,7 +36,7 @@ const rounds = Number(opt("rounds", "BENCH_ROUNDS", "2"));
 const clientsList = opt("clients", "BENCH_CLIENTS", "1,8,32").split(",").map(Number);
 const rows = Number(opt("rows", "BENCH_ROWS", "1000000"));
 const deliveries = Number(opt("deliveries", "BENCH_DELIVERIES", "300"));
-const port = Number(process.env.BENCH_PG_PORT ?? 54319);
+const port = process.env.BENCH_PG_PORT ? Number(process.env.BENCH_PG_PORT) : undefined;
 const log = (m) => console.log(m);
 
 const started = new Date();
@@ -51,7 +51,7 @@ const results = {
   options: { parts, seconds, rounds, clients: clientsList, rows, deliveries },
 };
 
-const server = await startServer({ name: `pg-bench-${port}`, port, log });
+const server = await startServer({ name: "pg-bench", port, log });
 try {
   const admin = postgres(server.url, { max: 1, onnotice: () => {} });
   const [v] =

@@ -9,7 +9,7 @@
 //   options: --no-baseline (skip the unmutated run of the covering tests), --keep (keep the scratch copy),
 //            --timeout 300 (seconds per mutant; a mutant that hangs the tests counts as killed)
 //
-// One embedded Postgres serves the whole run (port MUTANTS_PG_PORT, default 54369; or DATABASE_URL's
+// One embedded Postgres serves the whole run (a free port, or MUTANTS_PG_PORT; or DATABASE_URL's
 // server): the unmutated migrations once as a template database, then a database per mutant, copied
 // from the template, or migrated afresh from the mutated copy when the mutant changes a migration.
 // A mutant whose original snippet is no longer found (or found more than once) is "stale": the run
@@ -30,7 +30,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import postgres from "postgres";
-import { databaseUrl, installPgTapInto, root, startServer } from "./lib/postgres.mjs";
+import { databaseUrl, installPgTap, pgBinaries, root, startServer } from "./lib/postgres.mjs";
 import { ensureTestPrereqs } from "./lib/prereqs.mjs";
 
 const listFile = path.join(root, "tests/mutants/mutants.json");
@@ -65,7 +65,7 @@ if (unknown.length) {
   process.exit(2);
 }
 const selected = all.filter((m) =>
-  (ids.length === 0 || ids.includes(m.id)) && (!opts.area || opts.area.includes(m.area))
+  (ids.length === 0 && !opts.area) || ids.includes(m.id) || (opts.area ?? []).includes(m.area)
 );
 if (selected.length === 0) {
   console.error(`[mutants] no mutant matches (areas: ${[...new Set(all.map((m) => m.area))].join(", ")})`);
@@ -164,8 +164,9 @@ function copyRepo(from, to) {
   spawnSync("chmod", ["-R", "a+rX", to]);
 }
 
-const port = Number(process.env.MUTANTS_PG_PORT ?? 54369);
-const server = await startServer({ name: `pg-mutants-${port}`, port, log });
+// A throwaway server (a free port unless MUTANTS_PG_PORT names one), or DATABASE_URL's server.
+const port = process.env.MUTANTS_PG_PORT ? Number(process.env.MUTANTS_PG_PORT) : undefined;
+const server = await startServer({ port, log, flags: ["-c", "fsync=off"] });
 let running; // the test process in flight, so an interrupted run leaves nothing behind
 for (const signal of ["SIGINT", "SIGTERM"]) {
   process.on(signal, async () => {
@@ -178,7 +179,7 @@ for (const signal of ["SIGINT", "SIGTERM"]) {
     process.exit(130);
   });
 }
-installPgTapInto(server);
+if (server.embedded) installPgTap(pgBinaries(15));
 // The scratch copy's own migrate: it applies the scratch copy's (possibly mutated) migrations.
 const { migrate } = await import(path.join(scratch, "scripts/lib/postgres.mjs"));
 const admin = postgres(server.url, { max: 1, onnotice: () => {} });

@@ -3,20 +3,25 @@
 //   a local SMTP sink with a web inbox (maildev), a JWKS standing in for Google's, the email-worker function
 //   under `deno run`, and the sweep on a timer (standing in for pg_cron). `npm run publish` sends a test push.
 import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
 import http from "node:http";
+import os from "node:os";
 import path from "node:path";
 import postgres from "postgres";
 import { MailDev } from "maildev";
-import { databaseUrl, migrate, root, startServer } from "./lib/postgres.mjs";
+import { databaseUrl, migrate, preferredPort, root, startServer } from "./lib/postgres.mjs";
 import { loadDevState, PUBLISHER, saveRuntime } from "./lib/dev_keys.mjs";
 
 const env = process.env;
+// A port set in the environment is used as is; a default steps aside for a free port when taken (a
+// second clone running `npm start`). Where things ended up is printed and saved for `npm run publish`.
+const port = async (name, preferred) => env[name] ? Number(env[name]) : await preferredPort(preferred);
 const ports = {
-  pg: Number(env.PG_PORT ?? 54329),
-  worker: Number(env.PORT ?? 8000),
-  smtp: Number(env.MAILDEV_SMTP_PORT ?? 1025),
-  inbox: Number(env.MAILDEV_WEB_PORT ?? 1080),
-  jwks: Number(env.JWKS_PORT ?? 8089),
+  pg: await port("PG_PORT", 54329),
+  worker: await port("PORT", 8000),
+  smtp: await port("MAILDEV_SMTP_PORT", 1025),
+  inbox: await port("MAILDEV_WEB_PORT", 1080),
+  jwks: await port("JWKS_PORT", 8089),
 };
 const sweepEverySeconds = Number(env.SWEEP_INTERVAL_SECONDS ?? 30);
 const say = (m) => console.log(`[start] ${m}`);
@@ -33,7 +38,11 @@ async function main() {
   await migrate(dbUrl, { log: (m) => m && say(m.replace(/\n/g, "\n[start] ")) });
 
   say("starting the SMTP sink (maildev)");
+  // A folder of this run's own: maildev's default (/tmp/maildev) is shared by every user and clone.
+  const mailDirectory = mkdtempSync(path.join(os.tmpdir(), "email-worker-maildev-"));
+  stoppers.push(() => rmSync(mailDirectory, { recursive: true, force: true }));
   const maildev = new MailDev({
+    mailDirectory,
     smtp: ports.smtp,
     web: ports.inbox,
     ip: "127.0.0.1",

@@ -74,7 +74,8 @@ Deno.test({
     await t.step("a status added to email.statuses is accepted with no change to the CLI", async () => {
       const before = await cli(pg.url, ["list", "--status", "on_hold"]);
       assertEquals(before.code, 2, before.stderr);
-      await sql`insert into email.statuses (status, terminal, description) values ('on_hold', false, 'test only')`;
+      await sql`insert into email.statuses (status, terminal, waiting, failing, counts_as, position, description)
+        values ('on_hold', false, false, false, 'open', 90, 'test only')`;
       const after = await cli(pg.url, ["list", "--status", "on_hold", "--json"]);
       assertEquals(after.code, 0, after.stderr);
       assertEquals(JSON.parse(after.stdout), []);

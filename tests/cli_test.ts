@@ -103,7 +103,7 @@ Deno.test({
     await sql`insert into email.retry_policies (workflow, max_attempts) values (${workflow}, 1) on conflict do nothing`;
     await sql`select email.record_queued(${id}, ${workflow}, ${id + "@example.com"}, '{"code":"482913"}'::jsonb)`;
     await sql`select email.mark_in_progress(${id})`;
-    await sql`select * from email.record_failure(${id}, 1, 'smtp_timeout', 'the relay timed out', false)`;
+    await sql`select * from email.record_failure(${id}, 1, 'the relay timed out', transport_code => 'ETIMEDOUT')`;
     if (ageDays) {
       await sql`update email.deliveries set completed_at = now() - make_interval(days => ${ageDays}) where delivery_id = ${id}`;
     }
@@ -241,7 +241,7 @@ Deno.test({
       const [w] = await sql`select id::text from email.add_webhook_endpoint('https://hooks.example.com/x')`;
       await sql`select email.record_queued('cli-hostile', 'welcome', 'eve@example.com', '{}'::jsonb)`;
       await sql`select email.mark_in_progress('cli-hostile')`;
-      await sql`select * from email.record_failure('cli-hostile', 1, 'smtp_550_5.1.1', ${hostile}, false)`;
+      await sql`select * from email.record_failure('cli-hostile', 1, ${hostile}, 451)`;
       await sql`select email.set_webhook_endpoint_enabled(${w.id}::uuid, false, ${hostile})`;
       await sql`update email.webhook_outbox set last_error = ${hostile} where endpoint_id = ${w.id}::uuid`;
       await sql`select email.add_suppression('eve@example.com', ${hostile})`;

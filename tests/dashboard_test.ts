@@ -55,17 +55,18 @@ async function seed(sql: postgres.Sql, workflow: string): Promise<string> {
   }
   const failed = await queue();
   await sql`select email.mark_in_progress(${failed})`;
-  await sql`select * from email.record_failure(${failed}, 1, 'smtp_550_5.1.1', '550 5.1.1 no such user', true)`;
+  await sql`select * from email.record_failure(${failed}, 1, '550 5.1.1 no such user', 550, '5.1.1')`;
   await backdate(failed, 30);
   for (const minutes of [35, 40]) {
     const id = await queue();
     await sql`select email.mark_in_progress(${id})`;
-    await sql`select email.mark_dead_letter(${id}, 1, 'smtp_421', '421 try again later')`;
+    await sql`update email.deliveries set max_attempts = 1 where delivery_id = ${id}`;
+    await sql`select * from email.record_failure(${id}, 1, '421 try again later', 421)`;
     await backdate(id, minutes);
   }
   const retrying = await queue();
   await sql`select email.mark_in_progress(${retrying})`;
-  await sql`select email.mark_retrying(${retrying}, 1, 'smtp_451', '451 greylisted')`;
+  await sql`select * from email.record_failure(${retrying}, 1, '451 greylisted', 451)`;
   await backdate(retrying, 45);
   const suppressedAddress = `${workflow}-suppressed@example.com`;
   await sql`select email.add_suppression(${suppressedAddress}, 'dashboard test')`;
@@ -295,8 +296,9 @@ async function expectSeededCharts(
   const text = async (selector: string) => (await page.locator(selector).first().textContent())?.trim();
   assertEquals(await text('[data-testid="card-total"]'), "11");
   assertEquals(await text('[data-testid="card-sent"]'), "6");
-  assertEquals(await text('[data-testid="card-success"]'), "66.7%");
-  assertEquals(await text(`[data-testid="success-rate"][data-workflow="${workflow}"]`), "66.7% (6/9)");
+  // completed = the terminal statuses of email.statuses: 6 sent, 1 failed, 2 dead letters and the suppressed one
+  assertEquals(await text('[data-testid="card-success"]'), "60.0%");
+  assertEquals(await text(`[data-testid="success-rate"][data-workflow="${workflow}"]`), "60.0% (6/10)");
   assertEquals(await text(`[data-testid="latency"][data-workflow="${workflow}"][data-percentile="p50"]`), "350 ms");
   assertEquals(await text(`[data-testid="latency"][data-workflow="${workflow}"][data-percentile="p95"]`), "575 ms");
   assertEquals(await text(`[data-testid="latency"][data-workflow="${workflow}"][data-percentile="p99"]`), "595 ms");

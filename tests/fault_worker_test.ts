@@ -10,7 +10,7 @@ import { openDb } from "./support/db.ts";
 import { type FaultySmtp, startFaultySmtp } from "./support/faulty_smtp.ts";
 import { test } from "./support/harness.ts";
 import { envelope, verificationEvent } from "./support/pubsub.ts";
-import { databaseUrl, startWorker, testSweepSecret } from "./support/worker.ts";
+import { databaseUrl, startWorker, testSweepSecret, workerDatabaseUrl } from "./support/worker.ts";
 
 const root = fileURLToPath(new URL("../", import.meta.url));
 
@@ -45,7 +45,7 @@ async function spawnWorker(smtp: FaultySmtp, env: Record<string, string> = {}): 
       SMTP_SECURE: "false",
       SMTP_REQUIRE_TLS: "false", // a local sink without STARTTLS
       SMTP_FROM: "Email Worker Test <no-reply@worker.test>",
-      DELIVERY_STATUS_DATABASE_URL: databaseUrl(),
+      DELIVERY_STATUS_DATABASE_URL: workerDatabaseUrl(),
       SWEEP_SECRET: testSweepSecret,
       LOG_LEVEL: "warn",
       ...env,
@@ -180,6 +180,18 @@ test("three worker processes receiving the same 20 pushes 3 times each at once: 
   const workers: WorkerProcess[] = [];
   try {
     workers.push(...await Promise.all([0, 1, 2].map(() => spawnWorker(smtp))));
+    // Warm each process up (modules compiled, tracker pool connected) so that, on a loaded machine, no
+    // process is still starting when the burst arrives and every one of them can win a race.
+    for (const w of workers) {
+      const warm = verificationEvent({ deliveryId: `warm-${crypto.randomUUID()}` });
+      const res = await fetch(`${w.url}/email-worker`, {
+        method: "POST",
+        body: envelope(warm),
+        headers: { "content-type": "application/json" },
+        signal: AbortSignal.timeout(20_000),
+      });
+      assertEquals((await res.json()).outcome, "sent");
+    }
     const events = Array.from({ length: 20 }, () => verificationEvent({ deliveryId: `multi-${crypto.randomUUID()}` }));
     const bodies = events.map((e) => envelope(e)); // one Pub/Sub message each, redelivered with the same id
     const answers = await Promise.all(events.flatMap((e, i) =>

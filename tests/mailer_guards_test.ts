@@ -1,9 +1,11 @@
 /**
  * The mailer's guards that users rely on (issue 14, points 8 and 9), against a real SMTP server:
  * a bare LF or a bare CR in any header value is refused before connecting (not only a CRLF pair),
- * and a 500 reply (the first 5xx) is permanent.
+ * and a 500 reply (the first 5xx) is permanent: the mailer reports its facts, email.failure_rules
+ * in the real database classifies them.
  */
-import { classifySmtpError, createMailer, SmtpError } from "../functions/_shared/mailer.ts";
+import postgres from "postgres";
+import { createMailer, SmtpError, smtpFailureFacts } from "../functions/_shared/mailer.ts";
 import { assert, assertEquals } from "./support/assert.ts";
 import { test } from "./support/harness.ts";
 import { startSmtpServer } from "./support/smtp.ts";
@@ -41,7 +43,7 @@ for (const c of injections) {
     try {
       const e = await mailer.send({ ...c.message, text: "t", html: "h" }).then(() => undefined, (e) => e);
       assert(e instanceof SmtpError, `expected an SmtpError, got ${e}`);
-      assertEquals([e.failure.transient, e.failure.code], [false, "header_injection"]);
+      assertEquals(e.failure.transportCode, "header_injection");
       assertEquals(smtp.attempts, 0);
     } finally {
       mailer.close();
@@ -50,24 +52,33 @@ for (const c of injections) {
   });
 }
 
-test("a 500 reply is permanent, with or without an enhanced code and whatever nodemailer's error code", () => {
-  for (const code of ["EENVELOPE", "EMESSAGE", "EPROTOCOL", undefined]) {
-    assertEquals(
-      classifySmtpError({ code, responseCode: 500, response: "500 5.5.1 Syntax error" }),
-      { transient: false, code: "smtp_500_5.5.1", message: "500 5.5.1 Syntax error" },
-      String(code),
-    );
-    assertEquals(
-      classifySmtpError({ code, responseCode: 500, response: "500 Command unrecognized" }),
-      { transient: false, code: "smtp_500", message: "500 Command unrecognized" },
-      String(code),
-    );
+const databaseUrl = Deno.env.get("DATABASE_URL");
+if (!databaseUrl) throw new Error("DATABASE_URL must point at a migrated database");
+
+/** The class and error code email.failure_rules gives these facts. */
+async function classify(facts: { replyCode?: number; enhancedCode?: string; transportCode?: string }) {
+  const sql = postgres(databaseUrl!, { max: 1, onnotice: () => {} });
+  try {
+    const [r] = await sql`select (x.rule).class as class, x.error_code from email.failure_rule(
+      ${facts.replyCode ?? null}::integer, ${facts.enhancedCode ?? null}, ${facts.transportCode ?? null}) x`;
+    return [r.class, r.error_code];
+  } finally {
+    await sql.end({ timeout: 2 });
   }
-  // Without responseCode the reply code is read from the response line.
-  assertEquals(classifySmtpError({ code: "EPROTOCOL", response: "500 Command unrecognized" }).transient, false);
+}
+
+test("a 500 reply is permanent, with or without an enhanced code and whatever nodemailer's error code", async () => {
+  for (const transportCode of ["EENVELOPE", "EMESSAGE", "EPROTOCOL", undefined]) {
+    assertEquals(await classify({ replyCode: 500, enhancedCode: "5.5.1", transportCode }), [
+      "permanent",
+      "smtp_500_5.5.1",
+    ], String(transportCode));
+    assertEquals(await classify({ replyCode: 500, transportCode }), ["permanent", "smtp_500"], String(transportCode));
+  }
+  assertEquals(await classify({ replyCode: 499 }), ["transient", "smtp_499"]);
 });
 
-test("against a real server: a 500 reply to the message is permanent", async () => {
+test("against a real server: a 500 reply to the message is reported as 500, which is permanent", async () => {
   const smtp = await startSmtpServer();
   const mailer = createMailer(smtpConfig(smtp.port));
   try {
@@ -77,7 +88,9 @@ test("against a real server: a 500 reply to the message is permanent", async () 
       (e) => e,
     );
     assert(e instanceof SmtpError, `expected an SmtpError, got ${e}`);
-    assertEquals([e.failure.transient, e.failure.code], [false, "smtp_500"]);
+    assertEquals(e.failure.replyCode, 500);
+    assertEquals(smtpFailureFacts({ code: "EPROTOCOL", response: "500 Command unrecognized" }).replyCode, 500);
+    assertEquals((await classify(e.failure))[0], "permanent");
   } finally {
     mailer.close();
     await smtp.close();

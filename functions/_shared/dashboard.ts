@@ -27,6 +27,7 @@ import { json, jsonError } from "./http.ts";
 import { isDeliveryId } from "./ids.ts";
 import type { Logger } from "./log.ts";
 import { dashboardHtml } from "./dashboard_page.ts";
+import { statusNames } from "./statuses.gen.ts";
 
 const apiMeta = '<meta name="dashboard-api" content="">';
 
@@ -210,7 +211,9 @@ export async function dashboardData(sql: Sql, params: URLSearchParams): Promise<
       select d.delivery_id, d.workflow, d.recipient, d.status, d.attempts, d.last_error_code, d.last_error_message,
         d.updated_at
       from email.deliveries d
-      where d.status in ('failed', 'dead_letter', 'suppressed', 'retrying') and d.updated_at >= ${since}
+      -- what needs a look: failed attempts (email.statuses.failing) and suppressed deliveries
+      where d.status in (select s.status from email.statuses s where s.failing or s.counts_as = 'suppressed')
+        and d.updated_at >= ${since}
         and (${workflow}::text is null or d.workflow = ${workflow})
       order by d.updated_at desc limit 25`,
     sql<{ workflow: string }[]>`
@@ -229,5 +232,6 @@ export async function dashboardData(sql: Sql, params: URLSearchParams): Promise<
     series: series.map((r) => ({ t: r.t.toISOString(), status: r.status, n: r.n })),
     recent_failures: failures,
     workflows: workflows.map((r) => r.workflow),
+    statuses: statusNames,
   };
 }

@@ -1,5 +1,7 @@
 /**
- * SMTP out, through nodemailer, and the one place that decides whether a failure is worth retrying.
+ * SMTP out, through nodemailer. A failed send is reported as its facts (reply code, enhanced status
+ * code, transport error code, message); whether it is retried, ends the delivery or is a hard bounce
+ * is decided by the database (email.failure_rules, through email.record_failure), not here.
  */
 import nodemailer from "nodemailer";
 import type { Config } from "./config.ts";
@@ -8,8 +10,12 @@ import type { RenderedEmail } from "./workflows/common.ts";
 /** What the SMTP server said when it accepted a message. */
 export type SendResult = { messageId: string; response: string };
 
-/** A failed send, classified: transient failures are retried, permanent ones end the delivery. */
-export type SmtpFailure = { transient: boolean; code: string; message: string };
+/**
+ * The facts of a failed send, as email.record_failure takes them: the SMTP reply code (e.g. 550), the
+ * enhanced status code (e.g. "5.1.1"), the transport's error code (nodemailer's, e.g. "ETIMEDOUT", or
+ * "header_injection"), each when there is one, and a one-line human message.
+ */
+export type SmtpFailure = { replyCode?: number; enhancedCode?: string; transportCode?: string; message: string };
 
 /** Sends one rendered email; resolves with the server's answer or rejects with an SmtpError. */
 export type Mailer = {
@@ -17,7 +23,7 @@ export type Mailer = {
   close(): void;
 };
 
-/** A send that failed, carrying its classification. */
+/** A send that failed, carrying its facts. */
 export class SmtpError extends Error {
   override name = "SmtpError";
   constructor(readonly failure: SmtpFailure, options?: { cause?: unknown }) {
@@ -25,58 +31,27 @@ export class SmtpError extends Error {
   }
 }
 
-const transientCodes = new Set([
-  "ETIMEDOUT",
-  "ECONNECTION",
-  "ESOCKET",
-  "EDNS",
-  "ETLS",
-  "EPROTOCOL",
-  "EAUTH",
-  "ECONNREFUSED",
-  "ECONNRESET",
-  "EPIPE",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
-  "ENOTFOUND",
-  "EAI_AGAIN",
-]);
-const permanentCodes = new Set(["EENVELOPE", "EMESSAGE", "EREQUIRETLS"]);
-
-/**
- * Classifies a send error. Network errors, timeouts and 4xx replies are transient. 5xx replies are
- * permanent (the recipient's side refused), except failures on our side that a retry after an
- * operator fixes them will cure: 535 (authentication), and the enhanced codes 5.3.x (mail system),
- * 5.4.x (network/routing) and 5.7.0 (our relay's policy, e.g. sender not allowed). Unknown errors
- * are transient, so a bug never burns a message silently; the attempt budget still bounds them.
- */
-export function classifySmtpError(error: unknown): SmtpFailure {
+/** Extracts the facts of a send error (nodemailer's code, responseCode and response); classifies nothing. */
+export function smtpFailureFacts(error: unknown): SmtpFailure {
   const e = (error ?? {}) as { code?: unknown; responseCode?: unknown; response?: unknown; message?: unknown };
   const message = oneLine(typeof e.response === "string" && e.response ? e.response : String(e.message ?? error));
-  // No TLS where it is required (STARTTLS refused or stripped): our side to fix, never the recipient's.
-  if (e.code === "ETLS") return { transient: true, code: "ETLS", message };
-  const reply = typeof e.responseCode === "number" ? e.responseCode : replyCode(e.response);
-  if (reply !== undefined) {
-    const code = `smtp_${reply}`;
-    if (reply >= 400 && reply < 500) return { transient: true, code, message };
-    if (reply >= 500 && reply < 600) {
-      const enhanced = enhancedCode(e.response);
-      const operatorSide = reply === 535 ||
-        (enhanced !== undefined && (/^5\.[34]\./.test(enhanced) || enhanced === "5.7.0"));
-      return { transient: operatorSide, code: enhanced ? `${code}_${enhanced}` : code, message };
-    }
-  }
-  const code = typeof e.code === "string" ? e.code : "unknown";
-  if (permanentCodes.has(code)) return { transient: false, code, message };
-  return { transient: true, code: transientCodes.has(code) ? code : "unknown", message };
+  const replyCode = typeof e.responseCode === "number" && e.responseCode >= 200 && e.responseCode <= 599
+    ? e.responseCode
+    : replyCodeOf(e.response);
+  return {
+    ...(replyCode !== undefined ? { replyCode } : {}),
+    ...(replyCode !== undefined && enhancedCodeOf(e.response) ? { enhancedCode: enhancedCodeOf(e.response) } : {}),
+    ...(typeof e.code === "string" && e.code ? { transportCode: e.code.slice(0, 64) } : {}),
+    message,
+  };
 }
 
-function replyCode(response: unknown): number | undefined {
+function replyCodeOf(response: unknown): number | undefined {
   const m = typeof response === "string" ? /^([2-5]\d\d)\b/.exec(response) : null;
   return m ? Number(m[1]) : undefined;
 }
 
-function enhancedCode(response: unknown): string | undefined {
+function enhancedCodeOf(response: unknown): string | undefined {
   const m = typeof response === "string" ? /^[2-5]\d\d[ -]([2-5]\.\d{1,3}\.\d{1,3})\b/.exec(response) : null;
   return m ? m[1] : undefined;
 }
@@ -111,11 +86,7 @@ export function createMailer(smtp: Config["smtp"]): Mailer {
     async send(message) {
       for (const value of [message.to, message.subject, ...Object.values(message.headers ?? {})]) {
         if (/[\r\n]/.test(value)) {
-          throw new SmtpError({
-            transient: false,
-            code: "header_injection",
-            message: "a header value has a line break",
-          });
+          throw new SmtpError({ transportCode: "header_injection", message: "a header value has a line break" });
         }
       }
       try {
@@ -131,7 +102,7 @@ export function createMailer(smtp: Config["smtp"]): Mailer {
         });
         return { messageId: String(info.messageId ?? ""), response: oneLine(String(info.response ?? "")) };
       } catch (error) {
-        throw new SmtpError(classifySmtpError(error), { cause: error });
+        throw new SmtpError(smtpFailureFacts(error), { cause: error });
       }
     },
     close() {

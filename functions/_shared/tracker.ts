@@ -59,7 +59,7 @@ export type ClaimedDelivery = {
 };
 
 /** An outcome write that may be fenced off by a newer attempt. */
-export type OutcomeResult = { kind: "recorded"; status: string; nextAttemptAt?: Date | null } | {
+export type OutcomeResult = { kind: "recorded"; status: string; nextAttemptAt?: Date | null; errorCode?: string } | {
   kind: "stale";
   message: string;
 } | Unavailable;
@@ -91,10 +91,14 @@ export type StatusTracker = {
   /** record_queued, then mark_in_progress, in one round trip. */
   queueAndClaim(request: QueueRequest, leaseSeconds: number): Promise<QueueResult>;
   markSent(deliveryId: string, attempt: number, sent: { messageId: string; response: string }): Promise<OutcomeResult>;
+  /**
+   * record_failure with the facts of a failed send: the database's failure rules decide retrying,
+   * failed or dead_letter, and the error code it records (returned as errorCode).
+   */
   recordFailure(
     deliveryId: string,
     attempt: number,
-    failure: { code: string; message: string; permanent: boolean },
+    failure: { message: string; replyCode?: number; enhancedCode?: string; transportCode?: string },
   ): Promise<OutcomeResult>;
   /** mark_failed from queued or in_progress (a render failure after enqueue). */
   markFailed(deliveryId: string, attempt: number, failure: { code: string; message: string }): Promise<OutcomeResult>;
@@ -155,11 +159,16 @@ export function createStatusTracker(
   /** An outcome write: the status the database recorded (and when a retry is due). */
   async function fenced(
     action: string,
-    run: (db: postgres.Sql) => Pending<{ status: string; next_attempt_at?: Date | null }[]>,
+    run: (db: postgres.Sql) => Pending<{ status: string; next_attempt_at?: Date | null; error_code?: string }[]>,
   ): Promise<OutcomeResult> {
     const r = await fencedCall(action, run);
     if (r.kind !== "ok") return r;
-    return { kind: "recorded", status: r.value[0]?.status, nextAttemptAt: r.value[0]?.next_attempt_at ?? null };
+    return {
+      kind: "recorded",
+      status: r.value[0]?.status,
+      nextAttemptAt: r.value[0]?.next_attempt_at ?? null,
+      errorCode: r.value[0]?.error_code ?? undefined,
+    };
   }
 
   return {
@@ -188,8 +197,9 @@ export function createStatusTracker(
           ${id}, ${attempt}::integer, ${storable(sent.messageId, 998)}, ${storable(sent.response, 512)})`),
     recordFailure: (id, attempt, f) =>
       fenced("record_failure", (db) =>
-        db`select status, next_attempt_at from email.record_failure(
-          ${id}, ${attempt}::integer, ${storable(f.code, 64)}, ${storable(f.message, 512)}, ${f.permanent})`),
+        db`select status, next_attempt_at, error_code from email.record_failure(
+          ${id}, ${attempt}::integer, ${storable(f.message, 512)}, ${f.replyCode ?? null}::integer,
+          ${f.enhancedCode ?? null}, ${f.transportCode ?? null})`),
     markFailed: (id, attempt, f) =>
       fenced("mark_failed", (db) =>
         db`select status from email.mark_failed(

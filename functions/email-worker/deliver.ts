@@ -12,7 +12,8 @@
  */
 import type { Config } from "../_shared/config.ts";
 import { type Logger, maskEmail } from "../_shared/log.ts";
-import { type Mailer, SmtpError } from "../_shared/mailer.ts";
+import { type Mailer, SmtpError, type SmtpFailure } from "../_shared/mailer.ts";
+import { classifyUnrecorded } from "../_shared/failure_rules.ts";
 import type { LeaseResult, OutcomeResult, StatusTracker } from "../_shared/tracker.ts";
 import type { RenderedEmail } from "../_shared/workflows/common.ts";
 import { renderEmail, type WorkflowCheck } from "../_shared/workflows/registry.ts";
@@ -84,10 +85,12 @@ export async function attemptDelivery(deps: AttemptDeps, input: AttemptInput): P
       logger.info("sent", { ...ctx, recipient: maskEmail(input.recipient) });
       return { outcome: "sent", status: "sent", recorded: "no" };
     } catch (error) {
-      const failure = classify(error);
-      const outcome = failure.transient ? "transient_failure" : "permanent_failure";
-      logger.warn("send_failed", { ...ctx, recipient: maskEmail(input.recipient), errorCode: failure.code, outcome });
-      return { outcome, recorded: "no", errorCode: failure.code };
+      // Without tracking the database cannot decide: its rules' generated copy does (failure_rules.ts).
+      const failure = facts(error);
+      const verdict = classifyUnrecorded(failure);
+      const outcome = verdict.transient ? "transient_failure" : "permanent_failure";
+      logger.warn("send_failed", { ...ctx, recipient: maskEmail(input.recipient), ...factsToLog(failure), outcome });
+      return { outcome, recorded: "no", errorCode: verdict.errorCode };
     }
   }
 
@@ -102,28 +105,34 @@ export async function attemptDelivery(deps: AttemptDeps, input: AttemptInput): P
     return { outcome: "not_sent", recorded: "no" };
   }
   try {
-    let outcome: AttemptResult["outcome"];
-    let errorCode: string | undefined;
+    let failure: SmtpFailure | undefined;
     let write: () => Promise<OutcomeResult>;
     try {
       const sent = await mailer.send(email);
       logger.info("sent", { ...ctx, recipient: maskEmail(input.recipient) });
-      outcome = "sent";
       write = () => tracker.markSent(input.deliveryId, attempt, sent);
     } catch (error) {
-      const failure = classify(error);
-      outcome = failure.transient ? "transient_failure" : "permanent_failure";
-      errorCode = failure.code;
-      logger.warn("send_failed", { ...ctx, recipient: maskEmail(input.recipient), errorCode, outcome });
-      write = () =>
-        tracker.recordFailure(input.deliveryId, attempt, {
-          code: failure.code,
-          message: failure.message,
-          permanent: !failure.transient,
-        });
+      const f = failure = facts(error);
+      logger.warn("send_failed", { ...ctx, recipient: maskEmail(input.recipient), ...factsToLog(f) });
+      write = () => tracker.recordFailure(input.deliveryId, attempt, f);
     }
     const r = await recordOutcome(write, lease, logger, ctx);
-    return { outcome, errorCode, ...recorded(r, logger, ctx) };
+    if (!failure) return { outcome: "sent", ...recorded(r, logger, ctx) };
+    // Recorded, the database decided (email.failure_rules): failed is permanent, retrying or
+    // dead_letter transient. Unrecorded, the rules' generated copy says what the ack policy should do.
+    if (r.kind === "recorded") {
+      return {
+        outcome: r.status === "failed" ? "permanent_failure" : "transient_failure",
+        errorCode: r.errorCode,
+        ...recorded(r, logger, ctx),
+      };
+    }
+    const verdict = classifyUnrecorded(failure);
+    return {
+      outcome: verdict.transient ? "transient_failure" : "permanent_failure",
+      errorCode: verdict.errorCode,
+      ...recorded(r, logger, ctx),
+    };
   } finally {
     lease.stop();
   }
@@ -139,10 +148,14 @@ function render(content: WorkflowCheck): RenderedEmail | { failure: string } {
   }
 }
 
-function classify(error: unknown) {
-  return error instanceof SmtpError
-    ? error.failure
-    : { transient: true, code: "unknown", message: String((error as Error)?.message ?? error) };
+/** The facts of a send error (an error that is not an SmtpError has none but its message). */
+function facts(error: unknown): SmtpFailure {
+  return error instanceof SmtpError ? error.failure : { message: String((error as Error)?.message ?? error) };
+}
+
+/** The codes of a failure, for the log (its message may name the recipient: not logged). */
+function factsToLog(f: SmtpFailure) {
+  return { replyCode: f.replyCode, enhancedCode: f.enhancedCode, transportCode: f.transportCode };
 }
 
 /** A lease held while sending: when it ends at the latest (local clock), and the heartbeat to stop. */

@@ -14,6 +14,7 @@ import { type DispatchResult, dispatchWebhooks } from "../_shared/webhooks.ts";
 import { checkWorkflow } from "../_shared/workflows/registry.ts";
 import { attemptDelivery } from "./deliver.ts";
 import { secretsEqual } from "../_shared/auth.ts";
+import { isStatus, type Status, statusNames } from "../_shared/statuses.gen.ts";
 
 /** What the sweep needs. */
 export type SweepDeps = { config: Config; tracker: StatusTracker; mailer: Mailer; logger: Logger; sql?: Sql };
@@ -35,16 +36,9 @@ export function createSweepHandler(deps: SweepDeps): (request: Request) => Promi
     if (reaped.kind === "unavailable") {
       return jsonError(503, "tracking_unavailable", `the tracking database is unavailable (${reaped.reason})`);
     }
-    const counts = {
-      reaped: reaped.count,
-      claimed: 0,
-      sent: 0,
-      retrying: 0,
-      failed: 0,
-      dead_letter: 0,
-      stale: 0,
-      unrecorded: 0,
-    };
+    // What the claimed attempts led to, by the status each recorded (email.statuses: the sweep names none).
+    const recorded: Partial<Record<Status, number>> = {};
+    const counts = { reaped: reaped.count, claimed: 0, stale: 0, unrecorded: 0 };
     // Each lane claims one delivery and sends it at once, so no claim waits for a free lane while its
     // lease runs out; lanes stop claiming at the batch size or when the time budget is spent.
     const started = Date.now();
@@ -63,11 +57,7 @@ export function createSweepHandler(deps: SweepDeps): (request: Request) => Promi
         const r = await attemptDelivery(deps, { ...d, content });
         if (r.recorded === "stale") counts.stale++;
         else if (r.recorded === "no") counts.unrecorded++;
-        else if (
-          r.status === "sent" || r.status === "retrying" || r.status === "failed" || r.status === "dead_letter"
-        ) {
-          counts[r.status]++;
-        }
+        else if (r.status && isStatus(r.status)) recorded[r.status] = (recorded[r.status] ?? 0) + 1;
       }
     };
     await Promise.all(Array.from({ length: concurrency }, lane));
@@ -75,8 +65,9 @@ export function createSweepHandler(deps: SweepDeps): (request: Request) => Promi
       return jsonError(503, "tracking_unavailable", `the tracking database is unavailable (${unavailable.reason})`);
     }
     const webhooks = await sweepWebhooks(deps);
-    logger.info("sweep", { ...counts, webhooks: JSON.stringify(webhooks) });
-    return json({ ...counts, webhooks });
+    const byStatus = Object.fromEntries(statusNames.map((s) => [s, recorded[s] ?? 0]));
+    logger.info("sweep", { ...counts, ...byStatus, webhooks: JSON.stringify(webhooks) });
+    return json({ ...counts, ...byStatus, webhooks });
   };
 }
 

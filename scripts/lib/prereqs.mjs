@@ -1,5 +1,6 @@
 // System prerequisites the test suite needs beyond npm: pgTAP and pg_prove (and psql, which pg_prove
-// drives), and Chromium for the dashboard's browser test. Installed with apt where we run as root on Debian/Ubuntu; otherwise one line names them.
+// drives), Chromium for the dashboard's browser test, PgBouncer for running the worker through a
+// transaction-mode pooler and promtool (prometheus) for checking the metrics route's format. Installed with apt where we run as root on Debian/Ubuntu; otherwise one line names them.
 import { existsSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 
@@ -8,6 +9,7 @@ const PACKAGES = {
   "/usr/bin/psql": "postgresql-client-15",
   "/usr/share/postgresql/15/extension/pgtap.control": "postgresql-15-pgtap",
   "/usr/bin/chromium": "chromium",
+  "/usr/sbin/pgbouncer": "pgbouncer",
   "/usr/bin/promtool": "prometheus",
 };
 

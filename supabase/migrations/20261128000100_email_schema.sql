@@ -17,22 +17,38 @@ create extension if not exists pgcrypto with schema extensions;
 -- the lifecycle and rls migrations revoke execute explicitly, and the rls migration table privileges.
 alter default privileges in schema email revoke all on tables from anon, authenticated;
 
--- The states a delivery can be in, and which of them end it.
+-- The states a delivery can be in, and what each one is: the one list of statuses. Every other
+-- place that needs a set of statuses (the triggers, the metrics, the sweep, the dashboard, the CLI)
+-- derives it from these columns: SQL reads the table, TypeScript reads functions/_shared/statuses.gen.ts,
+-- which scripts/gen_statuses.mjs writes from this table (tests/statuses_test.ts fails when they differ).
+-- Only CHECK constraints and partial-index predicates repeat a set as literals: Postgres requires
+-- them immutable, so they cannot read a table (each one says so where it is).
 create table email.statuses (
   status text primary key,
   terminal boolean not null,
-  description text not null
+  waiting boolean not null,
+  failing boolean not null,
+  counts_as text not null check (counts_as in ('open', 'sent', 'failed', 'dead_letter', 'suppressed')),
+  position smallint not null unique,
+  description text not null,
+  constraint statuses_waiting_is_open check (not (waiting and terminal)),
+  constraint statuses_open_iff_not_terminal check ((counts_as = 'open') = (not terminal))
 );
 alter table email.statuses enable row level security;
-comment on table email.statuses is 'The states of a delivery; terminal ones end it (a requeue can reopen failed and dead_letter)';
+comment on table email.statuses is 'The states of a delivery, and the sets every other place derives from them; terminal ones end it (a requeue can reopen failed and dead_letter)';
+comment on column email.statuses.terminal is 'Ends the delivery (completed_at is set): the metrics'' "completed" set';
+comment on column email.statuses.waiting is 'Waiting for an attempt: due at next_attempt_at, claimable by the sweep, ended by a new suppression';
+comment on column email.statuses.failing is 'Entered because of a failure: the audit trail records its error code and message, and the dashboard lists it';
+comment on column email.statuses.counts_as is 'The column the metrics count it in: open (not ended), sent, failed, dead_letter (purged ones too) or suppressed';
+comment on column email.statuses.position is 'Display order (dashboard, CLI)';
 
-insert into email.statuses (status, terminal, description) values
-  ('queued', false, 'accepted, waiting for an attempt'),
-  ('in_progress', false, 'an attempt holds the lease and is sending'),
-  ('retrying', false, 'an attempt failed transiently; the next one is due at next_attempt_at'),
-  ('sent', true, 'the SMTP server accepted the message'),
-  ('failed', true, 'permanently refused, or could not be rendered'),
-  ('dead_letter', true, 'attempts exhausted; kept for an operator to requeue or purge');
+insert into email.statuses (status, terminal, waiting, failing, counts_as, position, description) values
+  ('queued', false, true, false, 'open', 20, 'accepted, waiting for an attempt'),
+  ('in_progress', false, false, false, 'open', 30, 'an attempt holds the lease and is sending'),
+  ('retrying', false, true, true, 'open', 40, 'an attempt failed transiently; the next one is due at next_attempt_at'),
+  ('sent', true, false, false, 'sent', 10, 'the SMTP server accepted the message'),
+  ('failed', true, false, true, 'failed', 50, 'permanently refused, or could not be rendered'),
+  ('dead_letter', true, false, true, 'dead_letter', 60, 'attempts exhausted; kept for an operator to requeue or purge');
 
 -- The allowed transitions, as data. A BEFORE UPDATE trigger refuses any other.
 create table email.transitions (
@@ -70,6 +86,69 @@ comment on table email.retry_policies is 'Retry policy per workflow; the row ''*
 
 insert into email.retry_policies (workflow) values ('*');
 
+/**
+ * What a failed send leads to, as data: the one place that says which SMTP failures are retried, which
+ * end the delivery, and which are hard bounces (the suppressions migration suppresses the recipient).
+ * The worker only reports the facts of a failure (the reply code, the enhanced status code, the
+ * transport's error code and a message) to email.record_failure; email.failure_rule picks the
+ * matching rule with the lowest priority. A rule matches when each of its conditions that is set
+ * holds: the reply code within [reply_code_from, reply_code_to], the enhanced code LIKE
+ * enhanced_pattern ('' matches a reply without one), the transport code equal to transport_code. The
+ * delivery's error code names what the rule matched on: smtp_<reply>[_<enhanced>] for a reply rule
+ * (the enhanced code only where code_with_enhanced: not for 4xx, whose enhanced codes vary by relay and
+ * would split the metrics' error counts), the transport code for a transport rule, `unknown` for the
+ * catch-all.
+ */
+create table email.failure_rules (
+  priority integer primary key,
+  reply_code_from integer check (reply_code_from between 200 and 599),
+  reply_code_to integer check (reply_code_to between 200 and 599),
+  enhanced_pattern text,
+  transport_code text,
+  class text not null check (class in ('transient', 'permanent')),
+  hard_bounce boolean not null default false,
+  code_with_enhanced boolean not null default true,
+  description text not null,
+  constraint failure_rules_reply_range check ((reply_code_from is null) = (reply_code_to is null) and reply_code_from <= reply_code_to),
+  constraint failure_rules_enhanced_needs_reply check (enhanced_pattern is null or reply_code_from is not null),
+  constraint failure_rules_hard_bounce_is_permanent check (not hard_bounce or class = 'permanent')
+);
+alter table email.failure_rules enable row level security;
+comment on table email.failure_rules is 'SMTP failure classification (transient, permanent, hard bounce): the lowest-priority matching rule decides';
+comment on column email.failure_rules.code_with_enhanced is 'Whether the recorded error code carries the enhanced code (smtp_550_5.1.1) or only the reply (smtp_451)';
+
+insert into email.failure_rules (priority, reply_code_from, reply_code_to, enhanced_pattern, transport_code, class, hard_bounce, code_with_enhanced, description) values
+  (10, null, null, null, 'ETLS', 'transient', false, true, 'no TLS where it is required (STARTTLS refused or stripped): ours to fix, whatever the reply'),
+  (20, 535, 535, null, null, 'transient', false, true, 'authentication failed: an operator fixes the credentials'),
+  (30, 500, 599, '5.3.%', null, 'transient', false, true, 'mail system status: the relay''s side'),
+  (31, 500, 599, '5.4.%', null, 'transient', false, true, 'network or routing: the relay''s side'),
+  (32, 500, 599, '5.7.0', null, 'transient', false, true, 'our relay''s policy (e.g. the sender is not allowed): an operator fixes it'),
+  (40, 500, 599, '5.1.%', null, 'permanent', true, true, 'bad destination mailbox or address: a hard bounce'),
+  (41, 550, 551, '', null, 'permanent', true, true, 'mailbox unavailable or not local, without an enhanced code: a hard bounce'),
+  (42, 553, 553, '', null, 'permanent', true, true, 'mailbox name not allowed, without an enhanced code: a hard bounce'),
+  (50, 500, 599, null, null, 'permanent', false, true, 'any other 5xx: the recipient''s side refused (policy, content, mailbox full)'),
+  (60, 400, 499, null, null, 'transient', false, false, 'any 4xx: try again later'),
+  (70, null, null, null, 'EENVELOPE', 'permanent', false, true, 'the envelope was refused'),
+  (71, null, null, null, 'EMESSAGE', 'permanent', false, true, 'the message could not be built'),
+  (72, null, null, null, 'EREQUIRETLS', 'permanent', false, true, 'REQUIRETLS is not supported on the path'),
+  (73, null, null, null, 'header_injection', 'permanent', false, true, 'a header value has a line break: never sent'),
+  (80, null, null, null, 'ETIMEDOUT', 'transient', false, true, 'timed out'),
+  (81, null, null, null, 'ECONNECTION', 'transient', false, true, 'connection error'),
+  (82, null, null, null, 'ESOCKET', 'transient', false, true, 'socket error'),
+  (83, null, null, null, 'EDNS', 'transient', false, true, 'DNS lookup failed'),
+  (84, null, null, null, 'EPROTOCOL', 'transient', false, true, 'unexpected SMTP conversation'),
+  (85, null, null, null, 'EAUTH', 'transient', false, true, 'authentication failed'),
+  (86, null, null, null, 'ECONNREFUSED', 'transient', false, true, 'connection refused'),
+  (87, null, null, null, 'ECONNRESET', 'transient', false, true, 'connection reset'),
+  (88, null, null, null, 'EPIPE', 'transient', false, true, 'broken pipe'),
+  (89, null, null, null, 'EHOSTUNREACH', 'transient', false, true, 'host unreachable'),
+  (90, null, null, null, 'ENETUNREACH', 'transient', false, true, 'network unreachable'),
+  (91, null, null, null, 'ENOTFOUND', 'transient', false, true, 'host not found'),
+  (92, null, null, null, 'EAI_AGAIN', 'transient', false, true, 'DNS lookup failed temporarily'),
+  (93, null, null, null, 'lease_expired', 'transient', false, true, 'the reaper: the attempt did not start sending before its lease expired'),
+  (94, null, null, null, 'outcome_unknown', 'transient', false, true, 'the reaper: the attempt started sending and never reported (at least once: retried)'),
+  (1000, null, null, null, null, 'transient', false, true, 'anything else: retried, so a bug never burns a message silently; the attempt budget bounds it');
+
 create table email.deliveries (
   delivery_id text primary key
     constraint deliveries_delivery_id_format check (delivery_id ~ '^[A-Za-z0-9._:-]{1,200}$'),
@@ -77,8 +156,7 @@ create table email.deliveries (
   recipient text not null
     constraint deliveries_recipient_single_line check (recipient !~ '[\r\n]' and char_length(recipient) between 3 and 320),
   user_id uuid,
-  status text not null default 'queued'
-    constraint deliveries_status_check check (status in ('queued', 'in_progress', 'retrying', 'sent', 'failed', 'dead_letter')),
+  status text not null default 'queued' references email.statuses,
   attempts integer not null default 0 check (attempts >= 0),
   max_attempts integer not null check (max_attempts >= 1),
   last_error_code text check (char_length(last_error_code) <= 64),
@@ -98,12 +176,13 @@ create table email.deliveries (
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
   constraint deliveries_lease_iff_in_progress check ((status = 'in_progress') = (lease_expires_at is not null)),
+  -- Literal (a CHECK cannot read email.statuses): the statuses with waiting = true.
   constraint deliveries_due_iff_waiting check ((status in ('queued', 'retrying')) = (next_attempt_at is not null))
 );
 alter table email.deliveries enable row level security;
 comment on table email.deliveries is 'One row per email to send, keyed by the caller''s idempotency key';
 comment on column email.deliveries.request_hash is 'HMAC-SHA256 (key: email.request_hash_key) of workflow, recipient, user and payload: tells a redelivery from a conflicting reuse of the id';
-comment on column email.deliveries.completed_at is 'When the delivery reached a terminal state (sent, failed, dead_letter); null while it is open';
+comment on column email.deliveries.completed_at is 'When the delivery reached a terminal status (email.statuses.terminal); null while it is open';
 comment on column email.deliveries.send_started_at is 'When the current (or last) attempt began its SMTP conversation; null while it has not: an expired lease is then safe to retry';
 comment on column email.deliveries.next_attempt_at is 'When the sweep may claim it: due retries, requeued deliveries, and queued ones no push claimed';
 
@@ -112,6 +191,7 @@ create index deliveries_recipient_updated_at_idx on email.deliveries (recipient,
 -- The two end-user policies (rls migration): own by user_id, own by the JWT's email in any case.
 create index deliveries_user_id_idx on email.deliveries (user_id) where user_id is not null;
 create index deliveries_recipient_lower_idx on email.deliveries (lower(recipient));
+-- Partial-index predicates must be immutable, so they name statuses literally: here the waiting ones.
 create index deliveries_due_idx on email.deliveries (next_attempt_at) where status in ('queued', 'retrying');
 create index deliveries_lease_idx on email.deliveries (lease_expires_at) where status = 'in_progress';
 

@@ -8,7 +8,12 @@
  * - the audit trail: the AFTER trigger _500_audit writes one event per insert and status change;
  * - secrets are not retained: _600_erase_payload deletes the payload when a delivery ends sent or failed,
  *   and the request hash that stays is keyed (email._request_hash);
- * - when to retry and when to give up: record_failure, from email.retry_policies;
+ * - which statuses exist and what each one is: email.statuses (terminal, waiting, failing); the
+ *   triggers read it instead of naming statuses;
+ * - what a failed send leads to: record_failure, the one caller-facing failure RPC: email.failure_rules
+ *   (through email.failure_rule) decides transient or permanent from the facts the worker reports, and
+ *   email.retry_policies when to retry and when to give up (mark_retrying and mark_dead_letter are its
+ *   internals, not callable by service_role);
  * - who may call what: execute is granted to service_role under each function, and revoked from public,
  *   anon and authenticated for every function at the end (Postgres grants execute to PUBLIC by default).
  *
@@ -25,7 +30,11 @@
 -- Helpers
 -- ---------------------------------------------------------------------------------------------
 
-/** Who is acting: the email.actor setting, else the JWT's subject, else the database user and application. */
+/**
+ * Who is acting: the email.actor setting, else the JWT's subject, else the database role and
+ * application. The role is the session's (its SET ROLE, else the login role), not current_user, so a
+ * security definer function (record_failure) records its caller, not its owner.
+ */
 create or replace function email._actor()
 returns text
 language plpgsql
@@ -36,7 +45,8 @@ begin
   return coalesce(
     nullif(current_setting('email.actor', true), ''),
     'user:' || (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'),
-    current_user || coalesce('@' || nullif(current_setting('application_name', true), ''), '')
+    coalesce(nullif(current_setting('role', true), 'none'), session_user)
+      || coalesce('@' || nullif(current_setting('application_name', true), ''), '')
   );
 end
 $$;
@@ -164,6 +174,7 @@ set search_path = ''
 as $$
 declare
   policy email.retry_policies;
+  entered email.statuses;
 begin
   new.last_error_message := left(new.last_error_message, 512);
   new.provider_response := left(new.provider_response, 512);
@@ -191,6 +202,7 @@ begin
       using errcode = 'EM001', hint = 'The allowed transitions are in email.transitions';
   end if;
 
+  select s.* into entered from email.statuses s where s.status = new.status;
   new.attempts := old.attempts;
   if new.status = 'in_progress' then
     new.attempts := old.attempts + 1;
@@ -202,10 +214,10 @@ begin
     new.lease_expires_at := null;
   end if;
 
-  if new.status in ('queued', 'retrying') then
+  if entered.waiting then
     new.next_attempt_at := coalesce(new.next_attempt_at, now());
     new.completed_at := null;
-  elsif new.status <> 'in_progress' then
+  elsif entered.terminal then
     new.next_attempt_at := null;
     new.completed_at := now();
   end if;
@@ -236,7 +248,7 @@ set search_path = ''
 as $$
 declare
   detail jsonb := coalesce(nullif(current_setting('email.event_detail', true), '')::jsonb, '{}');
-  failing boolean := new.status in ('retrying', 'failed', 'dead_letter');
+  failing boolean := (select s.failing from email.statuses s where s.status = new.status);
 begin
   if tg_op = 'UPDATE' and new.status is not distinct from old.status then
     return null;
@@ -534,7 +546,7 @@ begin
   return d;
 end
 $$;
-grant execute on function email._fail(text, text, text, text, timestamptz) to service_role;
+-- Not granted to service_role: only the fenced failure transitions below reach it.
 
 /** in_progress -> retrying, due after the policy's backoff; returns next_attempt_at. */
 create or replace function email.mark_retrying(delivery_id text, attempt integer, error_code text, error_message text)
@@ -550,14 +562,17 @@ begin
   return d.next_attempt_at;
 end
 $$;
-comment on function email.mark_retrying(text, integer, text, text) is 'in_progress -> retrying after the backoff (fenced)';
-grant execute on function email.mark_retrying(text, integer, text, text) to service_role;
+comment on function email.mark_retrying(text, integer, text, text) is 'in_progress -> retrying after the backoff (fenced); internal to record_failure';
 
-/** in_progress -> failed (permanent), or queued -> failed (render or validation failure after enqueue). */
+/**
+ * in_progress -> failed (permanent, from record_failure), or queued|in_progress -> failed when the
+ * worker cannot render the email (render_failed): no SMTP rule applies to that.
+ */
 create or replace function email.mark_failed(delivery_id text, attempt integer, error_code text, error_message text)
 returns email.deliveries
 language plpgsql
 volatile
+security definer -- it reaches email._fail, which service_role may not call
 set search_path = ''
 as $$
 begin
@@ -580,41 +595,89 @@ begin
   return email._fail(mark_dead_letter.delivery_id, 'dead_letter', error_code, error_message);
 end
 $$;
-comment on function email.mark_dead_letter(text, integer, text, text) is 'in_progress|retrying -> dead_letter (fenced)';
-grant execute on function email.mark_dead_letter(text, integer, text, text) to service_role;
+comment on function email.mark_dead_letter(text, integer, text, text) is 'in_progress|retrying -> dead_letter (fenced); internal to record_failure';
 
 /**
- * Records a failed attempt and lets the database decide what follows: failed when permanent,
- * dead_letter when the attempts are exhausted, else retrying after the policy's backoff.
+ * The rule of email.failure_rules that decides a failure with these facts (the lowest-priority match;
+ * the catch-all row always matches), and the error code the delivery records for it.
+ */
+create or replace function email.failure_rule(reply_code integer, enhanced_code text, transport_code text)
+returns table (rule email.failure_rules, error_code text)
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  r email.failure_rules;
+begin
+  select x.* into r from email.failure_rules x
+  where (x.reply_code_from is null or failure_rule.reply_code between x.reply_code_from and x.reply_code_to)
+    and (x.enhanced_pattern is null or coalesce(failure_rule.enhanced_code, '') like x.enhanced_pattern)
+    and (x.transport_code is null or failure_rule.transport_code = x.transport_code)
+  order by x.priority
+  limit 1;
+  if not found then
+    raise exception 'no rule of email.failure_rules matches (% % %)', reply_code, enhanced_code, transport_code
+      using errcode = 'EM006', hint = 'email.failure_rules needs a catch-all row (every condition null)';
+  end if;
+  return query select r, case
+    when r.reply_code_from is not null then
+      'smtp_' || failure_rule.reply_code || case when r.code_with_enhanced then coalesce('_' || failure_rule.enhanced_code, '') else '' end
+    when r.transport_code is not null then r.transport_code
+    else 'unknown'
+  end;
+end
+$$;
+comment on function email.failure_rule(integer, text, text) is 'The failure rule (transient, permanent, hard bounce) for a reply code, enhanced code and transport code';
+grant execute on function email.failure_rule(integer, text, text) to service_role;
+
+/**
+ * Records a failed attempt from its facts (the SMTP reply code, the enhanced status code, the
+ * transport's error code, and a human message) and lets the database decide what follows:
+ * email.failure_rule says transient or permanent (and hard bounce, which the trail's detail carries
+ * to the suppressions trigger); permanent ends it failed, an exhausted budget dead_letter, anything
+ * else is retrying after the policy's backoff. The only caller-facing way to retrying or dead_letter:
+ * security definer, so mark_retrying and mark_dead_letter stay internal (not granted to service_role).
  */
 create or replace function email.record_failure(
   delivery_id text,
   attempt integer,
-  error_code text,
-  error_message text,
-  permanent boolean
+  message text,
+  reply_code integer default null,
+  enhanced_code text default null,
+  transport_code text default null
 )
-returns table (status text, next_attempt_at timestamptz)
+returns table (status text, next_attempt_at timestamptz, error_code text, hard_bounce boolean)
 language plpgsql
 volatile
+security definer
 set search_path = ''
 as $$
 declare
   d email.deliveries := email._fence(record_failure.delivery_id, record_failure.attempt, array['in_progress']);
+  enhanced text := left(record_failure.enhanced_code, 16);
+  transport text := left(record_failure.transport_code, 64);
+  f record;
 begin
-  if coalesce(permanent, false) then
-    d := email.mark_failed(d.delivery_id, d.attempts, error_code, error_message);
-    return query select d.status, d.next_attempt_at;
+  select x.rule, x.error_code into f from email.failure_rule(record_failure.reply_code, enhanced, transport) x;
+  -- The facts and the rule's verdict go into the trail (the audit trigger consumes the detail).
+  perform email._set_event_detail(coalesce(nullif(current_setting('email.event_detail', true), '')::jsonb, '{}')
+    || jsonb_build_object('failure', jsonb_strip_nulls(jsonb_build_object(
+      'reply_code', record_failure.reply_code, 'enhanced_code', enhanced, 'transport_code', transport,
+      'rule', (f.rule).priority, 'class', (f.rule).class, 'hard_bounce', (f.rule).hard_bounce))));
+  if (f.rule).class = 'permanent' then
+    d := email.mark_failed(d.delivery_id, d.attempts, f.error_code, message);
   elsif d.attempts >= d.max_attempts then
-    d := email.mark_dead_letter(d.delivery_id, d.attempts, error_code, error_message);
-    return query select d.status, d.next_attempt_at;
+    d := email.mark_dead_letter(d.delivery_id, d.attempts, f.error_code, message);
   else
-    return query select 'retrying'::text, email.mark_retrying(d.delivery_id, d.attempts, error_code, error_message);
+    perform email.mark_retrying(d.delivery_id, d.attempts, f.error_code, message);
+    select x.* into d from email.deliveries x where x.delivery_id = record_failure.delivery_id;
   end if;
+  return query select d.status, d.next_attempt_at, f.error_code, (f.rule).hard_bounce and d.status = 'failed';
 end
 $$;
-comment on function email.record_failure(text, integer, text, text, boolean) is 'Record a failed attempt; the database decides retrying, failed or dead_letter';
-grant execute on function email.record_failure(text, integer, text, text, boolean) to service_role;
+comment on function email.record_failure(text, integer, text, integer, text, text) is 'Record a failed attempt from its facts; email.failure_rules and the retry policy decide retrying, failed or dead_letter';
+grant execute on function email.record_failure(text, integer, text, integer, text, text) to service_role;
 
 /**
  * Reaps one in_progress delivery whose lease expired, and decides, explicitly, what an attempt that
@@ -641,11 +704,12 @@ begin
   select x.* into d from email.deliveries x where x.delivery_id = _reap.delivery_id for update;
   if found and d.status = 'in_progress' and d.lease_expires_at < now() then
     if d.send_started_at is null then
-      perform email.record_failure(d.delivery_id, d.attempts, 'lease_expired',
-        'the attempt did not start sending before its lease expired', false);
+      perform email.record_failure(d.delivery_id, d.attempts,
+        'the attempt did not start sending before its lease expired', transport_code => 'lease_expired');
     else
-      perform email.record_failure(d.delivery_id, d.attempts, 'outcome_unknown',
-        'the attempt started sending and did not report an outcome before its lease expired: it may have been sent', false);
+      perform email.record_failure(d.delivery_id, d.attempts,
+        'the attempt started sending and did not report an outcome before its lease expired: it may have been sent',
+        transport_code => 'outcome_unknown');
     end if;
   end if;
 end
@@ -696,6 +760,7 @@ begin
   return query
   with due as (
     select x.delivery_id from email.deliveries x
+    -- The waiting statuses, literally: the predicate of the partial index deliveries_due_idx.
     where x.status in ('queued', 'retrying') and x.next_attempt_at <= now()
     order by x.next_attempt_at
     limit greatest(coalesce(max_count, 0), 0)
@@ -732,9 +797,9 @@ begin
   if not found then
     raise exception 'delivery % does not exist', requeue.delivery_id using errcode = 'EM004';
   end if;
-  if d.status not in ('failed', 'dead_letter') then
+  if not exists (select from email.transitions t where t.from_status = d.status and t.to_status = 'queued') then
     raise exception 'delivery % cannot be requeued from %', requeue.delivery_id, d.status
-      using errcode = 'EM001', hint = 'Only failed and dead_letter deliveries can be requeued';
+      using errcode = 'EM001', hint = 'Only the statuses with a transition to queued in email.transitions can be requeued';
   end if;
   if not exists (select from email.delivery_payloads p where p.delivery_id = d.delivery_id) then
     raise exception 'delivery % cannot be requeued: its payload was erased', requeue.delivery_id

@@ -30,18 +30,14 @@
 -- Lifecycle side: the purged status
 -- ---------------------------------------------------------------------------------------------
 
-insert into email.statuses (status, terminal, description) values
-  ('purged', true, 'a dead letter whose payload was erased by an operator or the retention policy; kept for the record');
+insert into email.statuses (status, terminal, waiting, failing, counts_as, position, description) values
+  ('purged', true, false, false, 'dead_letter', 80, 'a dead letter whose payload was erased by an operator or the retention policy; kept for the record');
 
 insert into email.transitions (from_status, to_status, description) values
   ('dead_letter', 'purged', 'an operator or the retention policy purges it: the payload is erased');
 
-alter table email.deliveries
-  drop constraint deliveries_status_check,
-  add constraint deliveries_status_check
-    check (status in ('queued', 'in_progress', 'retrying', 'sent', 'failed', 'dead_letter', 'purged'));
-
--- The payload is erased when a delivery ends sent, failed or purged (dead letters keep it for a requeue).
+-- The payload is erased when a delivery ends sent, failed or purged (dead letters keep it for a requeue;
+-- suppressed ones erase it themselves). A trigger's WHEN cannot read a table, so the statuses are literal.
 drop trigger _600_erase_payload on email.deliveries;
 create trigger _600_erase_payload
 after update of status on email.deliveries
@@ -384,7 +380,8 @@ grant execute on function email_api.get_delivery(text) to authenticated, service
 /**
  * Delivery metrics over the deliveries queued in [since, until), per workflow and in total:
  * - total and by_status (counts per current status);
- * - success_rate: sent / completed, where completed is sent + failed + dead_letter + purged (null when none);
+ * - success_rate: sent / completed, where completed counts the terminal statuses of email.statuses
+ *   (sent, failed, dead_letter, suppressed, purged; null when none);
  * - avg_attempts: mean attempts of the completed deliveries;
  * - latency_ms p50/p95/p99: from queued_at to sent_at, over the sent ones;
  * - errors: per workflow and last error code, how many deliveries and how they ended;
@@ -427,12 +424,13 @@ begin
       grouping(w.workflow) = 1 as is_total,
       w.workflow,
       count(*) as total,
-      count(*) filter (where w.status in ('sent', 'failed', 'dead_letter', 'purged')) as completed,
+      count(*) filter (where s.terminal) as completed,
       count(*) filter (where w.status = 'sent') as sent,
-      avg(w.attempts) filter (where w.status in ('sent', 'failed', 'dead_letter', 'purged')) as avg_attempts,
+      avg(w.attempts) filter (where s.terminal) as avg_attempts,
       percentile_cont(array[0.5, 0.95, 0.99]) within group (order by extract(epoch from w.sent_at - w.queued_at) * 1000)
         filter (where w.status = 'sent') as latency
     from w
+    join email.statuses s on s.status = w.status
     group by grouping sets ((w.workflow), ())
   ),
   per_status as (
@@ -470,10 +468,11 @@ begin
       'sent', e.sent, 'failed', e.failed, 'dead_letter', e.dead_letter) order by e.n desc, e.workflow, e.last_error_code) as doc
     from (
       select w.workflow, w.last_error_code, count(*) as n,
-        count(*) filter (where w.status = 'sent') as sent,
-        count(*) filter (where w.status = 'failed') as failed,
-        count(*) filter (where w.status in ('dead_letter', 'purged')) as dead_letter
+        count(*) filter (where s.counts_as = 'sent') as sent,
+        count(*) filter (where s.counts_as = 'failed') as failed,
+        count(*) filter (where s.counts_as = 'dead_letter') as dead_letter
       from w
+      join email.statuses s on s.status = w.status
       where w.last_error_code is not null
       group by w.workflow, w.last_error_code
     ) e

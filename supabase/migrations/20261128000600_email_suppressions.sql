@@ -6,7 +6,8 @@
  *   and the delivery that bounced; operators add and remove entries with add_suppression and
  *   remove_suppression (the CLI: `email-status suppressions ...`);
  * - the trigger _700_suppress_hard_bounce on email.delivery_events adds the recipient when a delivery
- *   fails with a hard-bounce code (see email.is_hard_bounce);
+ *   fails on a hard bounce: email.record_failure records in the event's detail what the matching row
+ *   of email.failure_rules says (failure.hard_bounce); nothing here parses an error code;
  * - a delivery to a suppressed address ends in the terminal status `suppressed` without any SMTP
  *   attempt: the trigger _700_suppress_recipient moves it there as soon as it is queued (on insert,
  *   on a requeue, and when a retry is scheduled), and adding a suppression moves the address's open
@@ -14,36 +15,19 @@
  *   email.claim_due never returns them. The move is an ordinary transition: it is in the trail (and so
  *   in the webhooks), and the payload is erased (never even stored when suppressed on insert).
  *
- * The status lives in email.statuses; deliveries.status references that table instead of repeating
- * the list in a CHECK, so the statuses table is the one place that says which statuses exist.
+ * The status lives in email.statuses, like every other (deliveries.status references that table).
  */
 
 -- ---------------------------------------------------------------------------------------------
 -- The status `suppressed`
 -- ---------------------------------------------------------------------------------------------
 
-insert into email.statuses (status, terminal, description) values
-  ('suppressed', true, 'not sent: the recipient is on the suppression list')
-on conflict (status) do nothing;
+insert into email.statuses (status, terminal, waiting, failing, counts_as, position, description) values
+  ('suppressed', true, false, false, 'suppressed', 70, 'not sent: the recipient is on the suppression list');
 
 insert into email.transitions (from_status, to_status, description) values
   ('queued', 'suppressed', 'the recipient is on the suppression list: ended without an SMTP attempt'),
-  ('retrying', 'suppressed', 'the recipient was suppressed while a retry was pending')
-on conflict (from_status, to_status) do nothing;
-
--- The statuses table is the one list of statuses: replace the CHECK (whatever an earlier migration
--- made of it) with a foreign key.
-alter table email.deliveries drop constraint if exists deliveries_status_check;
-do $$
-begin
-  if not exists (
-    select from pg_constraint where conrelid = 'email.deliveries'::regclass and conname = 'deliveries_status_fkey'
-  ) then
-    alter table email.deliveries
-      add constraint deliveries_status_fkey foreign key (status) references email.statuses (status);
-  end if;
-end
-$$;
+  ('retrying', 'suppressed', 'the recipient was suppressed while a retry was pending');
 
 -- ---------------------------------------------------------------------------------------------
 -- The table
@@ -64,7 +48,8 @@ comment on table email.suppressions is 'Addresses never sent to again (hard boun
 comment on column email.suppressions.delivery_id is 'The delivery whose hard bounce added the address, when it came from one';
 
 create index suppressions_created_at_idx on email.suppressions (created_at);
--- Finds the open deliveries of a newly suppressed address without a scan of all deliveries.
+-- Finds the open deliveries of a newly suppressed address without a scan of all deliveries (a
+-- partial-index predicate must be immutable: the waiting statuses of email.statuses, literally).
 create index deliveries_open_recipient_idx on email.deliveries (lower(recipient)) where status in ('queued', 'retrying');
 
 -- ---------------------------------------------------------------------------------------------
@@ -84,36 +69,6 @@ end
 $$;
 comment on function email.normalize_address(text) is 'Lower-cased bare address of a recipient (the part in <...> when present)';
 grant execute on function email.normalize_address(text) to service_role;
-
-/**
- * Whether an error code is a hard bounce: a permanent refusal about the mailbox itself. The worker
- * writes SMTP replies as `smtp_<reply>` or `smtp_<reply>_<enhanced>` (functions/_shared/mailer.ts),
- * and other writers may use `550`, `550 5.1.1` or `5.1.1`; all are understood. When an enhanced code
- * is present it decides (5.1.x: bad destination mailbox or address); without one, the reply code
- * does (550, 551, 553). So `smtp_550_5.7.1` (a policy refusal, e.g. of our content) is not a hard
- * bounce, and neither is a 4xx, a 552 (mailbox full) or a connection error.
- */
-create or replace function email.is_hard_bounce(error_code text)
-returns boolean
-language plpgsql
-immutable
-set search_path = ''
-as $$
-declare
-  enhanced text := substring(error_code from '(?:^|[^0-9.])([245]\.[0-9]{1,3}\.[0-9]{1,3})(?:$|[^0-9.])');
-  reply text := substring(error_code from '(?:^|[^0-9.])([245][0-9][0-9])(?:$|[^0-9.])');
-begin
-  if error_code is null then
-    return false;
-  elsif enhanced is not null then
-    return enhanced like '5.1.%';
-  else
-    return coalesce(reply in ('550', '551', '553'), false);
-  end if;
-end
-$$;
-comment on function email.is_hard_bounce(text) is 'Whether an error code is a permanent refusal of the mailbox (5.1.x, else 550/551/553)';
-grant execute on function email.is_hard_bounce(text) to service_role;
 
 /** Whether an address is suppressed (case-insensitive). */
 create or replace function email.is_suppressed(address text)
@@ -198,7 +153,8 @@ begin
   update email.deliveries d
   set status = 'suppressed', last_error_code = 'address_suppressed',
       last_error_message = left('the recipient is on the suppression list: ' || s.reason, 512)
-  where d.delivery_id = _suppress_delivery.delivery_id and d.status in ('queued', 'retrying');
+  where d.delivery_id = _suppress_delivery.delivery_id
+    and d.status in (select st.status from email.statuses st where st.waiting);
   perform email._set_event_detail(null);
   delete from email.delivery_payloads p where p.delivery_id = _suppress_delivery.delivery_id;
 end
@@ -225,6 +181,7 @@ begin
 end
 $$;
 
+-- A trigger's WHEN cannot read a table: the waiting statuses of email.statuses, literally.
 create trigger _700_suppress_recipient
 after insert or update of status on email.deliveries
 for each row when (new.status in ('queued', 'retrying'))
@@ -259,6 +216,7 @@ declare
 begin
   for id in
     select d.delivery_id from email.deliveries d
+    -- The waiting statuses, literally: the predicate of deliveries_open_recipient_idx.
     where lower(d.recipient) = new.address and d.status in ('queued', 'retrying')
       and email.normalize_address(d.recipient) = new.address
     for update
@@ -268,7 +226,7 @@ begin
   -- Recipients written as `Name <address>` do not match the index on lower(recipient).
   for id in
     select d.delivery_id from email.deliveries d
-    where d.status in ('queued', 'retrying') and d.recipient like '%<%'
+    where d.status in (select st.status from email.statuses st where st.waiting) and d.recipient like '%<%'
       and email.normalize_address(d.recipient) = new.address
     for update
   loop
@@ -282,7 +240,10 @@ create trigger _500_suppress_open_deliveries
 after insert on email.suppressions
 for each row execute function email.tg_suppressions__suppress_open_deliveries();
 
-/** A delivery that failed with a hard-bounce code puts its recipient on the suppression list. */
+/**
+ * A delivery that failed on a hard bounce puts its recipient on the suppression list. Whether it was
+ * one, email.failure_rules decided when record_failure recorded the failure (the event's detail).
+ */
 create or replace function email.tg_delivery_events__suppress_hard_bounce()
 returns trigger
 language plpgsql
@@ -302,7 +263,7 @@ $$;
 
 create trigger _700_suppress_hard_bounce
 after insert on email.delivery_events
-for each row when (new.to_status = 'failed' and email.is_hard_bounce(new.error_code))
+for each row when (new.to_status = 'failed' and coalesce((new.detail -> 'failure' ->> 'hard_bounce')::boolean, false))
 execute function email.tg_delivery_events__suppress_hard_bounce();
 
 -- ---------------------------------------------------------------------------------------------
@@ -314,7 +275,7 @@ revoke all on email.suppressions from public, anon, authenticated;
 grant execute on function email._suppress_delivery(text, email.suppressions) to service_role;
 grant select, insert, update, delete on email.suppressions to service_role;
 revoke execute on function
-  email.normalize_address(text), email.is_hard_bounce(text), email.is_suppressed(text),
+  email.normalize_address(text), email.is_suppressed(text),
   email.add_suppression(text, text, text, text, text), email.remove_suppression(text),
   email._suppress_delivery(text, email.suppressions), email.tg_deliveries__suppress_recipient(),
   email.tg_delivery_payloads__skip_suppressed(), email.tg_suppressions__suppress_open_deliveries(),

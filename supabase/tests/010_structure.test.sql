@@ -1,12 +1,12 @@
 -- Structure: schema, tables, columns, keys, indexes, triggers, functions and privileges, so drift shows up.
 begin;
-select plan(158);
+select plan(163);
 
 select has_schema('email');
 
 -- Tables, each with RLS enabled.
 select has_table('email', t, format('table email.%s exists', t))
-from unnest(array['statuses', 'transitions', 'retry_policies', 'deliveries', 'delivery_payloads',
+from unnest(array['statuses', 'transitions', 'retry_policies', 'failure_rules', 'deliveries', 'delivery_payloads',
   'delivery_events', 'rejected_messages', 'request_hash_key']) t;
 
 select is_empty(
@@ -137,7 +137,8 @@ from (values
   ('record_queued', array['text', 'text', 'text', 'jsonb', 'jsonb', 'uuid']),
   ('mark_in_progress', array['text', 'integer']),
   ('mark_sent', array['text', 'integer', 'text', 'text']),
-  ('record_failure', array['text', 'integer', 'text', 'text', 'boolean']),
+  ('record_failure', array['text', 'integer', 'text', 'integer', 'text', 'text']),
+  ('failure_rule', array['integer', 'text', 'text']),
   ('mark_retrying', array['text', 'integer', 'text', 'text']),
   ('mark_failed', array['text', 'integer', 'text', 'text']),
   ('mark_dead_letter', array['text', 'integer', 'text', 'text']),
@@ -153,7 +154,13 @@ from (values
 select function_returns('email', 'record_queued', array['text', 'text', 'text', 'jsonb', 'jsonb', 'uuid'], 'email.deliveries');
 select function_returns('email', 'mark_in_progress', array['text', 'integer'], 'integer');
 select function_returns('email', 'mark_sent', array['text', 'integer', 'text', 'text'], 'email.deliveries');
-select function_returns('email', 'record_failure', array['text', 'integer', 'text', 'text', 'boolean'], 'setof record');
+select function_returns('email', 'record_failure', array['text', 'integer', 'text', 'integer', 'text', 'text'], 'setof record');
+select is(
+  (select array_agg(a order by n) from pg_proc p, unnest(p.proargnames) with ordinality u(a, n)
+   where p.oid = 'email.record_failure(text, integer, text, integer, text, text)'::regprocedure and p.proargmodes[n] = 'i'),
+  array['delivery_id', 'attempt', 'message', 'reply_code', 'enhanced_code', 'transport_code'],
+  'record_failure takes the facts of a failure, not a verdict'
+);
 select function_returns('email', 'requeue', array['text', 'text'], 'email.deliveries');
 select function_returns('email', 'claim_due', array['integer', 'integer'], 'setof record');
 select function_returns('email', 'reap_expired_leases', array[]::text[], 'integer');
@@ -198,11 +205,19 @@ select ok(
 )
 from unnest(array[
   'email.record_queued(text, text, text, jsonb, jsonb, uuid)', 'email.mark_in_progress(text, integer)',
-  'email.mark_sent(text, integer, text, text)', 'email.record_failure(text, integer, text, text, boolean)',
-  'email.mark_retrying(text, integer, text, text)', 'email.mark_failed(text, integer, text, text)',
-  'email.mark_dead_letter(text, integer, text, text)', 'email.requeue(text, text)',
+  'email.mark_sent(text, integer, text, text)', 'email.record_failure(text, integer, text, integer, text, text)',
+  'email.failure_rule(integer, text, text)', 'email.mark_failed(text, integer, text, text)', 'email.requeue(text, text)',
   'email.claim_due(integer, integer)', 'email.reap_expired_leases()',
   'email.renew_lease(text, integer, integer, boolean)', 'email.record_rejected(text, text, bytea, text, text, jsonb, integer, text[])'
+]) p;
+-- Only record_failure chooses between retrying and dead_letter: its internals are not service_role's.
+select ok(
+  not has_function_privilege('service_role', p, 'execute'),
+  format('service_role may not execute %s', p)
+)
+from unnest(array[
+  'email.mark_retrying(text, integer, text, text)', 'email.mark_dead_letter(text, integer, text, text)',
+  'email._fail(text, text, text, text, timestamptz)'
 ]) p;
 select is_empty(
   $$ select p.oid::regprocedure::text from pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a

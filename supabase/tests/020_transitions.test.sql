@@ -35,7 +35,7 @@ begin
     perform email.mark_in_progress(id);
   end if;
   case status
-    when 'retrying' then perform email.record_failure(id, 1, 'smtp_421', 'try again later', false);
+    when 'retrying' then perform email.record_failure(id, 1, 'try again later', 421);
     when 'sent' then perform email.mark_sent(id, 1, '<m@example.com>', '250 ok');
     when 'failed' then perform email.mark_failed(id, 0, 'render_error', 'template not found');
     when 'dead_letter' then perform email.mark_dead_letter(id, 1, 'smtp_421', 'given up');

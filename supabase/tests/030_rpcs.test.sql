@@ -1,6 +1,6 @@
 -- The lifecycle RPCs, called as the worker calls them (service_role).
 begin;
-select plan(71);
+select plan(76);
 
 /** Creates delivery `id` and walks it to `status` through the RPCs. */
 create function pg_temp.walk(id text, status text, workflow text default 'pgtap') returns text language plpgsql as $$
@@ -10,10 +10,12 @@ begin
     perform email.mark_in_progress(id);
   end if;
   case status
-    when 'retrying' then perform email.record_failure(id, 1, 'smtp_421', 'try again later', false);
+    when 'retrying' then perform email.record_failure(id, 1, 'try again later', 421);
     when 'sent' then perform email.mark_sent(id, 1);
     when 'failed' then perform email.mark_failed(id, 0, 'render_error', 'template not found');
-    when 'dead_letter' then perform email.mark_dead_letter(id, 1, 'smtp_421', 'given up');
+    when 'dead_letter' then
+      update email.deliveries x set max_attempts = 1 where x.delivery_id = id;
+      perform email.record_failure(id, 1, 'given up', 421);
     else null;
   end case;
   return id;
@@ -149,7 +151,7 @@ select results_eq(
 select pg_temp.walk('pgtap-030-count', 'queued');
 select is(email.mark_in_progress('pgtap-030-count'), 1, 'claim 1 is attempt 1');
 select is(
-  (select r.status from email.record_failure('pgtap-030-count', 1, 'smtp_421', 'busy', false) r), 'retrying',
+  (select r.status from email.record_failure('pgtap-030-count', 1, 'busy', 421) r), 'retrying',
   'a transient failure with attempts left: retrying'
 );
 select is((select attempts from email.deliveries where delivery_id = 'pgtap-030-count'), 1, 'retrying does not count an attempt');
@@ -164,14 +166,14 @@ select is(
 -- record_failure: the database decides
 -- ------------------------------------------------------------------------------------------------
 select results_eq(
-  $$ select status, next_attempt_at from email.record_failure('pgtap-030-count', 2, 'smtp_554', 'transaction failed', true) $$,
+  $$ select status, next_attempt_at from email.record_failure('pgtap-030-count', 2, 'transaction failed', 554) $$,
   $$ values ('failed'::text, null::timestamptz) $$,
   'a permanent failure: failed, nothing due'
 );
 select pg_temp.walk('pgtap-030-two', 'in_progress', 'pgtap-two');
 select results_eq(
   $$ select status, next_attempt_at between now() + interval '5 seconds' and now() + interval '10 seconds'
-     from email.record_failure('pgtap-030-two', 1, 'smtp_421', 'busy', false) $$,
+     from email.record_failure('pgtap-030-two', 1, 'busy', 421) $$,
   $$ values ('retrying'::text, true) $$,
   'a transient failure at attempt 1 of 2: retrying, due after the policy''s backoff (5-10 s for attempt 1)'
 );
@@ -184,7 +186,7 @@ select is(
 update email.deliveries set next_attempt_at = now() - interval '1 second' where delivery_id = 'pgtap-030-two';
 select is(email.mark_in_progress('pgtap-030-two'), 2, 'attempt 2 of 2 claimed');
 select results_eq(
-  $$ select status, next_attempt_at from email.record_failure('pgtap-030-two', 2, 'smtp_421', 'busy', false) $$,
+  $$ select status, next_attempt_at from email.record_failure('pgtap-030-two', 2, 'busy', 421) $$,
   $$ values ('dead_letter'::text, null::timestamptz) $$,
   'a transient failure at the last attempt: dead_letter'
 );
@@ -194,15 +196,15 @@ select ok(
 );
 select pg_temp.walk('pgtap-030-last-permanent', 'in_progress', 'pgtap-two');
 select is(
-  (select status from email.record_failure('pgtap-030-last-permanent', 1, 'smtp_554', 'transaction failed', true)),
+  (select status from email.record_failure('pgtap-030-last-permanent', 1, 'transaction failed', 554)),
   'failed', 'a permanent failure is failed even with attempts left'
 );
 select throws_ok(
-  $$ select * from email.record_failure('pgtap-030-defaults', 0, 'x', 'y', false) $$,
+  $$ select * from email.record_failure('pgtap-030-defaults', 0, 'y', transport_code => 'x') $$,
   'EM003', null, 'record_failure on a delivery that is not in progress raises EM003'
 );
 select throws_ok(
-  $$ select * from email.record_failure('pgtap-030-does-not-exist', 1, 'x', 'y', false) $$,
+  $$ select * from email.record_failure('pgtap-030-does-not-exist', 1, 'y', transport_code => 'x') $$,
   'EM004', 'delivery pgtap-030-does-not-exist does not exist', 'record_failure on an unknown delivery raises EM004'
 );
 select is(
@@ -210,7 +212,29 @@ select is(
   'the last error is kept on the delivery'
 );
 
--- The explicit transitions record_failure uses.
+-- record_failure returns the rule's error code and whether it was a hard bounce, and reports the facts in the trail.
+select pg_temp.walk('pgtap-030-facts', 'in_progress');
+select results_eq(
+  $$ select status, error_code, hard_bounce from email.record_failure('pgtap-030-facts', 1, '535 5.7.8 bad credentials', 535, '5.7.8', 'EAUTH') $$,
+  $$ values ('retrying'::text, 'smtp_535_5.7.8'::text, false) $$,
+  'a 535 (our credentials) is retried, and its code names the reply and enhanced code'
+);
+select is(
+  (select detail -> 'failure' from email.delivery_events where delivery_id = 'pgtap-030-facts' and to_status = 'retrying'),
+  '{"reply_code": 535, "enhanced_code": "5.7.8", "transport_code": "EAUTH", "rule": 20, "class": "transient", "hard_bounce": false}'::jsonb,
+  'the trail keeps the facts and the rule that decided'
+);
+
+-- Only record_failure chooses between retrying and dead_letter: service_role cannot call the internals.
+select throws_ok($$ select email.mark_retrying('pgtap-030-facts', 1, 'x', 'y') $$, '42501', null,
+  'service_role may not call mark_retrying');
+select throws_ok($$ select email.mark_dead_letter('pgtap-030-facts', 1, 'x', 'y') $$, '42501', null,
+  'service_role may not call mark_dead_letter');
+select throws_ok($$ select email._fail('pgtap-030-facts', 'dead_letter', 'x', 'y') $$, '42501', null,
+  'service_role may not call email._fail');
+
+-- The explicit transitions record_failure uses (internal: called here as their owner).
+reset role;
 select pg_temp.walk('pgtap-030-explicit', 'in_progress');
 select ok(
   (select t between now() + interval '15 seconds' and now() + interval '30 seconds'
@@ -229,6 +253,7 @@ select throws_ok(
   $$ select email.mark_retrying('pgtap-030-render', 0, 'x', 'y') $$, 'EM003', null,
   'mark_retrying on a delivery that is not in progress raises EM003'
 );
+set local role service_role;
 
 -- ------------------------------------------------------------------------------------------------
 -- mark_sent

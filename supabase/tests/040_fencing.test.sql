@@ -21,13 +21,14 @@ select throws_ok(
   'mark_sent from the reaped attempt 1 raises EM003'
 );
 select throws_ok(
-  $$ select * from email.record_failure('pgtap-040-a', 1, 'smtp_421', 'late failure', false) $$,
+  $$ select * from email.record_failure('pgtap-040-a', 1, 'late failure', 421) $$,
   'EM003', null, 'record_failure from attempt 1 raises EM003'
 );
 select throws_ok(
-  $$ select * from email.record_failure('pgtap-040-a', 1, 'smtp_550', 'late failure', true) $$,
+  $$ select * from email.record_failure('pgtap-040-a', 1, 'late failure', 550) $$,
   'EM003', null, 'a permanent record_failure from attempt 1 raises EM003'
 );
+reset role; -- mark_retrying and mark_dead_letter are internal to record_failure: called as their owner
 select throws_ok(
   $$ select email.mark_retrying('pgtap-040-a', 1, 'smtp_421', 'late') $$, 'EM003', null, 'mark_retrying from attempt 1 raises EM003'
 );
@@ -38,6 +39,7 @@ select throws_ok(
   $$ select email.mark_dead_letter('pgtap-040-a', 1, 'smtp_421', 'late') $$, 'EM003', null,
   'mark_dead_letter from attempt 1 raises EM003'
 );
+set local role service_role;
 select throws_ok(
   $$ select email.mark_sent('pgtap-040-a', 3) $$, 'EM003', null, 'an attempt from the future raises EM003'
 );
@@ -58,7 +60,7 @@ select is(
   'the current attempt 2 records its success'
 );
 select throws_ok(
-  $$ select * from email.record_failure('pgtap-040-a', 2, 'smtp_421', 'after the fact', false) $$,
+  $$ select * from email.record_failure('pgtap-040-a', 2, 'after the fact', 421) $$,
   'EM003', null, 'a failure reported after success raises EM003'
 );
 select throws_ok(

@@ -24,18 +24,19 @@ select email.mark_sent('pgtap-060-sent', 1);
 select ok(not pg_temp.has_payload('pgtap-060-sent'), 'sent: the payload is erased');
 
 select email.mark_in_progress('pgtap-060-failed');
-select email.record_failure('pgtap-060-failed', 1, 'smtp_554', 'transaction failed', true);
+select email.record_failure('pgtap-060-failed', 1, 'transaction failed', 554);
 select ok(not pg_temp.has_payload('pgtap-060-failed'), 'failed (permanent SMTP refusal): the payload is erased');
 
 select email.mark_failed('pgtap-060-render', 0, 'render_error', 'no template');
 select ok(not pg_temp.has_payload('pgtap-060-render'), 'failed (render failure after enqueue): the payload is erased');
 
 select email.mark_in_progress('pgtap-060-retry');
-select email.record_failure('pgtap-060-retry', 1, 'smtp_421', 'busy', false);
+select email.record_failure('pgtap-060-retry', 1, 'busy', 421);
 select ok(pg_temp.has_payload('pgtap-060-retry'), 'retrying: the payload is kept for the next attempt');
 
 select email.mark_in_progress('pgtap-060-dead');
-select email.mark_dead_letter('pgtap-060-dead', 1, 'smtp_421', 'given up');
+update email.deliveries set max_attempts = 1 where delivery_id = 'pgtap-060-dead';
+select email.record_failure('pgtap-060-dead', 1, 'given up', 421);
 select ok(pg_temp.has_payload('pgtap-060-dead'), 'dead_letter: the payload is kept for a requeue');
 select email.requeue('pgtap-060-dead', 'pgtap: try again');
 select ok(pg_temp.has_payload('pgtap-060-dead'), 'requeued: the payload is kept');
@@ -58,7 +59,8 @@ select ok(not pg_temp.has_payload('pgtap-060-late'), 'late success: the payload 
 -- A dead letter's payload can be purged; the delivery and its trail stay.
 select email.record_queued('pgtap-060-purge', 'pgtap', 'someone@example.com', '{"code": "S3CR3T-purge"}');
 select email.mark_in_progress('pgtap-060-purge');
-select email.mark_dead_letter('pgtap-060-purge', 1, 'smtp_421', 'given up');
+update email.deliveries set max_attempts = 1 where delivery_id = 'pgtap-060-purge';
+select email.record_failure('pgtap-060-purge', 1, 'given up', 421);
 delete from email.delivery_payloads where delivery_id = 'pgtap-060-purge';
 select results_eq(
   $$ select d.status, (select count(*)::int from email.delivery_events e where e.delivery_id = d.delivery_id)

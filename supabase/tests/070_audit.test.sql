@@ -10,10 +10,11 @@ select set_config('email.actor', 'pgtap:worker', true);
 select email.record_queued('pgtap-070-a', 'pgtap', 'audit@example.com', '{"code": "123456"}');
 select email.mark_in_progress('pgtap-070-a', 45);
 update email.deliveries set lease_expires_at = lease_expires_at + interval '10 seconds' where delivery_id = 'pgtap-070-a';
-select email.record_failure('pgtap-070-a', 1, 'smtp_421', '4.7.0 try again later', false);
+select email.record_failure('pgtap-070-a', 1, '4.7.0 try again later', 421);
 update email.deliveries set next_attempt_at = now() - interval '1 second' where delivery_id = 'pgtap-070-a';
 select email.mark_in_progress('pgtap-070-a');
-select email.mark_dead_letter('pgtap-070-a', 2, 'smtp_421', 'given up');
+update email.deliveries set max_attempts = 2 where delivery_id = 'pgtap-070-a';
+select email.record_failure('pgtap-070-a', 2, 'given up', 421);
 select set_config('email.actor', 'pgtap:operator', true);
 select email.requeue('pgtap-070-a', 'the relay is back');
 select set_config('email.actor', 'pgtap:worker', true);
@@ -108,12 +109,13 @@ select is(
 );
 select set_config('request.jwt.claims', '', true);
 
--- Error messages are truncated to 512 characters (and codes to 64) in the database.
-select email.record_failure('pgtap-070-jwt', 1, repeat('c', 100), repeat('m', 5000), false);
+-- Error messages are truncated to 512 characters in the database; a transport code no failure rule
+-- names (here 100 characters long) is recorded as unknown.
+select email.record_failure('pgtap-070-jwt', 1, repeat('m', 5000), transport_code => repeat('c', 100));
 select results_eq(
-  $$ select char_length(last_error_code), char_length(last_error_message) from email.deliveries where delivery_id = 'pgtap-070-jwt' $$,
-  $$ values (64, 512) $$,
-  'the delivery keeps at most 64 characters of code and 512 of message'
+  $$ select last_error_code, char_length(last_error_message) from email.deliveries where delivery_id = 'pgtap-070-jwt' $$,
+  $$ values ('unknown'::text, 512) $$,
+  'the delivery keeps at most 512 characters of message; an unnamed transport code is unknown'
 );
 select is(
   (select char_length(error_message) from email.delivery_events where delivery_id = 'pgtap-070-jwt' and to_status = 'retrying'),

@@ -118,7 +118,7 @@ select is(
   'another user: update, permission denied'
 );
 select throws_ok(
-  $$ select * from email.record_failure('pgtap-080-other', 1, 'x', 'y', true) $$, '42501', 'permission denied for function record_failure',
+  $$ select * from email.record_failure('pgtap-080-other', 1, 'y', transport_code => 'x') $$, '42501', 'permission denied for function record_failure',
   'another user: record_failure, permission denied'
 );
 reset role;

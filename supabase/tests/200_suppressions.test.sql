@@ -9,16 +9,18 @@ select ok(not exists (select from email.transitions where from_status = 'suppres
 select fk_ok('email', 'deliveries', 'status', 'email', 'statuses', 'status');
 select ok(not exists (select from pg_constraint where conrelid = 'email.deliveries'::regclass and conname = 'deliveries_status_check'), 'no CHECK repeats the list of statuses');
 
--- Hard-bounce codes, in every format a writer may use
-select ok(email.is_hard_bounce('smtp_550'), 'smtp_550 is a hard bounce');
-select ok(email.is_hard_bounce('smtp_550_5.1.1'), 'smtp_550_5.1.1 is a hard bounce');
-select ok(email.is_hard_bounce('550 5.1.1'), '550 5.1.1 is a hard bounce');
-select ok(email.is_hard_bounce('5.1.1'), 'a bare enhanced 5.1.1 is a hard bounce');
-select ok(email.is_hard_bounce('smtp_551') and email.is_hard_bounce('smtp_553'), '551 and 553 are hard bounces');
-select ok(email.is_hard_bounce('smtp_554_5.1.0'), 'any reply with enhanced 5.1.x is a hard bounce');
-select ok(not email.is_hard_bounce('smtp_550_5.7.1'), 'a 550 policy refusal (5.7.1) is not a hard bounce');
-select ok(not email.is_hard_bounce('smtp_552') and not email.is_hard_bounce('smtp_452_4.2.2'), 'mailbox full and 4xx are not');
-select ok(not email.is_hard_bounce('ECONNECTION') and not email.is_hard_bounce(null), 'connection errors and null are not');
+-- Hard bounces: email.failure_rules decides from the facts of a failure (no error-code parsing)
+create function pg_temp.hb(reply integer, enhanced text, transport text default null) returns boolean
+language sql as $$ select (x.rule).hard_bounce from email.failure_rule(reply, enhanced, transport) x $$;
+select ok(pg_temp.hb(550, null), '550 without an enhanced code is a hard bounce');
+select ok(pg_temp.hb(550, '5.1.1'), '550 5.1.1 is a hard bounce');
+select ok(pg_temp.hb(550, '5.1.1', 'EENVELOPE'), '550 5.1.1 reported with the transport code EENVELOPE (as nodemailer does) is one');
+select ok(not pg_temp.hb(450, '4.1.1'), 'a 4xx about the mailbox (4.1.1) is not: it is transient');
+select ok(pg_temp.hb(551, null) and pg_temp.hb(553, null), '551 and 553 are hard bounces');
+select ok(pg_temp.hb(554, '5.1.0'), 'any reply with enhanced 5.1.x is a hard bounce');
+select ok(not pg_temp.hb(550, '5.7.1'), 'a 550 policy refusal (5.7.1) is not a hard bounce');
+select ok(not pg_temp.hb(552, null) and not pg_temp.hb(452, '4.2.2'), 'mailbox full and 4xx are not');
+select ok(not pg_temp.hb(null, null, 'ECONNECTION') and not pg_temp.hb(null, null), 'connection errors and no facts are not');
 
 -- Operator suppression, case-insensitive
 select is((email.add_suppression('Ada <Ada.Lovelace@Example.COM>', 'asked us to stop')).address, 'ada.lovelace@example.com',
@@ -48,7 +50,7 @@ select ok(not exists (select from email.claim_due(1000) where delivery_id = 't20
 select email.record_queued('t200-hb-1', 'invite', 'Grace@Example.com', '{}');
 select email.record_queued('t200-hb-2', 'invite', 'grace@example.com', '{"code": "123456"}');
 select email.mark_in_progress('t200-hb-1');
-select is((select status from email.record_failure('t200-hb-1', 1, 'smtp_550_5.1.1', '550 5.1.1 no such user', true)), 'failed',
+select is((select status from email.record_failure('t200-hb-1', 1, '550 5.1.1 no such user', 550, '5.1.1')), 'failed',
   'a hard bounce fails the delivery');
 select is((select source || ' ' || delivery_id || ' ' || error_code from email.suppressions where address = 'grace@example.com'),
   'hard_bounce t200-hb-1 smtp_550_5.1.1', 'and suppresses the address with the delivery and code');
@@ -58,10 +60,10 @@ select ok(not exists (select from email.delivery_payloads where delivery_id = 't
 -- Other failures do not
 select email.record_queued('t200-soft-1', 'invite', 'linus@example.com', '{}');
 select email.mark_in_progress('t200-soft-1');
-select email.record_failure('t200-soft-1', 1, 'smtp_550_5.7.1', 'policy', true);
+select email.record_failure('t200-soft-1', 1, 'policy', 550, '5.7.1');
 select email.record_queued('t200-soft-2', 'invite', 'ken@example.com', '{}');
 select email.mark_in_progress('t200-soft-2');
-select email.record_failure('t200-soft-2', 1, 'smtp_451', 'try later', false);
+select email.record_failure('t200-soft-2', 1, 'try later', 451);
 select ok(not email.is_suppressed('linus@example.com') and not email.is_suppressed('ken@example.com'),
   'a policy refusal and a transient failure suppress nothing');
 

@@ -71,7 +71,7 @@ select ok(not exists (select from email.webhook_outbox where body #>> '{data,del
 
 select email.record_queued('t250-fail', 'invite', 'bob@example.com', '{}');
 select email.mark_in_progress('t250-fail');
-select email.record_failure('t250-fail', 1, 'smtp_451', 'later', false);
+select email.record_failure('t250-fail', 1, 'later', 451);
 select is((select body #>> '{data,error_code}' from email.webhook_outbox where event_type = 'email.retrying' and body #>> '{data,delivery_id}' = 't250-fail'),
   'smtp_451', 'a failure event carries its error code');
 

