@@ -53,7 +53,7 @@ Deno.test({
     for (const id of ["confirm-dead", "confirm-old"]) {
       await sql`select email.record_queued(${id}, 'confirm', ${id + "@example.com"}, '{"code":"482913"}'::jsonb)`;
       await sql`select email.mark_in_progress(${id})`;
-      await sql`select * from email.record_failure(${id}, 1, 'smtp_timeout', 'the relay timed out', false)`;
+      await sql`select * from email.record_failure(${id}, 1, 'the relay timed out', null, null, 'ETIMEDOUT')`;
     }
     await sql`update email.deliveries set completed_at = now() - interval '40 days' where delivery_id = 'confirm-old'`;
 

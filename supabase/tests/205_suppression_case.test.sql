@@ -7,7 +7,7 @@ select plan(10);
 select email.record_queued('t205-queued', 'invite', 'Ada@Example.com', '{"link": "https://x.test/secret"}');
 select email.record_queued('t205-retrying', 'invite', 'ADA@EXAMPLE.COM', '{"link": "https://x.test/secret"}');
 select email.mark_in_progress('t205-retrying');
-select email.record_failure('t205-retrying', 1, 'smtp_451', 'try later', false);
+select email.record_failure('t205-retrying', 1, 'try later', 451);
 -- Another mailbox, also open: it must stay as it is.
 select email.record_queued('t205-other', 'invite', 'Bob@Example.com', '{}');
 
@@ -35,7 +35,7 @@ select email.mark_in_progress('t205-in-flight');
 select email.add_suppression('cy@example.com', 'complaint');
 select is((select status from email.deliveries where delivery_id = 't205-in-flight'), 'in_progress',
   'an attempt in flight is not interrupted by a new suppression');
-select email.record_failure('t205-in-flight', 1, 'smtp_451', 'try later', false);
+select email.record_failure('t205-in-flight', 1, 'try later', 451);
 select is((select status from email.deliveries where delivery_id = 't205-in-flight'), 'suppressed',
   'when it fails transiently it ends suppressed instead of waiting for a retry');
 
