@@ -4,11 +4,15 @@
 begin;
 select plan(8);
 
+\ir fixtures/helpers.psql
+
+select tests.create_supabase_user('member', 'member@example.com', '{"role": "member"}', '{}', 'aaaaaaaa-0000-4000-8000-000000000086');
+select tests.create_supabase_user('admin', null, '{"role": "admin"}', '{}', 'cccccccc-0000-4000-8000-000000000086');
+
 select email.record_queued('t086-mine', 'pgtap', 'member@example.com', '{}', '{}', 'aaaaaaaa-0000-4000-8000-000000000086');
 select email.record_queued('t086-other', 'pgtap', 'other@example.com', '{}', '{}', 'bbbbbbbb-0000-4000-8000-000000000086');
 
-set local role authenticated;
-set local request.jwt.claims to '{"sub": "aaaaaaaa-0000-4000-8000-000000000086", "role": "authenticated", "email": "member@example.com", "app_metadata": {"role": "member"}}';
+select tests.authenticate_as('member');
 select is(email.is_support(), false, 'app_metadata.role member is not support');
 select results_eq($$select delivery_id from email_api.deliveries where delivery_id like 't086-%' order by 1$$,
   array['t086-mine'], 'a member sees only their own delivery');
@@ -19,7 +23,7 @@ select is((select count(*)::int from email_api.delivery_events where delivery_id
   'the actors of their own delivery''s events stay with support');
 select throws_ok($$select email_api.metrics()$$, '42501', null, 'a member may not read metrics');
 
-set local request.jwt.claims to '{"sub": "cccccccc-0000-4000-8000-000000000086", "role": "authenticated", "app_metadata": {"role": "admin"}}';
+select tests.authenticate_as('admin');
 select results_eq($$select delivery_id from email_api.deliveries where delivery_id like 't086-%' order by 1$$,
   array['t086-mine', 't086-other'], 'app_metadata.role admin sees every delivery');
 select isnt((select count(*)::int from email_api.delivery_events where delivery_id = 't086-other' and actor is not null), 0,
