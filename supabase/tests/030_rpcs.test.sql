@@ -2,6 +2,8 @@
 begin;
 select plan(76);
 
+\ir fixtures/helpers.psql
+
 /** Creates delivery `id` and walks it to `status` through the RPCs. */
 create function pg_temp.walk(id text, status text, workflow text default 'pgtap') returns text language plpgsql as $$
 begin
@@ -30,7 +32,7 @@ $$;
 insert into email.retry_policies (workflow, max_attempts, base_delay, max_delay)
 values ('pgtap-two', 2, interval '10 seconds', interval '1 minute');
 
-set local role service_role;
+select tests.authenticate_as_service_role();
 
 -- ------------------------------------------------------------------------------------------------
 -- record_queued
@@ -234,7 +236,7 @@ select throws_ok($$ select email._fail('pgtap-030-facts', 'dead_letter', 'x', 'y
   'service_role may not call email._fail');
 
 -- The explicit transitions record_failure uses (internal: called here as their owner).
-reset role;
+select tests.reset_authentication();
 select pg_temp.walk('pgtap-030-explicit', 'in_progress');
 select ok(
   (select t between now() + interval '15 seconds' and now() + interval '30 seconds'
@@ -253,7 +255,7 @@ select throws_ok(
   $$ select email.mark_retrying('pgtap-030-render', 0, 'x', 'y') $$, 'EM003', null,
   'mark_retrying on a delivery that is not in progress raises EM003'
 );
-set local role service_role;
+select tests.authenticate_as_service_role();
 
 -- ------------------------------------------------------------------------------------------------
 -- mark_sent

@@ -2,7 +2,9 @@
 begin;
 select plan(36);
 
-set local role service_role;
+\ir fixtures/helpers.psql
+
+select tests.authenticate_as_service_role();
 
 -- Attempt 1 claims, its lease expires and is reaped, attempt 2 claims.
 select email.record_queued('pgtap-040-a', 'pgtap', 'someone@example.com', '{"code": "123456"}');
@@ -28,7 +30,7 @@ select throws_ok(
   $$ select * from email.record_failure('pgtap-040-a', 1, 'late failure', 550) $$,
   'EM003', null, 'a permanent record_failure from attempt 1 raises EM003'
 );
-reset role; -- mark_retrying and mark_dead_letter are internal to record_failure: called as their owner
+select tests.reset_authentication(); -- mark_retrying and mark_dead_letter are internal to record_failure: called as their owner
 select throws_ok(
   $$ select email.mark_retrying('pgtap-040-a', 1, 'smtp_421', 'late') $$, 'EM003', null, 'mark_retrying from attempt 1 raises EM003'
 );
@@ -39,7 +41,7 @@ select throws_ok(
   $$ select email.mark_dead_letter('pgtap-040-a', 1, 'smtp_421', 'late') $$, 'EM003', null,
   'mark_dead_letter from attempt 1 raises EM003'
 );
-set local role service_role;
+select tests.authenticate_as_service_role();
 select throws_ok(
   $$ select email.mark_sent('pgtap-040-a', 3) $$, 'EM003', null, 'an attempt from the future raises EM003'
 );

@@ -3,12 +3,14 @@
 begin;
 select plan(18);
 
+\ir fixtures/helpers.psql
+
 /** Whether delivery `id` still has its payload. */
 create function pg_temp.has_payload(id text) returns boolean language sql as $$
   select exists (select from email.delivery_payloads p where p.delivery_id = id)
 $$;
 
-set local role service_role;
+select tests.authenticate_as_service_role();
 
 select hasnt_column('email', 'deliveries', 'payload', 'the payload is not a column of email.deliveries');
 

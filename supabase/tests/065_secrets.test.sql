@@ -4,6 +4,8 @@
 begin;
 select plan(19);
 
+\ir fixtures/helpers.psql
+
 -- A sent verification code: the payload is erased, the keyed hash stays.
 select email.record_queued('pgtap-065-sent', 'verification-code', 'Hash@Example.com', '{"code": "731946", "expiresInMinutes": 10}');
 select email.mark_in_progress('pgtap-065-sent');
@@ -19,14 +21,14 @@ select ok(
   not has_table_privilege(r, 'email.request_hash_key', 'select'),
   format('%s may not read the key', r)
 ) from unnest(array['anon', 'authenticated', 'service_role']) r;
-set local role service_role;
+select tests.authenticate_as_service_role();
 select throws_ok($$select key from email.request_hash_key$$, '42501', null, 'service_role: reading the key, permission denied');
 select is(
   (select request_hash from email.deliveries where delivery_id = 'pgtap-065-sent'),
   email._request_hash('verification-code', 'Hash@Example.com', '{"code": "731946", "expiresInMinutes": 10}', null),
   'the same request hashes the same (what the idempotency check compares)'
 );
-reset role;
+select tests.reset_authentication();
 select is_definer('email', '_request_hash', array['text', 'text', 'jsonb', 'uuid'], 'email._request_hash is security definer (it alone reads the key)');
 select ok(
   (select p.proconfig @> array['search_path=""'] from pg_proc p where p.oid = 'email._request_hash(text, text, jsonb, uuid)'::regprocedure),

@@ -3,7 +3,9 @@
 begin;
 select plan(24);
 
-set local role service_role;
+\ir fixtures/helpers.psql
+
+select tests.authenticate_as_service_role();
 
 -- A delivery through most of the lifecycle, each step by a named actor.
 select set_config('email.actor', 'pgtap:worker', true);
@@ -136,7 +138,7 @@ select throws_ok(
   $$ delete from email.delivery_events where delivery_id = 'pgtap-070-a' $$,
   'EM005', 'email.delivery_events is append-only: DELETE refused', 'service_role cannot DELETE an event'
 );
-reset role;
+select tests.reset_authentication();
 select throws_ok(
   $$ update email.delivery_events set error_message = null where delivery_id = 'pgtap-070-a' $$,
   'EM005', null, 'the owner cannot UPDATE an event'

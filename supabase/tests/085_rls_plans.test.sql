@@ -5,6 +5,9 @@
 begin;
 select plan(9);
 
+\ir fixtures/helpers.psql
+select tests.create_supabase_user('user42', 'user42@example.com', id => '00000000-0000-4000-8000-000000000042');
+
 -- 100,000 deliveries of 20,000 users (5 each: by user_id, and addressed to their email), one event
 -- each. Triggers off while seeding (rolled back with the rest): the seed is about plans, not rules.
 alter table email.deliveries disable trigger user;
@@ -50,14 +53,13 @@ grant execute on function pg_temp.analyzed(text), pg_temp.executed_seq_scans(tex
 create temporary table plans (name text primary key, plan text);
 grant select, insert on plans to authenticated;
 
-set local role authenticated;
-set local request.jwt.claims to '{"sub": "00000000-0000-4000-8000-000000000042", "role": "authenticated", "email": "user42@example.com"}';
+select tests.authenticate_as('user42');
 insert into plans values
   ('list', pg_temp.analyzed('select * from email_api.deliveries')),
   ('events', pg_temp.analyzed('select * from email_api.delivery_events')),
   ('one', pg_temp.analyzed($q$select * from email_api.deliveries where delivery_id = 'plan-42'$q$));
 select is((select count(*)::int from email_api.deliveries), 5, 'the end user sees their 5 deliveries among 100,000');
-reset role;
+select tests.reset_authentication();
 
 select is((select pg_temp.executed_seq_scans(plan) from plans where name = 'list'), '{}'::text[],
   'listing their deliveries scans no table');

@@ -1,6 +1,8 @@
--- email_api: the objects, their security options and who may use them.
+-- The structure of access: email_api's objects, their security options and who may use them; the email
+-- tables' privileges and RLS policies. What each actor can do with them is told in 110-150 (one file
+-- per actor).
 begin;
-select plan(24);
+select plan(41);
 
 select has_schema('email_api');
 select has_view('email_api', 'deliveries', 'email_api.deliveries exists');
@@ -39,6 +41,33 @@ select is_definer('email_api', 'metrics', array['timestamp with time zone', 'tim
 select ok(
   (select p.proconfig @> array['search_path=""'] from pg_proc p where p.oid = 'email_api.metrics(timestamptz, timestamptz, text)'::regprocedure),
   'the security definer metrics function pins an empty search_path'
+);
+
+-- The email tables, table by table: which role may do what (privileges), the policies that apply.
+select table_privs_are('email', t, 'service_role', array['SELECT', 'INSERT', 'UPDATE', 'DELETE'],
+  format('service_role: select, insert, update, delete on email.%s', t))
+from unnest(array['deliveries', 'delivery_events', 'delivery_payloads', 'rejected_messages', 'retry_policies',
+  'transitions', 'statuses']) t;
+select policies_are('email', 'deliveries', array['deliveries_select_own_by_user_id', 'deliveries_select_own_by_email'],
+  'deliveries: one select policy per way of owning a delivery');
+select policy_cmd_is('email', 'deliveries', p, 'select', format('deliveries: %s is for select', p))
+from unnest(array['deliveries_select_own_by_user_id', 'deliveries_select_own_by_email']) p;
+select policy_roles_are('email', 'deliveries', p, array['authenticated'], format('deliveries: %s is for authenticated only', p))
+from unnest(array['deliveries_select_own_by_user_id', 'deliveries_select_own_by_email']) p;
+select policies_are('email', 'delivery_events', array['delivery_events_select_own_delivery'],
+  'delivery_events: only the select policy');
+select policy_cmd_is('email', 'delivery_events', 'delivery_events_select_own_delivery', 'select', 'delivery_events: the policy is for select');
+select policy_roles_are('email', 'delivery_events', 'delivery_events_select_own_delivery', array['authenticated']);
+select is_empty(
+  $$ select tablename::text from pg_policies
+     where schemaname = 'email' and tablename in ('delivery_payloads', 'rejected_messages', 'retry_policies', 'transitions', 'statuses') $$,
+  'no policy on payloads, rejected messages, policies, transitions or statuses: nobody but service_role reads them'
+);
+select ok(
+  (select rolbypassrls from pg_roles where rolname = 'service_role')
+  and not (select rolbypassrls from pg_roles where rolname = 'authenticated')
+  and not (select rolbypassrls from pg_roles where rolname = 'anon'),
+  'only service_role bypasses RLS'
 );
 
 select * from finish();

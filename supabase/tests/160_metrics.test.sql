@@ -2,6 +2,11 @@
 begin;
 select plan(19);
 
+\ir fixtures/helpers.psql
+select tests.create_supabase_user('m1', 'm1@example.com');
+select tests.create_supabase_user('sam', 'sam@example.com', '{"role": "support"}');
+select tests.create_supabase_user('mallory', 'mallory@example.com', '{"role": "user"}', '{"role": "support"}');
+
 \ir fixtures/make_dead_letter.psql
 
 -- Workflow t-met: four sent (latencies 1, 2, 3 and 4 s; one after a retry), one failed, one dead
@@ -34,7 +39,7 @@ select pg_temp.make_dead_letter('t-met-b-dead', 't-met-b', 'd@example.com', null
 -- Everything above was queued in this transaction; move t-met-queued out of the window.
 update email.deliveries set queued_at = now() - interval '3 days' where delivery_id = 't-met-queued';
 
-set local role service_role;
+select tests.authenticate_as_service_role();
 create temp table m as select email_api.metrics(now() - interval '1 day', now() + interval '1 second', 't-met') as doc;
 create temp table w as select jsonb_array_elements(doc -> 'workflows') as doc from m;
 
@@ -55,7 +60,7 @@ select is(
 select is((select (doc -> 'dead_letter_queue' ->> 'size')::int from m), 1, 'the dead-letter queue of the workflow');
 select is((select (doc -> 'dead_letter_queue' ->> 'oldest_age_seconds')::int from m), 172800, 'the age of its oldest dead letter in seconds');
 
-reset role;
+select tests.reset_authentication();
 create temp table all_m as select email_api.metrics(now() - interval '1 day', now() + interval '1 second') as doc;
 select ok((select (doc -> 'dead_letter_queue' ->> 'size')::int >= 2 from all_m), 'without a workflow the queue counts every workflow');
 select is(
@@ -88,12 +93,11 @@ select is(
 );
 select throws_ok($$select email_api.metrics(now(), now() - interval '1 day')$$, 'EM006', null, 'a reversed window is refused');
 
-set local role authenticated;
-set local request.jwt.claims to '{"sub": "00000000-0000-0000-0000-00000000000a", "role": "authenticated", "email": "m1@example.com"}';
+select tests.authenticate_as('m1');
 select throws_ok($$select email_api.metrics()$$, '42501', null, 'an end user gets an error, not numbers');
-set local request.jwt.claims to '{"sub": "00000000-0000-0000-0000-00000000000c", "role": "authenticated", "app_metadata": {"role": "support"}}';
+select tests.authenticate_as('sam');
 select is((email_api.metrics(now() - interval '1 day', now() + interval '1 second', 't-met') -> 'totals' ->> 'total'), '6', 'support reads the same numbers');
-set local request.jwt.claims to '{"sub": "00000000-0000-0000-0000-00000000000c", "role": "authenticated", "app_metadata": {"role": "user"}, "user_metadata": {"role": "support"}}';
+select tests.authenticate_as('mallory');
 select throws_ok($$select email_api.metrics()$$, '42501', null, 'user_metadata (which users can edit) does not make anyone support');
 
 select * from finish();

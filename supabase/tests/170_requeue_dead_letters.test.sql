@@ -2,6 +2,8 @@
 begin;
 select plan(16);
 
+\ir fixtures/helpers.psql
+
 \ir fixtures/make_dead_letter.psql
 
 select pg_temp.make_dead_letter('t-rq-a-old', 't-rq-a', 'a@example.com', null);
@@ -10,7 +12,7 @@ select pg_temp.make_dead_letter('t-rq-b', 't-rq-b', 'b@example.com', null);
 select pg_temp.make_dead_letter('t-rq-c', 't-rq-c', 'c@example.com', null);
 update email.deliveries set completed_at = now() - interval '3 days' where delivery_id = 't-rq-a-old';
 
-set local role service_role;
+select tests.authenticate_as_service_role();
 select set_config('email.actor', 'cli:alice', true);
 
 select throws_ok($$select * from email.requeue_dead_letters('t-rq-a', null, ' ')$$, 'EM006', 'a requeue needs a reason', 'a requeue without a reason is refused');

@@ -2,6 +2,9 @@
 begin;
 select plan(20);
 
+\ir fixtures/helpers.psql
+select tests.create_supabase_user('sam', 'sam@example.com', '{"role": "support"}');
+
 \ir fixtures/make_dead_letter.psql
 
 select pg_temp.make_dead_letter('t-pg-40d', 't-pg', 'a@example.com', null);
@@ -14,7 +17,7 @@ select results_eq($$select from_status from email.transitions where to_status = 
 select results_eq($$select count(*)::int from email.transitions where from_status = 'purged'$$, array[0], 'nothing leaves purged');
 select is((select dead_letter_retention from email.settings), interval '30 days', 'the retention is 30 days by default');
 
-set local role service_role;
+select tests.authenticate_as_service_role();
 select set_config('email.actor', 'cli:carol', true);
 select throws_ok($$select * from email.purge_dead_letters(null, '')$$, 'EM006', 'a purge needs a reason', 'a purge without a reason is refused');
 select throws_ok($$select * from email.purge_dead_letters(interval '-1 day', 'x')$$, 'EM006', null, 'a negative age is refused');
@@ -53,11 +56,10 @@ select results_eq(
 select is((select actor from email.delivery_events where delivery_id = 't-pg-5d' order by id desc limit 1), 'cli:dave', 'with the actor it was given');
 select is((select status from email_api.deliveries where delivery_id = 't-pg-5d'), 'purged', 'the API shows the purged status');
 
-reset role;
+select tests.reset_authentication();
 select throws_ok($$update email.settings set dead_letter_retention = interval '0'$$, '23514', null, 'the retention must be positive');
 
-set local role authenticated;
-set local request.jwt.claims to '{"sub": "00000000-0000-0000-0000-00000000000c", "role": "authenticated", "app_metadata": {"role": "support"}}';
+select tests.authenticate_as('sam');
 select throws_ok($$select * from email.purge_dead_letters(interval '0', 'x')$$, '42501', null, 'support cannot purge directly');
 
 select * from finish();

@@ -1,6 +1,9 @@
 begin;
 select plan(40);
 
+\ir fixtures/helpers.psql
+select tests.create_supabase_user('sam', 'sam@example.com', '{"role": "support"}');
+
 -- The status, its transitions, and one list of statuses
 select ok((select terminal from email.statuses where status = 'suppressed'), 'suppressed is a terminal status');
 select ok(exists (select from email.transitions where from_status = 'queued' and to_status = 'suppressed'), 'queued -> suppressed is allowed');
@@ -78,11 +81,10 @@ select email.record_queued('t200-sup-2', 'invite', 'ada.lovelace@example.com', '
 select is(email.mark_in_progress('t200-sup-2'), 1, 'a later delivery to the address is claimed normally');
 
 -- service_role only: not even support staff read or change the list
-set local role authenticated;
-set local request.jwt.claims to '{"sub": "00000000-0000-0000-0000-000000000200", "role": "authenticated", "app_metadata": {"role": "support"}}';
+select tests.authenticate_as('sam');
 select throws_ok($$select * from email.suppressions$$, '42501', null, 'support users cannot read the suppression list');
 select throws_ok($$select email.add_suppression('x@example.com', 'x')$$, '42501', null, 'nor call add_suppression');
-reset role;
+select tests.reset_authentication();
 
 select * from finish();
 rollback;

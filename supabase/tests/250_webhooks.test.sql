@@ -1,6 +1,9 @@
 begin;
 select plan(59);
 
+\ir fixtures/helpers.psql
+select tests.create_supabase_user('dee', 'dee@example.com', '{"role": "admin"}');
+
 create temp table t_ep as
 select
   (email.add_webhook_endpoint('https://all.example.test/hook')).id as all_id,
@@ -168,10 +171,9 @@ select ok(email.replay_webhook_messages(now() - interval '1 minute', now() + int
   'replay of a time range writes the messages an endpoint never had');
 
 -- service_role only
-set local role authenticated;
-set local request.jwt.claims to '{"sub": "00000000-0000-0000-0000-000000000250", "role": "authenticated", "app_metadata": {"role": "admin"}}';
+select tests.authenticate_as('dee');
 select throws_ok($$select * from email.webhook_endpoints$$, '42501', null, 'not even admins read the endpoints (secrets)');
-reset role;
+select tests.reset_authentication();
 
 select * from finish();
 rollback;

@@ -4,6 +4,8 @@
 begin;
 select plan(54);
 
+\ir fixtures/helpers.psql
+
 \ir fixtures/make_dead_letter.psql
 
 -- Structure ------------------------------------------------------------------------------------
@@ -115,9 +117,9 @@ update email.webhook_outbox set created_at = now() - interval '2 hours'
 where event_id in (select e.id from email.delivery_events e where e.delivery_id = 't-prom-dead');
 
 -- The scrape, as the worker makes it ------------------------------------------------------------
-set local role service_role;
+select tests.authenticate_as_service_role();
 create temp table s1 as select * from email.metric_samples();
-reset role;
+select tests.reset_authentication();
 
 select is(
   (select jsonb_object_agg(s.labels ->> 'status', s.value) from s1 s

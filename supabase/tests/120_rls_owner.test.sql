@@ -1,11 +1,65 @@
--- email_api as an end user who owns deliveries (by user_id, and by the email claim).
+-- RLS, the owner's story: Ada, an end user who owns deliveries by user_id and by the email claim. On
+-- the tables she reads her deliveries and their events, nothing else, and changes nothing; through
+-- email_api she reads her own documents, without payloads, operators' notes or SMTP text.
 begin;
-select plan(20);
+select plan(36);
 
-\ir fixtures/api_deliveries.psql
+\ir fixtures/rls_deliveries.psql
 
-set local role authenticated;
-set local request.jwt.claims to '{"sub": "00000000-0000-0000-0000-00000000000a", "role": "authenticated", "email": "ada@example.com"}';
+select tests.authenticate_as('ada');
+
+-- The tables
+select set_eq(
+  $$ select delivery_id from email.deliveries where delivery_id like 'pgtap-080-%' $$,
+  array['pgtap-080-by-uid', 'pgtap-080-by-email'],
+  'owner: sees the delivery with their user_id and the one to their email address (case-insensitive)'
+);
+select set_eq(
+  $$ select distinct delivery_id from email.delivery_events where delivery_id like 'pgtap-080-%' $$,
+  array['pgtap-080-by-uid', 'pgtap-080-by-email'],
+  'owner: sees the events of those deliveries only'
+);
+select is(
+  (select count(*)::int from email.delivery_events where delivery_id in ('pgtap-080-by-uid', 'pgtap-080-by-email')), 4,
+  'owner: all their events (queued and in_progress of each)'
+);
+select throws_ok($$ select request_hash from email.deliveries $$, '42501', null, 'owner: request_hash (a hash over the payload), permission denied');
+select throws_ok($$ select * from email.delivery_payloads $$, '42501', null, 'owner: delivery_payloads, permission denied');
+select throws_ok($$ select * from email.rejected_messages $$, '42501', null, 'owner: rejected_messages, permission denied');
+select throws_ok($$ select * from email.retry_policies $$, '42501', null, 'owner: retry_policies, permission denied');
+select throws_ok(
+  format($$ insert into email.deliveries (delivery_id, workflow, recipient, max_attempts, request_hash, user_id)
+     values ('pgtap-080-mine', 'pgtap', 'ada@example.com', 5, 'x', %L) $$, tests.get_supabase_uid('ada')),
+  '42501', null, 'owner: insert into deliveries, permission denied'
+);
+select throws_ok(
+  $$ update email.deliveries set recipient = 'x@example.com' where delivery_id = 'pgtap-080-by-uid' $$,
+  '42501', null, 'owner: update of their own delivery, permission denied'
+);
+select throws_ok(
+  $$ delete from email.deliveries where delivery_id = 'pgtap-080-by-uid' $$,
+  '42501', null, 'owner: delete of their own delivery, permission denied'
+);
+select throws_ok(
+  $$ insert into email.delivery_events (delivery_id, to_status, attempt, actor) values ('pgtap-080-by-uid', 'sent', 1, 'me') $$,
+  '42501', null, 'owner: insert into delivery_events, permission denied'
+);
+select throws_ok(
+  $$ insert into email.delivery_payloads (delivery_id, payload) values ('pgtap-080-by-uid', '{}') $$,
+  '42501', null, 'owner: insert into delivery_payloads, permission denied'
+);
+select throws_ok(
+  $$ select email.mark_sent('pgtap-080-by-uid', 1) $$, '42501', 'permission denied for function mark_sent', 'owner: mark_sent, permission denied'
+);
+select throws_ok(
+  $$ select email.requeue('pgtap-080-by-uid', 'please') $$, '42501', 'permission denied for function requeue', 'owner: requeue, permission denied'
+);
+select throws_ok(
+  $$ select * from email.claim_due(10) $$, '42501', 'permission denied for function claim_due', 'owner: claim_due, permission denied'
+);
+select ok(not email.is_support(), 'owner: is not support');
+
+-- email_api
 
 select is(email_api.get_delivery('t-api-ada-1') ->> 'status', 'dead_letter', 'the owner reads their delivery by user_id');
 select is(email_api.get_delivery('t-api-ada-2') ->> 'recipient', 'Ada@Example.com', 'the owner reads a delivery addressed to their email (any case)');

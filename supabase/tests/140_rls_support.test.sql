@@ -1,11 +1,44 @@
--- email_api as support staff (app_metadata.role support or admin): every delivery, never a payload.
+-- RLS, the support story: Sam (app_metadata.role support) and Dee (admin). Through email_api, every
+-- delivery and event, with actors, reasons and SMTP text, never a payload; on the tables, only what any
+-- user gets (the policies have no support arm, which would make every end user's query scan the
+-- table); no writes, no requeue.
 begin;
-select plan(13);
+select plan(24);
 
-\ir fixtures/api_deliveries.psql
+\ir fixtures/rls_deliveries.psql
 
-set local role authenticated;
-set local request.jwt.claims to '{"sub": "00000000-0000-0000-0000-00000000000c", "role": "authenticated", "email": "sam@example.com", "app_metadata": {"role": "support"}}';
+select tests.authenticate_as('sam');
+
+-- The tables (and, for support, the same rows through email_api)
+select ok(email.is_support(), 'support: is support');
+select is_empty(
+  $$ select delivery_id from email.deliveries where delivery_id like 'pgtap-080-%' $$,
+  'support: the table''s policies show support only their own deliveries (none here)'
+);
+select set_eq(
+  $$ select delivery_id from email_api.deliveries where delivery_id like 'pgtap-080-%' $$,
+  array['pgtap-080-by-uid', 'pgtap-080-by-email', 'pgtap-080-other'],
+  'support: sees every delivery through email_api'
+);
+select is(
+  (select count(*)::int from email_api.delivery_events where delivery_id like 'pgtap-080-%'), 6,
+  'support: sees every event through email_api'
+);
+select throws_ok($$ select * from email.delivery_payloads $$, '42501', null, 'support: delivery_payloads, permission denied');
+select throws_ok($$ select * from email.rejected_messages $$, '42501', null, 'support: rejected_messages, permission denied');
+select throws_ok(
+  $$ update email.deliveries set status = 'failed' where delivery_id = 'pgtap-080-other' $$,
+  '42501', null, 'support: update, permission denied'
+);
+select throws_ok(
+  $$ delete from email.delivery_events where delivery_id = 'pgtap-080-other' $$,
+  '42501', null, 'support: delete of events, permission denied'
+);
+select throws_ok(
+  $$ select email.requeue('pgtap-080-other', 'support wants it') $$, '42501', 'permission denied for function requeue', 'support: requeue, permission denied'
+);
+
+-- email_api
 
 select is(email_api.get_delivery('t-api-ada-1') ->> 'status', 'dead_letter', 'support reads Ada''s delivery');
 select is(email_api.get_delivery('t-api-bob') ->> 'recipient', 'bob@example.com', 'support reads Bob''s delivery');
@@ -39,8 +72,14 @@ select is(
 select is(email_api.get_delivery('t-api-ada-3') ->> 'last_error_message', '451 4.3.0 relay 10.0.3.7 busy', 'and in the document');
 select throws_ok($$select * from email_api.requeue(array['t-api-ada-1'], 'x')$$, '42501', null, 'support cannot requeue through the API (operators use service_role)');
 
-set local request.jwt.claims to '{"sub": "00000000-0000-0000-0000-00000000000d", "role": "authenticated", "app_metadata": {"role": "admin"}}';
+-- An admin (no email address in the token)
+select tests.authenticate_as('dee');
 select is(email_api.get_delivery('t-api-bob') ->> 'delivery_id', 't-api-bob', 'an admin reads every delivery too');
+select is(
+  (select count(*)::int from email_api.deliveries where delivery_id like 'pgtap-080-%'), 3,
+  'admin: sees every delivery through email_api'
+);
+select throws_ok($$ select * from email.delivery_payloads $$, '42501', null, 'admin: delivery_payloads, permission denied');
 
 select * from finish();
 rollback;
