@@ -7,87 +7,32 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
 import postgres from "postgres";
 import { restApi } from "../cli/email_status.ts";
+import {
+  type CliRun,
+  createMigratedDatabase,
+  dropDatabase as dropMigratedDatabase,
+  runCli,
+  runCliOnTty,
+} from "./support/cli.ts";
 
 const serverUrl = Deno.env.get("TEST_SERVER_URL");
 if (!serverUrl) throw new Error("TEST_SERVER_URL must be a superuser URL of the test server");
-const root = new URL("../", import.meta.url);
 
-// Only what Deno itself needs, so the CLI sees no DATABASE_URL unless a test gives it one.
-const passThrough = Object.fromEntries(
-  ["HOME", "PATH", "DENO_DIR", "TMPDIR"].flatMap((k) => Deno.env.get(k) ? [[k, Deno.env.get(k)!]] : []),
-);
-
-type Run = { code: number; stdout: string; stderr: string };
-
-async function cli(args: string[], opts: { env?: Record<string, string>; stdin?: string } = {}): Promise<Run> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "cli/email_status.ts", ...args],
-    cwd: root,
-    env: { ...passThrough, NO_COLOR: "1", USER: "tester", ...opts.env },
-    clearEnv: true,
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  if (opts.stdin) await writer.write(new TextEncoder().encode(opts.stdin));
-  await writer.close();
-  const out = await child.output();
-  return { code: out.code, stdout: new TextDecoder().decode(out.stdout), stderr: new TextDecoder().decode(out.stderr) };
+/** The CLI with stdin piped (the text, then closed), as a script runs it. */
+function cli(args: string[], opts: { env?: Record<string, string>; stdin?: string } = {}): Promise<CliRun> {
+  return runCli(args, opts.env ?? {}, opts.stdin || "eof");
 }
 
 /**
  * The CLI with stdin on a terminal (a pseudo-terminal from util-linux `script`), stdout and stderr
  * still apart: what a person at a terminal, or one piping --json to jq, runs.
  */
-async function cliOnTty(args: string[], opts: { env?: Record<string, string>; answer: string }): Promise<Run> {
-  const dir = await Deno.makeTempDir({ prefix: "cli_tty_" });
-  const quote = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
-  const command = [Deno.execPath(), "run", "-A", "cli/email_status.ts", ...args].map(quote).join(" ");
-  try {
-    const child = new Deno.Command("script", {
-      args: ["-qec", `${command} >${quote(`${dir}/out`)} 2>${quote(`${dir}/err`)}`, "/dev/null"],
-      cwd: root,
-      env: { ...passThrough, NO_COLOR: "1", USER: "tester", ...opts.env },
-      clearEnv: true,
-      stdin: "piped",
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
-    const writer = child.stdin.getWriter();
-    await writer.write(new TextEncoder().encode(opts.answer));
-    await writer.close();
-    const { code } = await child.status;
-    return { code, stdout: await Deno.readTextFile(`${dir}/out`), stderr: await Deno.readTextFile(`${dir}/err`) };
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+function cliOnTty(args: string[], opts: { env?: Record<string, string>; answer: string }): Promise<CliRun> {
+  return runCliOnTty(args, opts.env ?? {}, opts.answer);
 }
 
-async function createPrivateDatabase(name: string): Promise<string> {
-  const admin = postgres(serverUrl!, { max: 1, onnotice: () => {} });
-  await admin.unsafe(`drop database if exists "${name}" with (force)`);
-  await admin.unsafe(`create database "${name}"`);
-  await admin.end();
-  const url = new URL(serverUrl!);
-  url.pathname = `/${name}`;
-  const sql = postgres(url.toString(), { max: 1, onnotice: () => {} });
-  try {
-    await sql.unsafe(await Deno.readTextFile(new URL("sql/bootstrap_supabase_compat.sql", root))).simple();
-    const dir = new URL("supabase/migrations/", root);
-    const files = [...Deno.readDirSync(dir)].map((f) => f.name).filter((f) => f.endsWith(".sql")).sort();
-    for (const f of files) await sql.unsafe(await Deno.readTextFile(new URL(f, dir))).simple();
-  } finally {
-    await sql.end();
-  }
-  return url.toString();
-}
-
-async function dropDatabase(name: string): Promise<void> {
-  const admin = postgres(serverUrl!, { max: 1, onnotice: () => {} });
-  await admin.unsafe(`drop database if exists "${name}" with (force)`);
-  await admin.end();
-}
+const createPrivateDatabase = (name: string) => createMigratedDatabase(serverUrl, name);
+const dropDatabase = (name: string) => dropMigratedDatabase(serverUrl, name);
 
 // npm:postgres keeps sockets and timers across awaits in ways the sanitizers misread.
 Deno.test({
