@@ -52,6 +52,19 @@ function statements(variant) {
         sql`select status from email.mark_sent(${d.id}, ${attempt}, ${d.messageId}, '250 2.0.0 OK queued')`,
     };
   }
+  if (variant === "email-2rt-before") {
+    // The worker's path before email.queue_and_claim (bench/lean_stages.mjs measures the change).
+    return {
+      accept: (sql, d) =>
+        sql`select 'in_progress' as status, email.mark_in_progress(q.delivery_id, 60) as attempt
+            from email.record_queued(${d.id}, ${d.workflow}, ${d.recipient}, ${
+          sql.json(d.payload)
+        }, '{}'::jsonb, ${d.userId}::uuid) q`,
+      claim: null,
+      sent: (sql, d, attempt) =>
+        sql`select status from email.mark_sent(${d.id}, ${attempt}, ${d.messageId}, '250 2.0.0 OK queued')`,
+    };
+  }
   if (variant === "email-2rt") {
     return {
       accept: (sql, d) =>
