@@ -1,6 +1,6 @@
 // What each change of the lean-lifecycle migration bought (docs/performance.md, "The lean lifecycle").
 //   node bench/lean_stages.mjs [--seconds=3] [--rounds=2] [--clients=8]
-// Starts from the schema before it (the released migrations and the relay change of commit 602478b),
+// Starts from the schema before it (the migrations before it and the relay change of commit 602478b),
 // then applies the migration's changes one at a time on the same database, and after each one
 // measures (1) WAL per lifecycle of the worker path, serially (pg_walinspect, past any full-page
 // image of a checkpoint), and (2) lifecycles per second of the worker path, the plain baseline (its
@@ -30,7 +30,7 @@ const statement = (s) => slice(s, "\n").trim();
 
 // The changes, in the order they are applied; the worker path calls queue_and_claim once it exists.
 const STAGES = [
-  { name: "before (released migrations + relay)", sql: null, bornClaimed: false },
+  { name: "before (main before this migration, with the relay change)", sql: null, bornClaimed: false },
   {
     name: "born in_progress (email.queue_and_claim)",
     sql: slice("create or replace function email.tg_deliveries__apply_transition()", "-- ------") +
@@ -64,14 +64,14 @@ const STAGES = [
 /** The schema before the lean migration: the released files and the relay change (commit 602478b). */
 function beforeFiles() {
   const dir = path.join(root, "supabase/migrations");
-  const released = readdirSync(dir).filter((f) => f.startsWith("20261128")).sort()
+  const released = readdirSync(dir).filter((f) => f.endsWith(".sql") && f < path.basename(LEAN)).sort()
     .map((f) => readFileSync(path.join(dir, f), "utf8"));
   const relay = execFileSync("git", ["show", `602478b:${LEAN}`], { cwd: root, encoding: "utf8" });
   return [readFileSync(path.join(root, "sql/bootstrap_supabase_compat.sql"), "utf8"), ...released, relay];
 }
 
 /** WAL bytes per lifecycle of the worker path, `n` lifecycles on one connection. */
-async function walPerLifecycle(sql, bornClaimed, n = 300) {
+async function walPerLifecycle(sql, bornClaimed, n = 500) {
   const tag = `wal-${randomUUID().slice(0, 8)}`;
   const one = async (i) => {
     const id = `${tag}-${i}`;
@@ -85,6 +85,8 @@ async function walPerLifecycle(sql, bornClaimed, n = 300) {
     if (s.status !== "sent") throw new Error(`${id} not sent`);
   };
   for (let i = 0; i < 20; i++) await one(`w${i}`);
+  // What the earlier measurements left for autovacuum is not this change's WAL: vacuum it first.
+  await sql`vacuum email.deliveries, email.delivery_events, email.delivery_payloads`;
   await sql`checkpoint`;
   for (let i = 0; i < 20; i++) await one(`v${i}`); // past the full-page images of the checkpoint
   const [a] = await sql`select pg_current_wal_lsn() as lsn`;
