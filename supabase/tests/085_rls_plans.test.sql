@@ -22,20 +22,15 @@ select 'plan-' || g, 'queued', 0, 'pgtap' from generate_series(1, 100000) g;
 analyze email.deliveries;
 analyze email.delivery_events;
 
+\ir fixtures/plan_of.psql
 /**
  * The plan of `query` as EXPLAIN (ANALYZE, BUFFERS) prints it, run as the current role; the second
  * run's, so the first one's catalog lookups (compiling functions, reading roles) are not counted.
  */
 create function pg_temp.analyzed(query text) returns text language plpgsql as $$
-declare
-  line text;
-  plan text := '';
 begin
   execute 'explain analyze ' || query;
-  for line in execute 'explain (analyze, buffers, costs off, timing off, summary off) ' || query loop
-    plan := plan || line || E'\n';
-  end loop;
-  return plan;
+  return pg_temp.plan_of(query, 'analyze, buffers, costs off, timing off, summary off');
 end
 $$;
 /** Seq Scan nodes of a plan that ran (a gated-off branch shows "never executed"). */
@@ -48,7 +43,7 @@ create function pg_temp.buffers(plan text) returns integer language sql as $$
   select coalesce((regexp_match(plan, 'Buffers: shared hit=(\d+)'))[1]::int, 0)
     + coalesce((regexp_match(plan, 'Buffers: shared (?:hit=\d+ )?read=(\d+)'))[1]::int, 0)
 $$;
-grant execute on function pg_temp.analyzed(text), pg_temp.executed_seq_scans(text), pg_temp.buffers(text) to authenticated;
+grant execute on function pg_temp.plan_of(text, text), pg_temp.analyzed(text), pg_temp.executed_seq_scans(text), pg_temp.buffers(text) to authenticated;
 
 create temporary table plans (name text primary key, plan text);
 grant select, insert on plans to authenticated;

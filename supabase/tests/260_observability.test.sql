@@ -46,17 +46,7 @@ select is_empty(
 select is(email.recipient_domain('Ann <ann@Prom-A.test>'), 'prom-a.test', 'the domain of a recipient, lower-cased, from inside <...>');
 
 -- What a scrape reads is reached through an index (with sequential scans off: one exists that fits).
-create function pg_temp.plan_of(query text) returns text language plpgsql as $$
-declare
-  line text;
-  plan text := '';
-begin
-  for line in execute 'explain (costs off) ' || query loop
-    plan := plan || line || E'\n';
-  end loop;
-  return plan;
-end
-$$;
+\ir fixtures/plan_of.psql
 set local enable_seqscan = off;
 select matches(pg_temp.plan_of($$ select e.id from email.delivery_events e where e.id > 100 and e.id <= 200 $$),
   '(Index Only Scan using|Index Scan using|Bitmap Index Scan on) delivery_events_pkey', 'the fold reads its range of the trail by primary key');
