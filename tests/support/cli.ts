@@ -13,6 +13,11 @@ const passThrough = Object.fromEntries(
   ["HOME", "PATH", "DENO_DIR", "TMPDIR"].flatMap((k) => Deno.env.get(k) ? [[k, Deno.env.get(k)!]] : []),
 );
 
+/** The whole environment a CLI subprocess gets (with clearEnv): what Deno needs, no colour, a user, and `env`. */
+export function cliEnv(env: Record<string, string> = {}): Record<string, string> {
+  return { ...passThrough, NO_COLOR: "1", USER: "tester", ...env };
+}
+
 /** What a CLI run printed and how it exited. */
 export type CliRun = { code: number; stdout: string; stderr: string };
 
@@ -40,7 +45,7 @@ export async function runCli(args: string[], env: Record<string, string>, stdin:
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "cli/email_status.ts", ...args],
     cwd: root,
-    env: { ...passThrough, NO_COLOR: "1", USER: "tester", ...env },
+    env: cliEnv(env),
     clearEnv: true,
     stdin: stdin === "null" ? "null" : "piped",
     stdout: "piped",
@@ -67,7 +72,7 @@ export async function runCliOnTty(args: string[], env: Record<string, string>, t
     const child = new Deno.Command("script", {
       args: ["-qec", `${command} >${quote(`${dir}/out`)} 2>${quote(`${dir}/err`)}`, "/dev/null"],
       cwd: root,
-      env: { ...passThrough, NO_COLOR: "1", USER: "tester", ...env },
+      env: cliEnv(env),
       clearEnv: true,
       stdin: "piped",
       stdout: "null",
