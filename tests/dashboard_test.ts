@@ -8,13 +8,13 @@
  * Each time the charts must show the numbers of the deliveries the test seeds under a workflow of its
  * own. Screenshots go to tests/artifacts/.
  */
-import { SignJWT } from "jose";
 import postgres from "postgres";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { assert, assertEquals, assertMatch } from "./support/assert.ts";
 import { handleDashboard, isDashboardPath } from "../functions/_shared/dashboard.ts";
 import { cliEnv, runCli } from "./support/cli.ts";
 import { test } from "./support/harness.ts";
+import { signUserToken } from "./support/user_tokens.ts";
 import { startWorker, type TestWorker } from "./support/worker.ts";
 import { dashboardHtml } from "../functions/_shared/dashboard_page.ts";
 import { modulePath, renderDashboardModule, sourceDir } from "../scripts/dashboard_page.mjs";
@@ -28,10 +28,9 @@ const run = crypto.randomUUID().slice(0, 8);
 const artifacts = new URL("./artifacts/", import.meta.url);
 const root = new URL("../", import.meta.url);
 
+/** A user's access token (a new user each time) with `claims`, signed with `key`. */
 function sign(claims: Record<string, unknown>, key = jwtSecret, expiresIn = "5m"): Promise<string> {
-  return new SignJWT({ role: "authenticated", aud: "authenticated", ...claims })
-    .setProtectedHeader({ alg: "HS256", typ: "JWT" }).setSubject(crypto.randomUUID()).setIssuedAt()
-    .setExpirationTime(expiresIn).sign(new TextEncoder().encode(key));
+  return signUserToken({ sub: crypto.randomUUID(), ...claims }, key, expiresIn);
 }
 
 /** Seeds 11 deliveries of `workflow` over the last 50 minutes; returns the failed one's id. */
