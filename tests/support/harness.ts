@@ -1,7 +1,8 @@
 /**
  * One call that brings up everything a worker test needs (SMTP server, JWKS server, the worker on
- * HTTP, a database reader) and tears it down, plus `test` with sanitizers off: npm:postgres and
- * smtp-server keep sockets and timers across awaits in ways Deno's sanitizers misread.
+ * HTTP, a database reader) and tears it down, plus `test` with sanitizers off (npm:postgres and
+ * smtp-server keep sockets and timers across awaits in ways Deno's sanitizers misread) and
+ * `pushOwnedDelivery` for the tests of the routes users call.
  */
 import { assertEquals } from "./assert.ts";
 import { openDb, type TestDb } from "./db.ts";
