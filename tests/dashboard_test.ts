@@ -75,17 +75,21 @@ async function seed(sql: postgres.Sql, workflow: string): Promise<string> {
   return failed;
 }
 
+/** Runs `fn` with `resource`, and closes it after, whatever `fn` did. */
+async function closing<T extends { close(): Promise<void> }>(resource: T, fn: (r: T) => Promise<void>): Promise<void> {
+  try {
+    await fn(resource);
+  } finally {
+    await resource.close();
+  }
+}
+
 /** handleDashboard alone behind Deno.serve, for the route-level checks. */
 type App = { base: string; close(): Promise<void> };
 
 /** Runs `fn` with handleDashboard alone behind Deno.serve (`base` is its dashboard URL), closed after. */
-async function withApp(fn: (app: App) => Promise<void>): Promise<void> {
-  const app = serve();
-  try {
-    await fn(app);
-  } finally {
-    await app.close();
-  }
+function withApp(fn: (app: App) => Promise<void>): Promise<void> {
+  return closing(serve(), fn);
 }
 
 /** Serves handleDashboard alone on a free port. */
@@ -109,13 +113,8 @@ function serve(): App {
 }
 
 /** Runs `fn` with the real worker (see `worker`), closed after. */
-async function withWorker(fn: (w: TestWorker) => Promise<void>): Promise<void> {
-  const w = worker();
-  try {
-    await fn(w);
-  } finally {
-    await w.close();
-  }
+function withWorker(fn: (w: TestWorker) => Promise<void>): Promise<void> {
+  return closing(worker(), fn);
 }
 
 /** The real worker (createHandler, configured through loadConfig) with the dashboard's secrets. */
