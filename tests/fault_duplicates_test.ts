@@ -15,16 +15,11 @@ import { envelope, type TestEvent, verificationEvent } from "./support/pubsub.ts
 import { mailTo, type TestSmtp } from "./support/smtp.ts";
 import { dispatchWebhooks } from "../functions/_shared/webhooks.ts";
 import { databaseUrl } from "./support/worker.ts";
+import { sleep, waitFor as waitUntil } from "./support/wait.ts";
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 15_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
+/** Polls every 25 ms for at most 15 s (the sends here take seconds). */
+const waitFor = (what: string, check: () => Promise<boolean> | boolean) =>
+  waitUntil(what, check, { timeoutMs: 15_000, everyMs: 25 });
 
 const trackerEnv = {
   TRACKER_TIMEOUT_MS: "800",
