@@ -38,11 +38,12 @@ const STAGES = [
     bornClaimed: true,
   },
   {
-    name: "3 unread indexes dropped, fillfactor 80",
+    name: "3 indexes dropped (1 partial instead), fillfactor 80",
     sql: [
       statement("drop index email.deliveries_status_updated_at_idx;"),
       statement("drop index email.deliveries_recipient_updated_at_idx;"),
       statement("drop index email.deliveries_open_recipient_idx;"),
+      slice("create index deliveries_attention_idx", "\nalter table email.deliveries set"),
       statement("alter table email.deliveries set (fillfactor = 80);"),
     ].join("\n"),
     bornClaimed: true,

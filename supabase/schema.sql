@@ -2607,6 +2607,8 @@ ALTER TABLE ONLY email.webhook_outbox
 ALTER TABLE ONLY email.webhook_refused_networks
     ADD CONSTRAINT webhook_refused_networks_pkey PRIMARY KEY (network);
 
+CREATE INDEX deliveries_attention_idx ON email.deliveries USING btree (updated_at) WHERE (status = ANY (ARRAY['retrying'::text, 'failed'::text, 'dead_letter'::text, 'suppressed'::text]));
+
 CREATE INDEX deliveries_dead_letter_idx ON email.deliveries USING btree (completed_at) INCLUDE (workflow) WHERE (status = 'dead_letter'::text);
 
 CREATE INDEX deliveries_due_idx ON email.deliveries USING btree (next_attempt_at) WHERE (status = ANY (ARRAY['queued'::text, 'retrying'::text]));

@@ -12,9 +12,10 @@
  *   starts with (null -> queued). Webhook receivers and the metrics see email.in_progress as the first
  *   event of a pushed delivery.
  * - email.deliveries keeps only the indexes something reads: the key, the two end-user (RLS) indexes,
- *   the metrics' queued_at index and the partial ones (due, lease, dead letters), which cost nothing
- *   to rows outside their statuses. Gone: (status, updated_at) and (recipient, updated_at), which no
- *   query used, and the open-recipient index, which duplicated deliveries_recipient_lower_idx for the
+ *   the metrics' queued_at index and the partial ones (due, lease, dead letters, and the dashboard's
+ *   failing or suppressed ones by updated_at), which cost nothing to rows outside their statuses. Gone:
+ *   (status, updated_at), whose one reader (the dashboard) the partial index serves, (recipient,
+ *   updated_at), which no query used, and the open-recipient index, which duplicated deliveries_recipient_lower_idx for the
  *   few deliveries of one address a new suppression looks at. fillfactor 80 leaves room on each page,
  *   so an update's new row version usually lands on its page (a smaller WAL record).
  * - status no longer references email.statuses by a foreign key, which took a share lock on the
@@ -39,6 +40,12 @@ drop index email.deliveries_status_updated_at_idx;
 drop index email.deliveries_recipient_updated_at_idx;
 -- A new suppression finds the address's open deliveries by deliveries_recipient_lower_idx.
 drop index email.deliveries_open_recipient_idx;
+-- What the dashboard lists as needing a look (the failing statuses and suppressed, latest first) read
+-- the (status, updated_at) index; a partial index serves it without an entry for a delivery that is
+-- sent. Literal, as partial-index predicates must be: the statuses with failing or counts_as =
+-- 'suppressed' in email.statuses (supabase/tests/010 checks they are the same).
+create index deliveries_attention_idx on email.deliveries (updated_at)
+  where status in ('retrying', 'failed', 'dead_letter', 'suppressed');
 alter table email.deliveries set (fillfactor = 80);
 -- The transition trigger admits only known statuses (see the header).
 alter table email.deliveries drop constraint deliveries_status_fkey;

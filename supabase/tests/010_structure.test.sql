@@ -1,6 +1,6 @@
 -- Structure: schema, tables, columns, keys, indexes, triggers, functions and privileges, so drift shows up.
 begin;
-select plan(166);
+select plan(168);
 
 select has_schema('email');
 
@@ -125,7 +125,21 @@ select matches(
   'Index Scan using deliveries_lease_idx',
   'the expired-lease query is an index scan of deliveries_lease_idx'
 );
+select matches(
+  pg_temp.plan_of($$ select delivery_id from email.deliveries
+                     where status in (select s.status from email.statuses s where s.failing or s.counts_as = 'suppressed')
+                       and status in ('retrying', 'failed', 'dead_letter', 'suppressed') and updated_at >= now() - interval '1 day'
+                     order by updated_at desc limit 25 $$),
+  'Index Scan Backward using deliveries_attention_idx',
+  'the dashboard''s "needs a look" query is an index scan of deliveries_attention_idx'
+);
 reset enable_seqscan;
+select is(
+  (select pg_get_expr(i.indpred, i.indrelid) from pg_index i where i.indexrelid = 'email.deliveries_attention_idx'::regclass),
+  (select format('(status = ANY (ARRAY[%s]))', string_agg(quote_literal(s.status) || '::text', ', ' order by s.position))
+   from email.statuses s where s.failing or s.counts_as = 'suppressed'),
+  'deliveries_attention_idx is partial on exactly the failing and suppressed statuses of email.statuses'
+);
 
 -- Triggers, named so their order is deterministic.
 select has_trigger('email', 'deliveries', t, format('trigger %s on email.deliveries', t))
