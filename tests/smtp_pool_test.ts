@@ -123,11 +123,12 @@ test("a connection carries SMTP_POOL_MAX_MESSAGES messages, then a new one takes
 
 test("a connection unused for SMTP_POOL_IDLE_MS is closed by the worker; the next send opens a new one", async () => {
   await withServer(async (smtp) => {
-    const mailer = mailerFor(smtp, { SMTP_POOL_IDLE_MS: "200" });
+    // The socket timeout would end an idle session too: far beyond the wait below.
+    const mailer = mailerFor(smtp, { SMTP_POOL_IDLE_MS: "200", SMTP_SOCKET_TIMEOUT_MS: "20000" });
     try {
       await mailer.send(mail("before-idle"));
       assertEquals(smtp.open, 1);
-      const until = Date.now() + 3000;
+      const until = Date.now() + 1500;
       while (smtp.open > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
       assertEquals(smtp.open, 0, "the idle connection was closed");
       await mailer.send(mail("after-idle"));
