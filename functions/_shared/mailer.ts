@@ -14,7 +14,8 @@
  *   included), a broken connection fails the send with the transport's error, which the caller
  *   records; the pool never sends it again. Which side of that line a failure fell on is what
  *   tests/smtp_pool_test.ts checks against a server that drops the connection mid-DATA;
- * - such re-queueing is bounded (`maxRequeues`), so a send still ends within a bounded time.
+ * - such re-queueing happens at most once (`maxRequeues: 1`), so a send still ends within a bounded
+ *   time (sendBoundMs).
  * The attempt is marked as started (email.renew_lease with starting_send) before `send` is called,
  * so waiting for a pooled connection and the conversation both count as "started".
  * Every new pooled connection goes through the same options as a connection per message did:
@@ -105,8 +106,8 @@ export function createMailer(smtp: Config["smtp"]): Mailer {
         // relay's own idle timeout ends it in the middle of handing it the next message.
         idleTimeout: pool.idleMs,
         // A message whose connection closed before any byte of it was read goes to a fresh
-        // connection at most this often; then the send fails (ECONNECTION), transient.
-        maxRequeues: 2,
+        // connection at most once; then the send fails (ECONNECTION), transient (see sendBoundMs).
+        maxRequeues: 1,
       }
       : {}),
     disableFileAccess: true,
@@ -159,10 +160,26 @@ export function createMailer(smtp: Config["smtp"]): Mailer {
 
 /**
  * How long a send may wait for a pooled connection to be free: SMTP_CONNECTION_TIMEOUT_MS when
- * connections are pooled (a wait stands in for connecting), 0 otherwise. Part of the send's timeout.
+ * connections are pooled (a wait stands in for connecting), 0 otherwise.
  */
-export function poolWaitMs(smtp: Config["smtp"]): number {
+function poolWaitMs(smtp: Config["smtp"]): number {
   return (smtp.pool ?? smtpPoolDefaults).maxConnections > 0 ? smtp.connectionTimeoutMs : 0;
+}
+
+/** The pool's own delays before it hands a re-queued message to a new connection (about 0.2 s), rounded up. */
+const requeueSlackMs = 1000;
+
+/**
+ * The longest one send may take before the mailer gives up on a silent relay: nodemailer's
+ * connection, greeting and socket (idle) timeouts, one after the other. Pooled, also the wait for a
+ * free connection, and one more such conversation: a message whose session ended before a byte of
+ * it was read (a reused connection gone silent or closed at MAIL FROM) is sent once more over a new
+ * connection (`maxRequeues: 1`).
+ */
+export function sendBoundMs(smtp: Config["smtp"]): number {
+  const conversation = smtp.connectionTimeoutMs + smtp.greetingTimeoutMs + smtp.socketTimeoutMs;
+  const wait = poolWaitMs(smtp);
+  return wait === 0 ? conversation : wait + 2 * conversation + requeueSlackMs;
 }
 
 /** At most `size` holders at once; the others wait in arrival order, each for at most the time it asks. */
