@@ -7,7 +7,7 @@
  * second copy: the pool never hands a message whose DATA began to another connection.
  */
 import { loadConfig } from "../functions/_shared/config.ts";
-import { createMailer, type Mailer, SmtpError } from "../functions/_shared/mailer.ts";
+import { createMailer, type Mailer, sendBoundMs, SmtpError } from "../functions/_shared/mailer.ts";
 import { assert, assertEquals } from "./support/assert.ts";
 import { openDb } from "./support/db.ts";
 import { type FaultySmtp, startFaultySmtp } from "./support/faulty_smtp.ts";
@@ -15,22 +15,22 @@ import { test } from "./support/harness.ts";
 import { envelope, verificationEvent } from "./support/pubsub.ts";
 import { databaseUrl, startWorker } from "./support/worker.ts";
 
+/** The worker's environment for `smtp`. */
+const mailerEnv = (smtp: FaultySmtp) => ({
+  PUBSUB_VERIFY: "false",
+  SMTP_HOST: "127.0.0.1",
+  SMTP_PORT: String(smtp.port),
+  SMTP_SECURE: "false",
+  SMTP_REQUIRE_TLS: "false", // a local server without STARTTLS
+  SMTP_FROM: "Worker <no-reply@worker.test>",
+  SMTP_CONNECTION_TIMEOUT_MS: "2000",
+  SMTP_GREETING_TIMEOUT_MS: "2000",
+  SMTP_SOCKET_TIMEOUT_MS: "2000",
+});
+
 /** A mailer configured from the environment, as the worker's is, pointed at `smtp`. */
 function mailerFor(smtp: FaultySmtp, env: Record<string, string> = {}): Mailer {
-  return createMailer(
-    loadConfig({
-      PUBSUB_VERIFY: "false",
-      SMTP_HOST: "127.0.0.1",
-      SMTP_PORT: String(smtp.port),
-      SMTP_SECURE: "false",
-      SMTP_REQUIRE_TLS: "false", // a local server without STARTTLS
-      SMTP_FROM: "Worker <no-reply@worker.test>",
-      SMTP_CONNECTION_TIMEOUT_MS: "2000",
-      SMTP_GREETING_TIMEOUT_MS: "2000",
-      SMTP_SOCKET_TIMEOUT_MS: "2000",
-      ...env,
-    }).smtp,
-  );
+  return createMailer(loadConfig({ ...mailerEnv(smtp), ...env }).smtp);
 }
 
 /** One message, told apart from the others by its X-Email-Delivery-Id header. */
@@ -164,6 +164,28 @@ test("a pooled connection the relay drops as the next message starts (at MAIL FR
       assert(sent.response.startsWith("250"), sent.response);
       assertEquals(smtp.accepted.map((m) => [m.deliveryId, m.session]), [["first", 1], ["second", 2]]);
       assertEquals(smtp.dataStarted, ["first", "second"]);
+    } finally {
+      mailer.close();
+    }
+  });
+});
+
+test("a reused session gone silent before the message: one re-queue onto a new connection, and the send ends within its bound", async () => {
+  await withServer(async (smtp) => {
+    const env = { SMTP_CONNECTION_TIMEOUT_MS: "300", SMTP_GREETING_TIMEOUT_MS: "300", SMTP_SOCKET_TIMEOUT_MS: "600" };
+    const mailer = mailerFor(smtp, env);
+    try {
+      await mailer.send(mail("first"));
+      smtp.mode = { kind: "gone_silent" }; // the session stops answering; new connections close at once
+      const started = performance.now();
+      const e = await mailer.send(mail("second")).catch((e) => e);
+      const ms = performance.now() - started;
+      assert(e instanceof SmtpError, String(e));
+      assertEquals(e.failure.transportCode, "ECONNECTION"); // transient: the delivery retries
+      assertEquals(smtp.connections, 2, "the silent session, then one new connection (one re-queue)");
+      assertEquals(smtp.dataStarted, ["first"]);
+      const bound = sendBoundMs(loadConfig({ ...mailerEnv(smtp), ...env }).smtp);
+      assert(ms >= 600 * 0.9 && ms < bound, `took ${Math.round(ms)} ms; bound ${bound} ms`);
     } finally {
       mailer.close();
     }

@@ -172,14 +172,16 @@ const requeueSlackMs = 1000;
 /**
  * The longest one send may take before the mailer gives up on a silent relay: nodemailer's
  * connection, greeting and socket (idle) timeouts, one after the other. Pooled, also the wait for a
- * free connection, and one more such conversation: a message whose session ended before a byte of
- * it was read (a reused connection gone silent or closed at MAIL FROM) is sent once more over a new
- * connection (`maxRequeues: 1`).
+ * free connection, and the one try the pool may make before re-queueing the message on a new
+ * connection (`maxRequeues: 1`): a reused session that goes silent before a byte of the message was
+ * read (the socket timeout), or a new one that closes before its greeting.
  */
 export function sendBoundMs(smtp: Config["smtp"]): number {
   const conversation = smtp.connectionTimeoutMs + smtp.greetingTimeoutMs + smtp.socketTimeoutMs;
   const wait = poolWaitMs(smtp);
-  return wait === 0 ? conversation : wait + 2 * conversation + requeueSlackMs;
+  if (wait === 0) return conversation;
+  const requeuedTry = Math.max(smtp.socketTimeoutMs, smtp.connectionTimeoutMs + smtp.greetingTimeoutMs);
+  return wait + requeuedTry + requeueSlackMs + conversation;
 }
 
 /** At most `size` holders at once; the others wait in arrival order, each for at most the time it asks. */

@@ -2,7 +2,8 @@
  * A small SMTP server on node:net that misbehaves on demand, for the fault tests: it can refuse
  * connections (stop listening), accept and never greet, drop the connection in the middle of DATA,
  * take the whole message and never answer it, take it and drop the connection instead of answering,
- * drop a reused session at its next MAIL FROM, or answer with a given reply line; it can also close
+ * drop a reused session at its next MAIL FROM, stop answering a reused session and close new ones
+ * before their greeting (gone_silent), or answer with a given reply line; it can also close
  * its idle sessions. It keeps its port across refuse/recover, and records each message it accepted
  * with 250, keyed by the worker's X-Email-Delivery-Id header and the session that carried it, so a
  * test can count complete mails per delivery and the connections they came over.
@@ -18,6 +19,7 @@ export type FaultMode =
   | { kind: "stall_in_data" }
   | { kind: "drop_after_data" }
   | { kind: "drop_reused_at_mail" }
+  | { kind: "gone_silent" }
   | { kind: "reply"; at: "rcpt" | "data"; line: string };
 
 /** One message as the server saw it. */
@@ -127,6 +129,7 @@ export async function startFaultySmtp(
       if (!socket.destroyed) socket.write(`${line}\r\n`);
     };
     if (state.mode.kind === "silent") return; // holds the connection, never greets
+    if (state.mode.kind === "gone_silent") return void socket.destroy(); // closes a new connection before its greeting
 
     let buffer = "";
     let inData = false;
@@ -210,6 +213,7 @@ export async function startFaultySmtp(
           socket.destroy(); // a reused session the relay had already given up on
           return;
         }
+        if (mode.kind === "gone_silent") return; // a reused session that no longer answers
         inTransaction = true;
         to = [];
         write("250 2.1.0 Ok");
