@@ -6,7 +6,7 @@
  * connection the relay drops in the middle of DATA ends that send with one recorded outcome and no
  * second copy: the pool never hands a message whose DATA began to another connection.
  */
-import { loadConfig } from "../functions/_shared/config.ts";
+import { ConfigError, loadConfig } from "../functions/_shared/config.ts";
 import { createMailer, type Mailer, sendBoundMs, SmtpError } from "../functions/_shared/mailer.ts";
 import { assert, assertEquals } from "./support/assert.ts";
 import { openDb } from "./support/db.ts";
@@ -285,4 +285,26 @@ test("SMTP_POOL_MAX_CONNECTIONS=0 opens a connection per message (no reuse)", as
       mailer.close();
     }
   });
+});
+
+test("SMTP_POOL_*: 5 connections, 100 messages each, 5 s idle by default; a wrong value stops start-up naming it", () => {
+  const minimal = { PUBSUB_VERIFY: "false", SMTP_HOST: "smtp.test", SMTP_FROM: "a@b.test" };
+  assertEquals(loadConfig(minimal).smtp.pool, { maxConnections: 5, maxMessages: 100, idleMs: 5000 });
+  const set = { SMTP_POOL_MAX_CONNECTIONS: "0", SMTP_POOL_MAX_MESSAGES: "7", SMTP_POOL_IDLE_MS: "250" };
+  assertEquals(loadConfig({ ...minimal, ...set }).smtp.pool, { maxConnections: 0, maxMessages: 7, idleMs: 250 });
+  for (
+    const [name, value] of [
+      ["SMTP_POOL_MAX_CONNECTIONS", "-1"],
+      ["SMTP_POOL_MAX_CONNECTIONS", "many"],
+      ["SMTP_POOL_MAX_MESSAGES", "0"],
+      ["SMTP_POOL_IDLE_MS", "5s"],
+    ]
+  ) {
+    try {
+      loadConfig({ ...minimal, [name]: value });
+      throw new Error(`accepted ${name}=${value}`);
+    } catch (e) {
+      assert(e instanceof ConfigError && e.message.includes(name), String(e));
+    }
+  }
 });
