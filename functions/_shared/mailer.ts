@@ -12,14 +12,20 @@
  *   before its greeting); a server cannot have accepted a message it was never sent;
  * - once the message stream has been read (from the relay's acceptance of the envelope on, so DATA
  *   included), a broken connection fails the send with the transport's error, which the caller
- *   records; the pool never sends it again. Which side of that line a failure fell on is what
- *   tests/smtp_pool_test.ts checks against a server that drops the connection mid-DATA;
+ *   records; the pool never sends it again. nodemailer tells the two apart by the stream's
+ *   `readableDidRead`; were a runtime's node:stream to lack it, the check fails safe (no re-queue).
+ *   tests/smtp_pool_test.ts holds nodemailer to this against a server that drops the connection
+ *   mid-DATA (a nodemailer upgrade must pass it);
  * - such re-queueing happens at most once (`maxRequeues: 1`), so a send still ends within a bounded
  *   time (sendBoundMs).
  * The attempt is marked as started (email.renew_lease with starting_send) before `send` is called,
  * so waiting for a pooled connection and the conversation both count as "started".
  * Every new pooled connection goes through the same options as a connection per message did:
  * STARTTLS required, the CA, the address family, the timeouts.
+ * On the Edge Runtime the pool lives and dies with its isolate (one per isolate, from that isolate's
+ * config): the idle timer is unref'd and keeps nothing alive, the gate's timer runs only while a send
+ * waits, and an isolate torn down mid-send leaves an attempt marked as started, which the reaper
+ * settles (outcome_unknown).
  */
 import nodemailer from "nodemailer";
 import { type Config, smtpPoolDefaults } from "./config.ts";
