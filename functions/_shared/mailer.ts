@@ -23,9 +23,11 @@
  * Every new pooled connection goes through the same options as a connection per message did:
  * STARTTLS required, the CA, the address family, the timeouts.
  * On the Edge Runtime the pool lives and dies with its isolate (one per isolate, from that isolate's
- * config): the idle timer is unref'd and keeps nothing alive, the gate's timer runs only while a send
- * waits, and an isolate torn down mid-send leaves an attempt marked as started, which the reaper
- * settles (outcome_unknown).
+ * config): an idle session holds its socket, and so its process or isolate, for at most
+ * SMTP_POOL_IDLE_MS (seen under Deno: a script that never calls close() exits once the idle close
+ * has ended the session; close() ends idle sessions at once), the gate's timer runs only while a
+ * send waits, and an isolate torn down mid-send leaves an attempt marked as started, which the
+ * reaper settles (outcome_unknown).
  */
 import nodemailer from "nodemailer";
 import { type Config, smtpPoolDefaults } from "./config.ts";
