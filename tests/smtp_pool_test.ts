@@ -13,6 +13,7 @@ import { openDb } from "./support/db.ts";
 import { type FaultySmtp, startFaultySmtp } from "./support/faulty_smtp.ts";
 import { test } from "./support/harness.ts";
 import { envelope, verificationEvent } from "./support/pubsub.ts";
+import { sleep, waitFor } from "./support/wait.ts";
 import { databaseUrl, startWorker } from "./support/worker.ts";
 
 /** The worker's environment for `smtp`. */
@@ -128,9 +129,7 @@ test("a connection unused for SMTP_POOL_IDLE_MS is closed by the worker; the nex
     try {
       await mailer.send(mail("before-idle"));
       assertEquals(smtp.open, 1);
-      const until = Date.now() + 1500;
-      while (smtp.open > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
-      assertEquals(smtp.open, 0, "the idle connection was closed");
+      await waitFor("the idle connection to be closed", () => smtp.open === 0, { timeoutMs: 1500 });
       await mailer.send(mail("after-idle"));
       assertEquals(smtp.accepted.map((m) => m.session), [1, 2]);
     } finally {
@@ -139,36 +138,35 @@ test("a connection unused for SMTP_POOL_IDLE_MS is closed by the worker; the nex
   });
 });
 
-test("a pooled connection the relay closed while idle is replaced transparently", async () => {
-  await withServer(async (smtp) => {
-    const mailer = mailerFor(smtp);
-    try {
-      await mailer.send(mail("first"));
-      await smtp.closeIdle(); // 421 and the end of the session, as a relay's idle timeout does
-      assertEquals(smtp.open, 0);
-      await mailer.send(mail("second"));
-      assertEquals(smtp.accepted.map((m) => [m.deliveryId, m.session]), [["first", 1], ["second", 2]]);
-    } finally {
-      mailer.close();
-    }
+const relayEndings = [
+  {
+    name: "the relay closed while idle is replaced transparently",
+    // 421 and the end of the session, as a relay's idle timeout does
+    end: (smtp: FaultySmtp) => smtp.closeIdle(),
+  },
+  {
+    name: "the relay drops as the next message starts (at MAIL FROM) is replaced: sent once",
+    // the relay gave up on the session as it is reused
+    end: (smtp: FaultySmtp) => smtp.setMode({ kind: "drop_reused_at_mail" }),
+  },
+];
+for (const ending of relayEndings) {
+  test(`a pooled connection ${ending.name}`, async () => {
+    await withServer(async (smtp) => {
+      const mailer = mailerFor(smtp);
+      try {
+        await mailer.send(mail("first"));
+        await ending.end(smtp);
+        const sent = await mailer.send(mail("second"));
+        assert(sent.response.startsWith("250"), sent.response);
+        assertEquals(smtp.accepted.map((m) => [m.deliveryId, m.session]), [["first", 1], ["second", 2]]);
+        assertEquals(smtp.dataStarted, ["first", "second"]);
+      } finally {
+        mailer.close();
+      }
+    });
   });
-});
-
-test("a pooled connection the relay drops as the next message starts (at MAIL FROM) is replaced: sent once", async () => {
-  await withServer(async (smtp) => {
-    const mailer = mailerFor(smtp);
-    try {
-      await mailer.send(mail("first"));
-      smtp.mode = { kind: "drop_reused_at_mail" }; // the relay gave up on the session as we reuse it
-      const sent = await mailer.send(mail("second"));
-      assert(sent.response.startsWith("250"), sent.response);
-      assertEquals(smtp.accepted.map((m) => [m.deliveryId, m.session]), [["first", 1], ["second", 2]]);
-      assertEquals(smtp.dataStarted, ["first", "second"]);
-    } finally {
-      mailer.close();
-    }
-  });
-});
+}
 
 test("a reused session gone silent before the message: one re-queue onto a new connection, and the send ends within its bound", async () => {
   await withServer(async (smtp) => {
@@ -240,7 +238,7 @@ for (
         "retrying",
         true,
       ], JSON.stringify(dropped.body));
-      await new Promise((r) => setTimeout(r, 500)); // longer than any re-queue delay of the pool
+      await sleep(500); // longer than any re-queue delay of the pool
       assertEquals(smtp.dataStarted.filter((id) => id === dropped.id).length, 1, "DATA began once");
       assertEquals(copies(smtp, dropped.id), drop.mode === "drop_after_data" ? 1 : 0, "copies received");
       assertEquals(smtp.accepted.map((m) => m.deliveryId), [first.id]);

@@ -9,6 +9,7 @@
  * test can count complete mails per delivery and the connections they came over.
  */
 import { createServer, type Server, type Socket } from "node:net";
+import { sleep } from "./wait.ts";
 
 /** How the server behaves; a test changes `mode` at any time (setMode for "refuse"). */
 export type FaultMode =
@@ -74,7 +75,7 @@ export async function startFaultySmtp(
     async closeIdle() {
       for (const close of idleClosers) close();
       // Until the client has seen the 421 and the end of the session.
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      await sleep(100);
     },
     mailsFor: (id) => state.accepted.filter((m) => m.deliveryId === id),
     async setMode(mode) {
