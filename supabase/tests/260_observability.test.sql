@@ -132,12 +132,12 @@ select is(
   (select jsonb_object_agg(s.labels ->> 'error_code', s.value) from s1 s
    where s.sample = 'email_delivery_errors_total' and s.labels ->> 'workflow' = 't-prom'),
   '{"smtp_550": 1, "smtp_452": 1}'::jsonb, 'errors by error code');
-select is(pg_temp.delta('domain_outcomes', '{"domain": "prom-a.test", "status": "sent"}'), 2::double precision,
+select is(pg_temp.delta('domain_outcomes', '{"domain": "prom-a.test", "relay": "unknown", "status": "sent"}'), 2::double precision,
   'the busiest new domain got a label of its own (sent twice, the address case folded)');
-select is(pg_temp.delta('domain_outcomes', '{"domain": "prom-b.test", "status": "failed"}')
-  + pg_temp.delta('domain_outcomes', '{"domain": "prom-b.test", "status": "dead_letter"}'), 2::double precision,
+select is(pg_temp.delta('domain_outcomes', '{"domain": "prom-b.test", "relay": "unknown", "status": "failed"}')
+  + pg_temp.delta('domain_outcomes', '{"domain": "prom-b.test", "relay": "unknown", "status": "dead_letter"}'), 2::double precision,
   'the second new domain too (one failed, one dead letter)');
-select is(pg_temp.delta('domain_outcomes', '{"domain": "other", "status": "sent"}'), 1::double precision,
+select is(pg_temp.delta('domain_outcomes', '{"domain": "other", "relay": "unknown", "status": "sent"}'), 1::double precision,
   'the third new domain, past the cap, counts as other');
 select ok(not exists (select from email.metric_labels where kind = 'domain' and value = 'prom-c.test'),
   'and is not in the label registry');
