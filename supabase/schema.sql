@@ -702,7 +702,6 @@ COMMENT ON FUNCTION email.fold_metric_events() IS 'Adds the audit events since t
 
 CREATE FUNCTION email.is_attempt_outcome(status text) RETURNS boolean
     LANGUAGE sql IMMUTABLE
-    SET search_path TO ''
     AS $$
   select status in ('sent', 'retrying', 'failed', 'dead_letter')
 $$;
@@ -748,7 +747,6 @@ COMMENT ON FUNCTION email.is_suppressed(address text) IS 'Whether the address is
 
 CREATE FUNCTION email.latency_bin(ms double precision) RETURNS smallint
     LANGUAGE sql IMMUTABLE
-    SET search_path TO ''
     AS $$
   select case when ms > 0 then ceil(ln(ms) / ln(1.005::double precision / 0.995))::smallint else (-32768)::smallint end
 $$;
@@ -757,7 +755,6 @@ COMMENT ON FUNCTION email.latency_bin(ms double precision) IS 'Histogram bin of 
 
 CREATE FUNCTION email.latency_bin_value(bin smallint) RETURNS double precision
     LANGUAGE sql IMMUTABLE
-    SET search_path TO ''
     AS $$
   select case when bin = -32768 then 0::double precision
     else 2 * power(1.005::double precision / 0.995, bin) / (1.005::double precision / 0.995 + 1) end
@@ -881,7 +878,6 @@ COMMENT ON FUNCTION email.mark_sent(delivery_id text, attempt integer, provider_
 
 CREATE FUNCTION email.metric_bucket(grain text, at timestamp with time zone) RETURNS timestamp with time zone
     LANGUAGE sql IMMUTABLE
-    SET search_path TO ''
     AS $$
   select date_bin(case grain when 'hour' then interval '1 hour' when 'day' then interval '1 day' end,
     at, timestamptz '2000-01-01 00:00:00+00')
@@ -1091,7 +1087,7 @@ $$;
 
 COMMENT ON FUNCTION email.reap_expired_leases() IS 'Reap expired leases: in_progress -> retrying or dead_letter (lease_expired or outcome_unknown); returns the count';
 
-CREATE FUNCTION email.rebuild_metric_rollups(adopt_history boolean DEFAULT false) RETURNS jsonb
+CREATE FUNCTION email.rebuild_metric_rollups(adopt_history boolean) RETURNS jsonb
     LANGUAGE plpgsql
     SET search_path TO ''
     SET work_mem TO '256MB'
@@ -1181,10 +1177,15 @@ begin
     - (select count(*) from email.metric_labels l where l.kind = x.kind)
   on conflict do nothing;
 
+  -- grouped by domain and relay first, labelled after (a label per group, not per event)
   insert into email.metric_outcome_rollups (grain, bucket, workflow, domain, relay, status, events)
-  select g.grain, email.metric_bucket(g.grain, o.created_at), o.workflow, coalesce(email.metric_label('domain', o.domain), 'other'),
-    email.metric_label('relay', o.relay), o.status, count(*)
-  from _metric_outcomes o, (select g.grain from unnest(array['hour', 'day']) g(grain)) g
+  select x.grain, x.bucket, x.workflow, coalesce(email.metric_label('domain', x.domain), 'other'),
+    email.metric_label('relay', x.relay), x.status, sum(x.n)
+  from (
+    select g.grain, email.metric_bucket(g.grain, o.created_at) as bucket, o.workflow, o.domain, o.relay, o.status, count(*) as n
+    from _metric_outcomes o, (select g.grain from unnest(array['hour', 'day']) g(grain)) g
+    group by 1, 2, 3, 4, 5, 6
+  ) x
   group by 1, 2, 3, 4, 5, 6;
   get diagnostics n_outcomes = row_count;
   drop table _metric_outcomes;
@@ -2106,14 +2107,14 @@ begin
     select e.workflow, email.latency_bin(extract(epoch from e.sent_at - e.queued_at)::double precision * 1000), 1
     from edges e where e.status = 'sent'
   ),
-  histogram as (
+  histogram as materialized (
     select grouping(b.workflow) = 1 as is_total, b.workflow,
       email.latency_percentiles(array_agg(b.bin), array_agg(b.n::bigint), array[0.5, 0.95, 0.99]) as latency
     from bins b
     group by grouping sets ((b.workflow), ())
   ),
   -- Exact percentiles while the window is small (read only then: a one-time filter).
-  exact as (
+  exact as materialized (
     select grouping(w.workflow) = 1 as is_total, w.workflow,
       percentile_cont(array[0.5, 0.95, 0.99]) within group (order by extract(epoch from w.sent_at - w.queued_at) * 1000) as latency
     from (

@@ -121,12 +121,17 @@ where family = 'email_recipient_domain_outcomes_total';
 -- Functions
 -- ---------------------------------------------------------------------------------------------
 
+-- The four small immutable helpers below have no SET clause, unlike every other function here: a
+-- function with one is never inlined, and these run once per row of the rollups' rebuilds and
+-- windows (measured: 37 s instead of 6 s for the rebuild of 200,000 deliveries). They call only
+-- built-in functions (pg_catalog is searched first whatever the search_path), run as the caller,
+-- and read no table.
+
 /** The start of the hour or day (UTC) that holds `at`. */
 create or replace function email.metric_bucket(grain text, at timestamptz)
 returns timestamptz
 language sql
 immutable
-set search_path = ''
 as $$
   select date_bin(case grain when 'hour' then interval '1 hour' when 'day' then interval '1 day' end,
     at, timestamptz '2000-01-01 00:00:00+00')
@@ -142,7 +147,6 @@ create or replace function email.latency_bin(ms double precision)
 returns smallint
 language sql
 immutable
-set search_path = ''
 as $$
   select case when ms > 0 then ceil(ln(ms) / ln(1.005::double precision / 0.995))::smallint else (-32768)::smallint end
 $$;
@@ -153,7 +157,6 @@ create or replace function email.latency_bin_value(bin smallint)
 returns double precision
 language sql
 immutable
-set search_path = ''
 as $$
   select case when bin = -32768 then 0::double precision
     else 2 * power(1.005::double precision / 0.995, bin) / (1.005::double precision / 0.995 + 1) end
@@ -192,7 +195,6 @@ create or replace function email.is_attempt_outcome(status text)
 returns boolean
 language sql
 immutable
-set search_path = ''
 as $$
   select status in ('sent', 'retrying', 'failed', 'dead_letter')
 $$;
@@ -455,7 +457,7 @@ grant execute on function email._fold_metric_ids(bigint[], integer, integer) to 
  * are kept as gaps. Unregistered domains and relays of the counted outcomes are admitted, busiest
  * first, up to the caps. Returns what it rebuilt.
  */
-create or replace function email.rebuild_metric_rollups(adopt_history boolean default false)
+create or replace function email.rebuild_metric_rollups(adopt_history boolean)
 returns jsonb
 language plpgsql
 volatile
@@ -547,10 +549,15 @@ begin
     - (select count(*) from email.metric_labels l where l.kind = x.kind)
   on conflict do nothing;
 
+  -- grouped by domain and relay first, labelled after (a label per group, not per event)
   insert into email.metric_outcome_rollups (grain, bucket, workflow, domain, relay, status, events)
-  select g.grain, email.metric_bucket(g.grain, o.created_at), o.workflow, coalesce(email.metric_label('domain', o.domain), 'other'),
-    email.metric_label('relay', o.relay), o.status, count(*)
-  from _metric_outcomes o, (select g.grain from unnest(array['hour', 'day']) g(grain)) g
+  select x.grain, x.bucket, x.workflow, coalesce(email.metric_label('domain', x.domain), 'other'),
+    email.metric_label('relay', x.relay), x.status, sum(x.n)
+  from (
+    select g.grain, email.metric_bucket(g.grain, o.created_at) as bucket, o.workflow, o.domain, o.relay, o.status, count(*) as n
+    from _metric_outcomes o, (select g.grain from unnest(array['hour', 'day']) g(grain)) g
+    group by 1, 2, 3, 4, 5, 6
+  ) x
   group by 1, 2, 3, 4, 5, 6;
   get diagnostics n_outcomes = row_count;
   drop table _metric_outcomes;
@@ -694,14 +701,14 @@ begin
     select e.workflow, email.latency_bin(extract(epoch from e.sent_at - e.queued_at)::double precision * 1000), 1
     from edges e where e.status = 'sent'
   ),
-  histogram as (
+  histogram as materialized (
     select grouping(b.workflow) = 1 as is_total, b.workflow,
       email.latency_percentiles(array_agg(b.bin), array_agg(b.n::bigint), array[0.5, 0.95, 0.99]) as latency
     from bins b
     group by grouping sets ((b.workflow), ())
   ),
   -- Exact percentiles while the window is small (read only then: a one-time filter).
-  exact as (
+  exact as materialized (
     select grouping(w.workflow) = 1 as is_total, w.workflow,
       percentile_cont(array[0.5, 0.95, 0.99]) within group (order by extract(epoch from w.sent_at - w.queued_at) * 1000) as latency
     from (
@@ -867,7 +874,7 @@ revoke execute on function email_api.metrics(timestamptz, timestamptz, text) fro
 grant execute on function email_api.metrics(timestamptz, timestamptz, text) to authenticated, service_role;
 
 -- The rollups start from what the database holds now (the fold keeps them from here on).
-select email.rebuild_metric_rollups();
+select email.rebuild_metric_rollups(false);
 
 -- Postgres grants EXECUTE to PUBLIC on every new function: only service_role calls these (email_api.metrics,
 -- security definer, reaches them as their owner).
