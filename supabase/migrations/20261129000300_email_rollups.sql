@@ -288,6 +288,36 @@ revoke execute on function email._metric_facts(bigint, bigint, bigint[]) from pu
 grant execute on function email._metric_facts(bigint, bigint, bigint[]) to service_role;
 
 /**
+ * Admits new label values: from candidate (kind, value, occurrences) rows, per kind the most frequent
+ * values not yet in email.metric_labels, while the kind is under its cap; never other (nor unknown for
+ * a relay). Returns the admitted rows (a statement that admits sees them only through this result).
+ */
+create or replace function email._admit_metric_labels(
+  kinds text[], vals text[], counts bigint[], max_domains integer, max_error_codes integer, max_relays integer
+)
+returns table (kind text, value text)
+language sql
+volatile
+set search_path = ''
+as $$
+  insert into email.metric_labels as l (kind, value)
+  select x.kind, x.value from (
+    select c.kind, c.value, row_number() over (partition by c.kind order by sum(c.n) desc, c.value) as rank
+    from unnest(kinds, vals, counts) c(kind, value, n)
+    where char_length(c.value) between 1 and 255 and c.value <> 'other' and not (c.kind = 'relay' and c.value = 'unknown')
+      and not exists (select from email.metric_labels r where r.kind = c.kind and r.value = c.value)
+    group by c.kind, c.value
+  ) x
+  where x.rank <= case x.kind when 'domain' then max_domains when 'error_code' then max_error_codes else max_relays end
+    - (select count(*) from email.metric_labels r where r.kind = x.kind)
+  on conflict do nothing
+  returning l.kind, l.value
+$$;
+comment on function email._admit_metric_labels(text[], text[], bigint[], integer, integer, integer) is 'Admits the most frequent new domains, error codes and relays into email.metric_labels up to the caps';
+revoke execute on function email._admit_metric_labels(text[], text[], bigint[], integer, integer, integer) from public;
+grant execute on function email._admit_metric_labels(text[], text[], bigint[], integer, integer, integer) to service_role;
+
+/**
  * Adds the given audit events to email.metric_counters and the rollups; returns how many it found.
  * Counters per event: transitions{workflow, status}; errors{workflow, error_code} when it carries
  * one; domain_outcomes{domain, relay, status} for attempt outcomes; for sent, latency_bucket{workflow,
@@ -316,56 +346,27 @@ begin
     from email._metric_facts(case when whole then lo - 1 else 0 end, case when whole then hi else 0 end,
       case when whole then '{}' else ids end) f
   ),
-  new_domains as (
-    insert into email.metric_labels (kind, value)
-    select 'domain', x.domain from (
-      select ev.domain, count(*) as n from ev
-      where email.is_attempt_outcome(ev.status) and ev.domain is not null
-        and char_length(ev.domain) <= 255 and ev.domain <> 'other'
-        and not exists (select from email.metric_labels l where l.kind = 'domain' and l.value = ev.domain)
-      group by ev.domain
-      order by n desc, ev.domain
-      limit greatest(0, max_domains - (select count(*) from email.metric_labels l where l.kind = 'domain'))
-    ) x
-    on conflict do nothing
-    returning value
+  candidates as (
+    select c.kind, c.value, count(*) as n
+    from ev
+    cross join lateral (values
+      ('domain', case when email.is_attempt_outcome(ev.status) then ev.domain end),
+      ('error_code', ev.error_code),
+      ('relay', case when email.is_attempt_outcome(ev.status) then ev.relay end)) c(kind, value)
+    where c.value is not null
+    group by c.kind, c.value
   ),
-  new_codes as (
-    insert into email.metric_labels (kind, value)
-    select 'error_code', x.error_code from (
-      select ev.error_code, count(*) as n from ev
-      where ev.error_code is not null and ev.error_code <> 'other'
-        and not exists (select from email.metric_labels l where l.kind = 'error_code' and l.value = ev.error_code)
-      group by ev.error_code
-      order by n desc, ev.error_code
-      limit greatest(0, max_error_codes - (select count(*) from email.metric_labels l where l.kind = 'error_code'))
-    ) x
-    on conflict do nothing
-    returning value
+  admitted as materialized (
+    select a.kind, a.value
+    from (select array_agg(c.kind) as kinds, array_agg(c.value) as vals, array_agg(c.n) as counts from candidates c) x
+    cross join lateral email._admit_metric_labels(x.kinds, x.vals, x.counts, max_domains, max_error_codes, max_relays) a
   ),
-  new_relays as (
-    insert into email.metric_labels (kind, value)
-    select 'relay', x.relay from (
-      select ev.relay, count(*) as n from ev
-      where email.is_attempt_outcome(ev.status) and ev.relay is not null
-        and char_length(ev.relay) between 1 and 255 and ev.relay not in ('other', 'unknown')
-        and not exists (select from email.metric_labels l where l.kind = 'relay' and l.value = ev.relay)
-      group by ev.relay
-      order by n desc, ev.relay
-      limit greatest(0, max_relays - (select count(*) from email.metric_labels l where l.kind = 'relay'))
-    ) x
-    on conflict do nothing
-    returning value
+  labels as (
+    select l.kind, l.value from email.metric_labels l union select a.kind, a.value from admitted a
   ),
-  domains as (
-    select l.value from email.metric_labels l where l.kind = 'domain' union select n.value from new_domains n
-  ),
-  codes as (
-    select l.value from email.metric_labels l where l.kind = 'error_code' union select n.value from new_codes n
-  ),
-  relays as (
-    select l.value from email.metric_labels l where l.kind = 'relay' union select n.value from new_relays n
-  ),
+  domains as (select l.value from labels l where l.kind = 'domain'),
+  codes as (select l.value from labels l where l.kind = 'error_code'),
+  relays as (select l.value from labels l where l.kind = 'relay'),
   labelled as materialized (
     select ev.*,
       case when ev.domain in (select m.value from domains m) then ev.domain else 'other' end as domain_label,
@@ -533,21 +534,12 @@ begin
   where e.id <= st.last_event_id and email.is_attempt_outcome(e.to_status)
     and not exists (select from email.metric_gaps g where g.event_id = e.id);
 
-  insert into email.metric_labels (kind, value)
-  select x.kind, x.value from (
-    select k.kind, k.value, row_number() over (partition by k.kind order by k.n desc, k.value) as rank
-    from (
-      select 'domain' as kind, o.domain as value, count(*) as n from _metric_outcomes o
-      where o.domain is not null and char_length(o.domain) <= 255 and o.domain <> 'other' group by o.domain
-      union all
-      select 'relay', o.relay, count(*) from _metric_outcomes o
-      where char_length(o.relay) between 1 and 255 and o.relay not in ('other', 'unknown') group by o.relay
-    ) k
-    where not exists (select from email.metric_labels l where l.kind = k.kind and l.value = k.value)
-  ) x
-  where x.rank <= case x.kind when 'domain' then st.max_domains when 'relay' then st.max_relays end
-    - (select count(*) from email.metric_labels l where l.kind = x.kind)
-  on conflict do nothing;
+  perform email._admit_metric_labels(array_agg(k.kind), array_agg(k.value), array_agg(k.n), st.max_domains, st.max_error_codes, st.max_relays)
+  from (
+    select 'domain' as kind, o.domain as value, count(*) as n from _metric_outcomes o where o.domain is not null group by o.domain
+    union all
+    select 'relay', o.relay, count(*) from _metric_outcomes o where o.relay is not null group by o.relay
+  ) k;
 
   -- grouped by domain and relay first, labelled after (a label per group, not per event)
   insert into email.metric_outcome_rollups (grain, bucket, workflow, domain, relay, status, events)

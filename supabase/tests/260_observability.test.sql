@@ -7,6 +7,7 @@ select plan(54);
 \ir fixtures/helpers.psql
 
 \ir fixtures/make_dead_letter.psql
+\ir fixtures/fold_all.psql
 
 -- Structure ------------------------------------------------------------------------------------
 select has_table('email', t, format('email.%s exists', t))
@@ -70,13 +71,7 @@ reset enable_seqscan;
 
 -- The fixture ----------------------------------------------------------------------------------
 -- Whatever the database already holds is folded first; the checks compare with this snapshot.
-do $$
-begin
-  while (select s.last_event_id from email.metric_state s) < (select coalesce(max(e.id), 0) from email.delivery_events e) loop
-    perform email.fold_metric_events();
-  end loop;
-end
-$$;
+select pg_temp.fold_all();
 create temp table before as select c.family, c.labels, c.value from email.metric_counters c;
 create function pg_temp.delta(family text, labels jsonb) returns double precision language sql as $$
   select coalesce((select c.value from email.metric_counters c where c.family = delta.family and c.labels = delta.labels), 0)

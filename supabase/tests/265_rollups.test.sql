@@ -8,6 +8,7 @@ begin;
 select plan(33);
 
 \ir fixtures/helpers.psql
+\ir fixtures/fold_all.psql
 
 -- Structure ------------------------------------------------------------------------------------
 select has_table('email', t, format('email.%s exists', t))
@@ -59,13 +60,7 @@ select is(email.latency_percentiles('{}', '{}', array[0.5]), null, 'an empty his
 -- letter, requeued from the dead letters and sent, suppressed, purged, still queued or in progress.
 update email.metric_state set max_domains = (select count(*) from email.metric_labels where kind = 'domain') + 3,
   max_relays = (select count(*) from email.metric_labels where kind = 'relay') + 2;
-do $$
-begin
-  while (select s.last_event_id from email.metric_state s) < (select coalesce(max(e.id), 0) from email.delivery_events e) loop
-    perform email.fold_metric_events();
-  end loop;
-end
-$$;
+select pg_temp.fold_all();
 select setseed(0.265) is null as seeded;
 create function pg_temp.deliver(i int, tail boolean) returns void language plpgsql as $$
 declare
@@ -147,13 +142,7 @@ update email.deliveries set queued_at = queued_at - interval '4 days' where work
 do $$ begin perform pg_temp.outcomes(300); end $$;
 
 -- Folded: everything so far.
-do $$
-begin
-  while (select s.last_event_id from email.metric_state s) < (select max(e.id) from email.delivery_events e) loop
-    perform email.fold_metric_events();
-  end loop;
-end
-$$;
+select pg_temp.fold_all();
 -- Not folded: new deliveries, and folded ones that move on (dead letters requeued and claimed, a retry sent).
 do $$
 begin
@@ -333,13 +322,7 @@ select is(email.rebuild_metric_rollups(false) ->> 'last_event_id', (select last_
   'a rebuild keeps the watermark');
 select is(email_api.metrics((select t from base) - interval '3 days', (select t from base) + interval '30 minutes'), (select doc from before_fold),
   'after a rebuild the answer is the same');
-do $$
-begin
-  while (select s.last_event_id from email.metric_state s) < (select max(e.id) from email.delivery_events e) loop
-    perform email.fold_metric_events();
-  end loop;
-end
-$$;
+select pg_temp.fold_all();
 create temp table after_fold as select email_api.metrics((select t from base) - interval '3 days', (select t from base) + interval '30 minutes') as doc;
 select is((select doc -> 'source' ->> 'unfolded_events' from after_fold), '0', 'once folded there is no tail');
 select is((select doc - 'source' from after_fold), (select doc - 'source' from before_fold), 'and the answer is the same from the rollups alone');
