@@ -197,6 +197,23 @@ test("a recipient domain and a relay with a quote and a backslash are escaped, a
   }, { env: { METRICS_TOKEN: metricsToken } });
 });
 
+test("the README's alerting rules pass promtool check rules", async () => {
+  const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+  const rules = /```yaml\n(# email-worker-rules\.yml\n[\s\S]*?)```/.exec(readme)?.[1];
+  assert(rules, "README.md has the rules block");
+  const file = await Deno.makeTempFile({ suffix: ".yml" });
+  try {
+    await Deno.writeTextFile(file, rules);
+    const out = await new Deno.Command("promtool", { args: ["check", "rules", file], stdout: "piped", stderr: "piped" })
+      .output();
+    const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+    assertEquals(out.code, 0, text);
+    assertMatch(text, /SUCCESS: 2 rules found/);
+  } finally {
+    await Deno.remove(file);
+  }
+});
+
 test("without its database the route still answers: database_up 0 and the breaker's state", async () => {
   const smtp = await startSmtpServer();
   const worker = startWorker({
