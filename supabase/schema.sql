@@ -580,6 +580,53 @@ $$;
 
 COMMENT ON FUNCTION email.claim_webhook_messages(max_count integer, lock_seconds integer) IS 'Claim due webhook messages of enabled endpoints (skip locked)';
 
+CREATE FUNCTION email.ensure_event_partitions(since timestamp with time zone, until timestamp with time zone) RETURNS text[]
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $_$
+declare
+  week timestamptz := date_trunc('week', since, 'UTC');
+  next_week timestamptz;
+  name text;
+  bounds text;
+  created text[] := '{}';
+begin
+  if since is null or until is null or until < since then
+    raise exception 'partitions need since <= until, not % .. %', since, until using errcode = 'EM006';
+  end if;
+  while week <= until loop
+    next_week := week + interval '168 hours';
+    name := 'delivery_events_p' || to_char(week at time zone 'UTC', 'YYYYMMDD');
+    if to_regclass('email.' || name) is null then
+      bounds := format('from (%L) to (%L)',
+        to_char(week at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"+00"'),
+        to_char(next_week at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"+00"'));
+      if exists (select from email.delivery_events_default d where d.created_at >= week and d.created_at < next_week) then
+        alter table email.delivery_events detach partition email.delivery_events_default;
+        execute format('create table email.%I (like email.delivery_events including defaults)', name);
+        execute format('insert into email.%I select d.* from email.delivery_events_default d
+                        where d.created_at >= $1 and d.created_at < $2', name) using week, next_week;
+        delete from email.delivery_events_default d where d.created_at >= week and d.created_at < next_week;
+        execute format('alter table email.delivery_events attach partition email.%I for values %s', name, bounds);
+        alter table email.delivery_events attach partition email.delivery_events_default default;
+      else
+        execute format('create table email.%I partition of email.delivery_events for values %s', name, bounds);
+      end if;
+      execute format('alter table email.%I enable row level security', name);
+      execute format('revoke all on email.%I from public, anon, authenticated, service_role', name);
+      execute format('create trigger _110_refuse_truncate before truncate on email.%I
+                      for each statement execute function email.tg_delivery_events__refuse_change()', name);
+      execute format('comment on table email.%I is %L', name, 'Audit events of the week from ' || week::date);
+      created := created || name;
+    end if;
+    week := next_week;
+  end loop;
+  return created;
+end
+$_$;
+
+COMMENT ON FUNCTION email.ensure_event_partitions(since timestamp with time zone, until timestamp with time zone) IS 'Create the weekly partitions of email.delivery_events covering since .. until (rows of those weeks in the default partition move in); returns the names created';
+
 CREATE TABLE email.failure_rules (
     priority integer NOT NULL,
     reply_code_from integer,
@@ -1579,6 +1626,193 @@ $$;
 
 COMMENT ON FUNCTION email.rotate_webhook_secret(endpoint_id uuid, keep_previous interval) IS 'New secret; the old one is still signed with for keep_previous';
 
+CREATE TABLE email.retention_runs (
+    id bigint NOT NULL,
+    started_at timestamp with time zone NOT NULL,
+    finished_at timestamp with time zone NOT NULL,
+    retention interval NOT NULL,
+    cutoff timestamp with time zone NOT NULL,
+    deliveries_deleted bigint NOT NULL,
+    events_deleted bigint NOT NULL,
+    events_carried bigint NOT NULL,
+    webhook_messages_deleted bigint NOT NULL,
+    partitions_dropped text[] NOT NULL,
+    partitions_created text[] NOT NULL,
+    backlog boolean NOT NULL,
+    actor text NOT NULL,
+    CONSTRAINT retention_runs_deliveries_deleted_check CHECK ((deliveries_deleted >= 0)),
+    CONSTRAINT retention_runs_events_carried_check CHECK ((events_carried >= 0)),
+    CONSTRAINT retention_runs_events_deleted_check CHECK ((events_deleted >= 0)),
+    CONSTRAINT retention_runs_webhook_messages_deleted_check CHECK ((webhook_messages_deleted >= 0))
+);
+
+COMMENT ON TABLE email.retention_runs IS 'What each run of email.run_retention removed: deliveries, events (in whole weekly partitions), webhook messages; and the events it carried over';
+
+COMMENT ON COLUMN email.retention_runs.cutoff IS 'Finished deliveries completed before it and event partitions ending at or before it were removed (a week boundary: now() - history_retention, rounded down)';
+
+COMMENT ON COLUMN email.retention_runs.events_carried IS 'Events of kept deliveries (open, dead letters, finished after the cutoff) moved out of the dropped partitions into email.delivery_events_default';
+
+COMMENT ON COLUMN email.retention_runs.backlog IS 'Partitions past the cutoff wait for the next run: finished deliveries before the cutoff remained after max_batches, or the trail''s lock was not had';
+
+CREATE FUNCTION email.run_retention(batch_size integer DEFAULT 10000, max_batches integer DEFAULT 100, lock_wait interval DEFAULT '00:00:01'::interval) RETURNS email.retention_runs
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $_$
+declare
+  run email.retention_runs;
+  n bigint;
+  batches integer := 0;
+  p record;
+  dropped text[] := '{}';
+  part text;
+  removed bigint;
+  unsent bigint;
+  attempt integer := 0;
+  locked boolean := false;
+  lock_timeout_was text := pg_catalog.current_setting('lock_timeout');
+begin
+  if batch_size is null or batch_size < 1 or max_batches is null or max_batches < 1 then
+    raise exception 'batch_size and max_batches must be positive' using errcode = 'EM006';
+  end if;
+  if not pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('email.run_retention')) then
+    return null;
+  end if;
+  perform pg_catalog.set_config('email.retention_running', 'on', true);
+
+  run.started_at := pg_catalog.clock_timestamp();
+  run.actor := email._actor();
+  run.retention := (select s.history_retention from email.settings s);
+  run.cutoff := pg_catalog.date_trunc('week', now() - run.retention, 'UTC');
+  run.deliveries_deleted := 0;
+  run.events_deleted := 0;
+  run.events_carried := 0;
+  run.webhook_messages_deleted := 0;
+  run.partitions_created := email.ensure_event_partitions(now(), now() + interval '4 weeks');
+
+  -- 2. Finished deliveries completed before the cutoff, oldest first, a batch at a time.
+  loop
+    delete from email.deliveries d
+    where d.delivery_id in (
+      select x.delivery_id from email.deliveries x
+      where x.status in ('sent', 'failed', 'suppressed', 'purged') and x.completed_at < run.cutoff
+      order by x.completed_at
+      limit batch_size
+      for update skip locked
+    );
+    get diagnostics n = row_count;
+    run.deliveries_deleted := run.deliveries_deleted + n;
+    batches := batches + 1;
+    exit when n < batch_size or batches >= max_batches;
+  end loop;
+  run.backlog := exists (
+    select from email.deliveries x
+    where x.status in ('sent', 'failed', 'suppressed', 'purged') and x.completed_at < run.cutoff);
+
+  -- 3. The partitions of weeks before the cutoff, once their deliveries are gone. In a block of its
+  -- own: when the trail's lock cannot be had, all of step 3 is undone and waits for the next run
+  -- (the deletions above stay).
+  if not run.backlog then
+    begin
+      if to_regclass('pg_temp.retention_carried') is null then
+        create temporary table retention_carried (like email.delivery_events) on commit drop;
+      end if;
+      truncate pg_temp.retention_carried;
+      for p in
+        select c.oid::regclass as rel, c.relname::text as name
+        from pg_catalog.pg_inherits i
+        join pg_catalog.pg_class c on c.oid = i.inhrelid
+        where i.inhparent = 'email.delivery_events'::regclass
+          and c.relname ~ '^delivery_events_p[0-9]{8}$'
+          and pg_catalog.to_timestamp(substr(c.relname, 18), 'YYYYMMDD')::timestamp at time zone 'UTC'
+            + interval '168 hours' <= run.cutoff
+        order by c.relname
+      loop
+        execute format('lock table %s in share mode', p.rel);
+        execute format('select count(*) from %s', p.rel) into n;
+        run.events_deleted := run.events_deleted + n;
+        execute format('insert into pg_temp.retention_carried select e.* from %s e
+                        where exists (select from email.deliveries d where d.delivery_id = e.delivery_id)', p.rel);
+        get diagnostics n = row_count;
+        run.events_carried := run.events_carried + n;
+        run.events_deleted := run.events_deleted - n;
+        execute format('delete from email.webhook_outbox o using %s e where o.event_id = e.id
+                        and not exists (select from email.deliveries d where d.delivery_id = e.delivery_id)', p.rel);
+        get diagnostics n = row_count;
+        run.webhook_messages_deleted := run.webhook_messages_deleted + n;
+        dropped := dropped || p.name;
+      end loop;
+
+      -- Carried events whose delivery has gone since are compacted away too.
+      if cardinality(dropped) > 0 or exists (
+        select from email.delivery_events_default e
+        where e.created_at < run.cutoff and not exists (select from email.deliveries d where d.delivery_id = e.delivery_id)
+      ) then
+        -- The trail's lock, waited for briefly (inserts queue behind a waiting ACCESS EXCLUSIVE request).
+        while not locked loop
+          begin
+            perform pg_catalog.set_config('lock_timeout', (extract(epoch from lock_wait) * 1000)::bigint::text, true);
+            lock table email.delivery_events in access exclusive mode;
+            locked := true;
+          exception when lock_not_available then
+            attempt := attempt + 1;
+            if attempt >= 10 then
+              raise;
+            end if;
+            perform pg_catalog.pg_sleep(0.1 * attempt);
+          end;
+        end loop;
+        perform pg_catalog.set_config('lock_timeout', lock_timeout_was, true);
+
+        foreach part in array dropped loop
+          execute format('alter table email.delivery_events detach partition email.%I', part);
+        end loop;
+        alter table email.delivery_events detach partition email.delivery_events_default;
+        insert into email.delivery_events_default select c.* from pg_temp.retention_carried c;
+        -- The compaction, while the default partition is detached (no append-only refusal there).
+        with gone as (
+          delete from email.delivery_events_default e
+          where e.created_at < run.cutoff
+            and not exists (select from email.deliveries d where d.delivery_id = e.delivery_id)
+          returning e.id
+        ),
+        gone_messages as (
+          delete from email.webhook_outbox o using gone g where o.event_id = g.id returning 1
+        )
+        select (select count(*) from gone), (select count(*) from gone_messages) into removed, unsent;
+        run.events_deleted := run.events_deleted + removed;
+        run.webhook_messages_deleted := run.webhook_messages_deleted + unsent;
+        alter table email.delivery_events attach partition email.delivery_events_default default;
+        foreach part in array dropped loop
+          execute format('drop table email.%I', part);
+        end loop;
+      end if;
+    exception when lock_not_available then
+      perform pg_catalog.set_config('lock_timeout', lock_timeout_was, true);
+      dropped := '{}';
+      run.events_deleted := 0;
+      run.events_carried := 0;
+      run.webhook_messages_deleted := 0;
+      run.backlog := true;
+    end;
+  end if;
+
+  perform pg_catalog.set_config('email.retention_running', '', true);
+  run.partitions_dropped := dropped;
+  run.finished_at := pg_catalog.clock_timestamp();
+  if run.deliveries_deleted = 0 and run.events_deleted = 0 and cardinality(run.partitions_created) = 0 then
+    return null;
+  end if;
+  insert into email.retention_runs (started_at, finished_at, retention, cutoff, deliveries_deleted, events_deleted,
+    events_carried, webhook_messages_deleted, partitions_dropped, partitions_created, backlog, actor)
+  values (run.started_at, run.finished_at, run.retention, run.cutoff, run.deliveries_deleted, run.events_deleted,
+    run.events_carried, run.webhook_messages_deleted, run.partitions_dropped, run.partitions_created, run.backlog, run.actor)
+  returning * into run;
+  return run;
+end
+$_$;
+
+COMMENT ON FUNCTION email.run_retention(batch_size integer, max_batches integer, lock_wait interval) IS 'The retention job: creates the next weeks'' event partitions, deletes finished deliveries past email.settings.history_retention, drops their weeks'' event partitions (carrying kept deliveries'' events), records it in email.retention_runs';
+
 CREATE FUNCTION email.set_webhook_endpoint_enabled(endpoint_id uuid, enabled boolean, reason text DEFAULT NULL::text) RETURNS email.webhook_endpoints
     LANGUAGE plpgsql
     SET search_path TO ''
@@ -1728,6 +1962,19 @@ begin
 end
 $$;
 
+CREATE FUNCTION email.tg_deliveries__refuse_removal() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+begin
+  if tg_op = 'DELETE' and current_setting('email.retention_running', true) = 'on' then
+    return null;
+  end if;
+  raise exception 'email.deliveries keeps its history: % refused (email.run_retention removes finished deliveries past the retention)', tg_op
+    using errcode = 'EM005';
+end
+$$;
+
 CREATE FUNCTION email.tg_deliveries__suppress_recipient() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path TO ''
@@ -1869,9 +2116,10 @@ CREATE TABLE email.delivery_events (
     detail jsonb DEFAULT '{}'::jsonb NOT NULL,
     actor text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL
-);
+)
+PARTITION BY RANGE (created_at);
 
-COMMENT ON TABLE email.delivery_events IS 'Append-only audit trail: one row per insert and status change of a delivery';
+COMMENT ON TABLE email.delivery_events IS 'Append-only audit trail: one row per insert and status change of a delivery; one partition per week, removed by email.run_retention';
 
 CREATE FUNCTION email.webhook_body(e email.delivery_events, workflow text) RETURNS jsonb
     LANGUAGE sql STABLE
@@ -2403,6 +2651,21 @@ CREATE VIEW email._staff_delivery_events AS
 
 COMMENT ON VIEW email._staff_delivery_events IS 'Every audit event for support staff and service_role, none for others (runs as its owner, read by email_api.delivery_events)';
 
+CREATE TABLE email.delivery_events_default (
+    id bigint NOT NULL,
+    delivery_id text NOT NULL,
+    from_status text,
+    to_status text NOT NULL,
+    attempt integer NOT NULL,
+    error_code text,
+    error_message text,
+    detail jsonb DEFAULT '{}'::jsonb NOT NULL,
+    actor text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+COMMENT ON TABLE email.delivery_events_default IS 'Events no weekly partition covers: carried events of kept deliveries, and rows written before their week''s partition existed (moved by email.ensure_event_partitions)';
+
 ALTER TABLE email.delivery_events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME email.delivery_events_id_seq
     START WITH 1
@@ -2572,12 +2835,23 @@ CREATE TABLE email.request_hash_key (
 
 COMMENT ON TABLE email.request_hash_key IS 'The HMAC key of deliveries.request_hash: readable only by its owner, through email._request_hash';
 
+ALTER TABLE email.retention_runs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME email.retention_runs_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
 CREATE TABLE email.settings (
     singleton boolean DEFAULT true NOT NULL,
     dead_letter_retention interval DEFAULT '30 days'::interval NOT NULL,
     rejected_message_retention interval DEFAULT '14 days'::interval NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    history_retention interval DEFAULT '90 days'::interval NOT NULL,
     CONSTRAINT settings_dead_letter_retention_positive CHECK ((dead_letter_retention > '00:00:00'::interval)),
+    CONSTRAINT settings_history_retention_positive CHECK ((history_retention > '00:00:00'::interval)),
     CONSTRAINT settings_rejected_message_retention_positive CHECK ((rejected_message_retention > '00:00:00'::interval)),
     CONSTRAINT settings_singleton_check CHECK (singleton)
 );
@@ -2587,6 +2861,8 @@ COMMENT ON TABLE email.settings IS 'Operational settings (one row): dead_letter_
 COMMENT ON COLUMN email.settings.dead_letter_retention IS 'Age (since dead-lettered) after which email.purge_dead_letters(null, reason) purges a dead letter';
 
 COMMENT ON COLUMN email.settings.rejected_message_retention IS 'Age after which a rejected message is deleted (email.purge_rejected_messages, run on every rejection)';
+
+COMMENT ON COLUMN email.settings.history_retention IS 'Age (since completed_at) after which email.run_retention removes a finished delivery (sent, failed, suppressed, purged) and its events, a week at a time';
 
 CREATE TABLE email.statuses (
     status text NOT NULL,
@@ -2697,11 +2973,16 @@ UNION ALL
 
 COMMENT ON VIEW email_api.delivery_events IS 'Audit trail of the deliveries the caller may see: actors, reasons and errors for support only';
 
+ALTER TABLE ONLY email.delivery_events ATTACH PARTITION email.delivery_events_default DEFAULT;
+
 ALTER TABLE ONLY email.deliveries
     ADD CONSTRAINT deliveries_pkey PRIMARY KEY (delivery_id);
 
 ALTER TABLE ONLY email.delivery_events
-    ADD CONSTRAINT delivery_events_pkey PRIMARY KEY (id);
+    ADD CONSTRAINT delivery_events_pkey PRIMARY KEY (id, created_at);
+
+ALTER TABLE ONLY email.delivery_events_default
+    ADD CONSTRAINT delivery_events_default_pkey PRIMARY KEY (id, created_at);
 
 ALTER TABLE ONLY email.delivery_payloads
     ADD CONSTRAINT delivery_payloads_pkey PRIMARY KEY (delivery_id);
@@ -2745,6 +3026,9 @@ ALTER TABLE ONLY email.rejected_messages
 ALTER TABLE ONLY email.request_hash_key
     ADD CONSTRAINT request_hash_key_pkey PRIMARY KEY (singleton);
 
+ALTER TABLE ONLY email.retention_runs
+    ADD CONSTRAINT retention_runs_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY email.retry_policies
     ADD CONSTRAINT retry_policies_pkey PRIMARY KEY (workflow);
 
@@ -2779,6 +3063,8 @@ CREATE INDEX deliveries_dead_letter_idx ON email.deliveries USING btree (complet
 
 CREATE INDEX deliveries_due_idx ON email.deliveries USING btree (next_attempt_at) WHERE (status = ANY (ARRAY['queued'::text, 'retrying'::text]));
 
+CREATE INDEX deliveries_finished_idx ON email.deliveries USING btree (completed_at) WHERE (status = ANY (ARRAY['sent'::text, 'failed'::text, 'suppressed'::text, 'purged'::text]));
+
 CREATE INDEX deliveries_lease_idx ON email.deliveries USING btree (lease_expires_at) WHERE (status = 'in_progress'::text);
 
 CREATE INDEX deliveries_open_recipient_idx ON email.deliveries USING btree (lower(recipient)) WHERE (status = ANY (ARRAY['queued'::text, 'retrying'::text]));
@@ -2793,9 +3079,13 @@ CREATE INDEX deliveries_status_updated_at_idx ON email.deliveries USING btree (s
 
 CREATE INDEX deliveries_user_id_idx ON email.deliveries USING btree (user_id) WHERE (user_id IS NOT NULL);
 
-CREATE INDEX delivery_events_created_at_idx ON email.delivery_events USING btree (created_at);
+CREATE INDEX delivery_events_created_at_brin ON ONLY email.delivery_events USING brin (created_at);
 
-CREATE INDEX delivery_events_delivery_id_idx ON email.delivery_events USING btree (delivery_id, id);
+CREATE INDEX delivery_events_default_created_at_idx ON email.delivery_events_default USING brin (created_at);
+
+CREATE INDEX delivery_events_delivery_id_idx ON ONLY email.delivery_events USING btree (delivery_id, id);
+
+CREATE INDEX delivery_events_default_delivery_id_id_idx ON email.delivery_events_default USING btree (delivery_id, id);
 
 CREATE INDEX rejected_messages_delivery_id_idx ON email.rejected_messages USING btree (delivery_id) WHERE (delivery_id IS NOT NULL);
 
@@ -2803,13 +3093,23 @@ CREATE INDEX rejected_messages_received_at_idx ON email.rejected_messages USING 
 
 CREATE INDEX suppressions_created_at_idx ON email.suppressions USING btree (created_at);
 
+CREATE INDEX suppressions_delivery_id_idx ON email.suppressions USING btree (delivery_id) WHERE (delivery_id IS NOT NULL);
+
 CREATE INDEX webhook_outbox_due_idx ON email.webhook_outbox USING btree (next_attempt_at) WHERE (status = 'pending'::text);
 
 CREATE INDEX webhook_outbox_event_id_idx ON email.webhook_outbox USING btree (event_id);
 
 CREATE INDEX webhook_outbox_message_id_idx ON email.webhook_outbox USING btree (message_id);
 
+ALTER INDEX email.delivery_events_created_at_brin ATTACH PARTITION email.delivery_events_default_created_at_idx;
+
+ALTER INDEX email.delivery_events_delivery_id_idx ATTACH PARTITION email.delivery_events_default_delivery_id_id_idx;
+
+ALTER INDEX email.delivery_events_pkey ATTACH PARTITION email.delivery_events_default_pkey;
+
 CREATE TRIGGER _050_refuse_private_target BEFORE INSERT OR UPDATE OF url ON email.webhook_endpoints FOR EACH ROW EXECUTE FUNCTION email.tg_webhook_endpoints__refuse_private_target();
+
+CREATE TRIGGER _050_refuse_removal BEFORE DELETE OR TRUNCATE ON email.deliveries FOR EACH STATEMENT EXECUTE FUNCTION email.tg_deliveries__refuse_removal();
 
 CREATE TRIGGER _100_refuse_change BEFORE DELETE OR UPDATE ON email.delivery_events FOR EACH ROW EXECUTE FUNCTION email.tg_delivery_events__refuse_change();
 
@@ -2822,6 +3122,8 @@ CREATE TRIGGER _100_touch_updated_at BEFORE UPDATE ON email.webhook_endpoints FO
 CREATE TRIGGER _100_touch_updated_at BEFORE UPDATE ON email.webhook_outbox FOR EACH ROW EXECUTE FUNCTION email.tg__touch_updated_at();
 
 CREATE TRIGGER _110_refuse_truncate BEFORE TRUNCATE ON email.delivery_events FOR EACH STATEMENT EXECUTE FUNCTION email.tg_delivery_events__refuse_change();
+
+CREATE TRIGGER _110_refuse_truncate BEFORE TRUNCATE ON email.delivery_events_default FOR EACH STATEMENT EXECUTE FUNCTION email.tg_delivery_events__refuse_change();
 
 CREATE TRIGGER _200_apply_transition BEFORE INSERT OR UPDATE ON email.deliveries FOR EACH ROW EXECUTE FUNCTION email.tg_deliveries__apply_transition();
 
@@ -2842,9 +3144,6 @@ CREATE TRIGGER _900_purge_expired AFTER INSERT ON email.rejected_messages FOR EA
 ALTER TABLE ONLY email.deliveries
     ADD CONSTRAINT deliveries_status_fkey FOREIGN KEY (status) REFERENCES email.statuses(status);
 
-ALTER TABLE ONLY email.delivery_events
-    ADD CONSTRAINT delivery_events_delivery_id_fkey FOREIGN KEY (delivery_id) REFERENCES email.deliveries(delivery_id) ON DELETE RESTRICT;
-
 ALTER TABLE ONLY email.delivery_payloads
     ADD CONSTRAINT delivery_payloads_delivery_id_fkey FOREIGN KEY (delivery_id) REFERENCES email.deliveries(delivery_id) ON DELETE CASCADE;
 
@@ -2860,9 +3159,6 @@ ALTER TABLE ONLY email.transitions
 ALTER TABLE ONLY email.webhook_outbox
     ADD CONSTRAINT webhook_outbox_endpoint_id_fkey FOREIGN KEY (endpoint_id) REFERENCES email.webhook_endpoints(id) ON DELETE CASCADE;
 
-ALTER TABLE ONLY email.webhook_outbox
-    ADD CONSTRAINT webhook_outbox_event_id_fkey FOREIGN KEY (event_id) REFERENCES email.delivery_events(id) ON DELETE CASCADE;
-
 ALTER TABLE email.deliveries ENABLE ROW LEVEL SECURITY;
 
 CREATE POLICY deliveries_select_own_by_email ON email.deliveries FOR SELECT TO authenticated USING ((lower(recipient) = ( SELECT lower((auth.jwt() ->> 'email'::text)) AS lower)));
@@ -2870,6 +3166,8 @@ CREATE POLICY deliveries_select_own_by_email ON email.deliveries FOR SELECT TO a
 CREATE POLICY deliveries_select_own_by_user_id ON email.deliveries FOR SELECT TO authenticated USING ((user_id = ( SELECT auth.uid() AS uid)));
 
 ALTER TABLE email.delivery_events ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE email.delivery_events_default ENABLE ROW LEVEL SECURITY;
 
 CREATE POLICY delivery_events_select_own_delivery ON email.delivery_events FOR SELECT TO authenticated USING ((EXISTS ( SELECT
    FROM email.deliveries d
@@ -2901,6 +3199,8 @@ ALTER TABLE email.rejected_messages ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE email.request_hash_key ENABLE ROW LEVEL SECURITY;
 
+ALTER TABLE email.retention_runs ENABLE ROW LEVEL SECURITY;
+
 ALTER TABLE email.retry_policies ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE email.settings ENABLE ROW LEVEL SECURITY;
@@ -2930,7 +3230,7 @@ GRANT ALL ON FUNCTION email._actor() TO service_role;
 REVOKE ALL ON FUNCTION email._admit_metric_labels(kinds text[], vals text[], counts bigint[], max_domains integer, max_error_codes integer, max_relays integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION email._admit_metric_labels(kinds text[], vals text[], counts bigint[], max_domains integer, max_error_codes integer, max_relays integer) TO service_role;
 
-GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE email.deliveries TO service_role;
+GRANT SELECT,INSERT,UPDATE ON TABLE email.deliveries TO service_role;
 
 GRANT SELECT(delivery_id) ON TABLE email.deliveries TO authenticated;
 
@@ -3021,6 +3321,8 @@ GRANT ALL ON FUNCTION email.claim_due(max_count integer, lease_seconds integer) 
 
 REVOKE ALL ON FUNCTION email.claim_webhook_messages(max_count integer, lock_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION email.claim_webhook_messages(max_count integer, lock_seconds integer) TO service_role;
+
+REVOKE ALL ON FUNCTION email.ensure_event_partitions(since timestamp with time zone, until timestamp with time zone) FROM PUBLIC;
 
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE email.failure_rules TO service_role;
 
@@ -3144,6 +3446,10 @@ GRANT ALL ON FUNCTION email.retry_policy(workflow text) TO service_role;
 REVOKE ALL ON FUNCTION email.rotate_webhook_secret(endpoint_id uuid, keep_previous interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION email.rotate_webhook_secret(endpoint_id uuid, keep_previous interval) TO service_role;
 
+GRANT SELECT ON TABLE email.retention_runs TO service_role;
+
+REVOKE ALL ON FUNCTION email.run_retention(batch_size integer, max_batches integer, lock_wait interval) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION email.set_webhook_endpoint_enabled(endpoint_id uuid, enabled boolean, reason text) FROM PUBLIC;
 GRANT ALL ON FUNCTION email.set_webhook_endpoint_enabled(endpoint_id uuid, enabled boolean, reason text) TO service_role;
 
@@ -3154,6 +3460,8 @@ REVOKE ALL ON FUNCTION email.tg_deliveries__apply_transition() FROM PUBLIC;
 REVOKE ALL ON FUNCTION email.tg_deliveries__audit() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION email.tg_deliveries__erase_payload() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION email.tg_deliveries__refuse_removal() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION email.tg_deliveries__suppress_recipient() FROM PUBLIC;
 
@@ -3330,8 +3638,8 @@ COPY email.retry_policies (workflow, max_attempts, base_delay, max_delay) FROM s
 *	5	00:00:30	01:00:00
 \.
 
-COPY email.settings (singleton, dead_letter_retention, rejected_message_retention) FROM stdin;
-t	30 days	14 days
+COPY email.settings (singleton, dead_letter_retention, rejected_message_retention, history_retention) FROM stdin;
+t	30 days	14 days	90 days
 \.
 
 COPY email.statuses (status, terminal, waiting, failing, counts_as, "position", description) FROM stdin;

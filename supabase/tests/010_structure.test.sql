@@ -1,6 +1,6 @@
 -- Structure: schema, tables, columns, keys, indexes, triggers, functions and privileges, so drift shows up.
 begin;
-select plan(163);
+select plan(166);
 
 select has_schema('email');
 
@@ -48,8 +48,10 @@ from (values
   ('attempt', 'integer'), ('error_code', 'text'), ('error_message', 'text'), ('detail', 'jsonb'),
   ('actor', 'text'), ('created_at', 'timestamp with time zone')
 ) v(c, t);
-select col_is_pk('email', 'delivery_events', 'id', 'delivery_events.id is the primary key');
-select fk_ok('email', 'delivery_events', 'delivery_id', 'email', 'deliveries', 'delivery_id');
+select col_is_pk('email', 'delivery_events', array['id', 'created_at'],
+  'delivery_events'' primary key is (id, created_at): a partitioned table''s key includes the partition key');
+select is_partitioned('email', 'delivery_events', 'delivery_events is partitioned (by week, on created_at)');
+select hasnt_fk('email', 'delivery_events', 'no foreign key from the trail: events are written by the audit trigger only');
 
 select col_type_is('email', 'delivery_payloads', c, t, format('email.delivery_payloads.%s is %s', c, t))
 from (values ('delivery_id', 'text'), ('payload', 'jsonb'), ('created_at', 'timestamp with time zone')) v(c, t);
@@ -127,7 +129,7 @@ reset enable_seqscan;
 
 -- Triggers, named so their order is deterministic.
 select has_trigger('email', 'deliveries', t, format('trigger %s on email.deliveries', t))
-from unnest(array['_100_touch_updated_at', '_200_apply_transition', '_500_audit', '_600_erase_payload']) t;
+from unnest(array['_050_refuse_removal', '_100_touch_updated_at', '_200_apply_transition', '_500_audit', '_600_erase_payload']) t;
 select has_trigger('email', 'delivery_events', t, format('trigger %s on email.delivery_events', t))
 from unnest(array['_100_refuse_change', '_110_refuse_truncate']) t;
 
@@ -191,11 +193,16 @@ select is_empty(
        and not coalesce('search_path=""' = any (p.proconfig), false) $$,
   'no security definer function in schema email without search_path = '''''
 );
+-- Except the rollups' four arithmetic helpers: immutable SQL that Postgres inlines into its callers
+-- (a SET clause would forbid that), so they are planned under their callers' pinned search_path;
+-- supabase/tests/265_rollups.test.sql checks they stay immutable, SQL, without SET and not definer.
 select is_empty(
   $$ select p.oid::regprocedure::text from pg_proc p
      where p.pronamespace = 'email'::regnamespace
-       and not coalesce('search_path=""' = any (p.proconfig), false) $$,
-  'every function in schema email has search_path = '''''
+       and not coalesce('search_path=""' = any (p.proconfig), false)
+       and p.oid not in ('email.metric_bucket(text, timestamptz)'::regprocedure, 'email.latency_bin(double precision)'::regprocedure,
+                         'email.latency_bin_value(smallint)'::regprocedure, 'email.is_attempt_outcome(text)'::regprocedure) $$,
+  'every function in schema email has search_path = '''' (but the inlined helpers of the rollups)'
 );
 
 -- Execute privileges: the RPCs are for service_role only.
@@ -251,6 +258,8 @@ select ok(
   and has_table_privilege('service_role', 'email.delivery_payloads', 'select, insert, update, delete'),
   'service_role may read and write deliveries and payloads'
 );
+select ok(not has_table_privilege('service_role', 'email.deliveries', 'delete'),
+  'service_role may not delete deliveries (only the retention job removes history)');
 
 select * from finish();
 rollback;

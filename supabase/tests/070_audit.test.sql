@@ -158,7 +158,7 @@ select throws_ok(
 );
 select throws_ok(
   $$ delete from email.deliveries where delivery_id = 'pgtap-070-a' $$,
-  '23503', null, 'a delivery with a trail cannot be deleted'
+  'EM005', null, 'a delivery with a trail cannot be deleted (only the retention job removes history)'
 );
 select is(
   (select count(*)::int from email.delivery_events where delivery_id = 'pgtap-070-a'), 8,

@@ -38,10 +38,14 @@ begin
   return plan;
 end
 $$;
-/** Seq Scan nodes of a plan that ran (a gated-off branch shows "never executed"). */
+/**
+ * Seq Scan nodes of a plan that ran (a gated-off branch shows "never executed") on a table with pages:
+ * the trail's empty partitions (next weeks', the default) are scanned without reading anything.
+ */
 create function pg_temp.executed_seq_scans(plan text) returns text[] language sql as $$
   select coalesce(array_agg(l), '{}') from regexp_split_to_table(plan, E'\n') l
   where l ~ 'Seq Scan on (deliveries|delivery_events)' and l !~ 'never executed'
+    and pg_relation_size(('email.' || (regexp_match(l, 'Seq Scan on (\w+)'))[1])::regclass) > 0
 $$;
 /** Shared buffers a plan touched (hit + read), from its top node. */
 create function pg_temp.buffers(plan text) returns integer language sql as $$
@@ -71,8 +75,8 @@ select cmp_ok((select pg_temp.buffers(plan) from plans where name = 'list'), '<'
   'listing their deliveries touches fewer than 100 pages (the table has thousands)');
 select is((select pg_temp.executed_seq_scans(plan) from plans where name = 'events'), '{}'::text[],
   'listing their events scans no table');
-select matches((select plan from plans where name = 'events'), 'Index Scan using delivery_events_delivery_id_idx',
-  'their events are read by delivery_events_delivery_id_idx');
+select matches((select plan from plans where name = 'events'), 'Index Scan using delivery_events_\w+_delivery_id_id_idx',
+  'their events are read by delivery_events_delivery_id_idx (each partition''s copy)');
 select cmp_ok((select pg_temp.buffers(plan) from plans where name = 'events'), '<', 100,
   'listing their events touches fewer than 100 pages');
 select is((select pg_temp.executed_seq_scans(plan) from plans where name = 'one'), '{}'::text[],

@@ -44,9 +44,11 @@ select ok(
 );
 
 -- The email tables, table by table: which role may do what (privileges), the policies that apply.
+select table_privs_are('email', 'deliveries', 'service_role', array['SELECT', 'INSERT', 'UPDATE'],
+  'service_role: select, insert, update on email.deliveries (no delete: only the retention job removes history)');
 select table_privs_are('email', t, 'service_role', array['SELECT', 'INSERT', 'UPDATE', 'DELETE'],
   format('service_role: select, insert, update, delete on email.%s', t))
-from unnest(array['deliveries', 'delivery_events', 'delivery_payloads', 'rejected_messages', 'retry_policies',
+from unnest(array['delivery_events', 'delivery_payloads', 'rejected_messages', 'retry_policies',
   'transitions', 'statuses']) t;
 select policies_are('email', 'deliveries', array['deliveries_select_own_by_user_id', 'deliveries_select_own_by_email'],
   'deliveries: one select policy per way of owning a delivery');

@@ -60,7 +60,7 @@ end
 $$;
 set local enable_seqscan = off;
 select matches(pg_temp.plan_of($$ select e.id from email.delivery_events e where e.id > 100 and e.id <= 200 $$),
-  '(Index Only Scan using|Index Scan using|Bitmap Index Scan on) delivery_events_pkey', 'the fold reads its range of the trail by primary key');
+  '(Index Only Scan using|Index Scan using|Bitmap Index Scan on) delivery_events_\w*pkey', 'the fold reads its range of the trail by primary key');
 select matches(pg_temp.plan_of($$ select d.workflow, count(*), min(d.completed_at) from email.deliveries d
                                   where d.status = 'dead_letter' group by d.workflow $$),
   '(Index Only Scan using|Index Scan using|Bitmap Index Scan on) deliveries_dead_letter_idx', 'the dead-letter gauges come from the dead-letter index');
