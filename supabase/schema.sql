@@ -255,9 +255,13 @@ CREATE FUNCTION email._metric_facts(after_id bigint, upto_id bigint, ids bigint[
   with ds as materialized (
     select d.delivery_id, d.workflow, d.recipient, d.queued_at, d.attempts, d.last_error_code, d.sent_at, x.upto
     from (
-      select e.delivery_id, max(e.id) as upto from email.delivery_events e
-      where (e.id > after_id and e.id <= upto_id) or e.id = any (ids)
-      group by e.delivery_id
+      select u.delivery_id, max(u.id) as upto from (
+        -- apart, so each reads the primary key (an OR of the two reads every event)
+        select e.delivery_id, e.id from email.delivery_events e where e.id > after_id and e.id <= upto_id
+        union all
+        select e.delivery_id, e.id from email.delivery_events e where e.id = any (ids)
+      ) u
+      group by u.delivery_id
     ) x
     join email.deliveries d on d.delivery_id = x.delivery_id
   ),
@@ -2424,12 +2428,19 @@ begin
   ),
   -- Attempt outcomes in the window by domain and relay label: rollups, tail and the partial hours
   -- (events by created_at), the last two grouped first and labelled after.
+  edge_events as (
+    -- one range each, so each reads its partition of the trail through the created_at index
+    select e.delivery_id, e.detail ->> 'relay' as relay, e.to_status as status from email.delivery_events e
+    where e.created_at >= metrics.since and e.created_at < h0 and email.is_attempt_outcome(e.to_status)
+    union all
+    select e.delivery_id, e.detail ->> 'relay', e.to_status from email.delivery_events e
+    where e.created_at >= h1 and e.created_at < metrics.until and email.is_attempt_outcome(e.to_status)
+  ),
   raw_outcomes as (
-    select email.recipient_domain(d.recipient) as domain, e.detail ->> 'relay' as relay, e.to_status as status, count(*) as n
-    from email.delivery_events e
+    select email.recipient_domain(d.recipient) as domain, e.relay, e.status, count(*) as n
+    from edge_events e
     join email.deliveries d on d.delivery_id = e.delivery_id
-    where ((e.created_at >= metrics.since and e.created_at < h0) or (e.created_at >= h1 and e.created_at < metrics.until))
-      and email.is_attempt_outcome(e.to_status) and (metrics.workflow is null or d.workflow = metrics.workflow)
+    where metrics.workflow is null or d.workflow = metrics.workflow
     group by 1, 2, 3
     union all
     select f.domain, f.relay, f.to_status, count(*)
