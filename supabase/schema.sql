@@ -248,22 +248,26 @@ $$;
 
 COMMENT ON FUNCTION email._fold_metric_ids(ids bigint[], max_domains integer, max_error_codes integer) IS 'Adds the given audit events to email.metric_counters and the rollups (internal to fold_metric_events)';
 
-CREATE FUNCTION email._metric_facts(after_id bigint, upto_id bigint, ids bigint[] DEFAULT '{}'::bigint[]) RETURNS TABLE(event_id bigint, event_at timestamp with time zone, workflow text, domain text, relay text, to_status text, error_code text, queued_at timestamp with time zone, latency interval, before_status text, before_error text, before_attempts integer, after_error text, after_attempts integer)
+CREATE FUNCTION email._metric_facts(after_id bigint, upto_id bigint, ids bigint[] DEFAULT '{}'::bigint[], inside_from timestamp with time zone DEFAULT NULL::timestamp with time zone, inside_until timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS TABLE(event_id bigint, event_at timestamp with time zone, workflow text, domain text, relay text, to_status text, error_code text, queued_at timestamp with time zone, latency interval, before_status text, before_error text, before_attempts integer, after_error text, after_attempts integer)
     LANGUAGE sql STABLE
     SET search_path TO ''
     AS $$
   with ds as materialized (
     select d.delivery_id, d.workflow, d.recipient, d.queued_at, d.attempts, d.last_error_code, d.sent_at, x.upto
     from (
-      select u.delivery_id, max(u.id) as upto from (
+      select u.delivery_id, max(u.id) as upto,
+        bool_or(u.created_at >= inside_from and u.created_at < inside_until) as event_inside
+      from (
         -- apart, so each reads the primary key (an OR of the two reads every event)
-        select e.delivery_id, e.id from email.delivery_events e where e.id > after_id and e.id <= upto_id
+        select e.delivery_id, e.id, e.created_at from email.delivery_events e where e.id > after_id and e.id <= upto_id
         union all
-        select e.delivery_id, e.id from email.delivery_events e where e.id = any (ids)
+        select e.delivery_id, e.id, e.created_at from email.delivery_events e where e.id = any (ids)
       ) u
       group by u.delivery_id
     ) x
     join email.deliveries d on d.delivery_id = x.delivery_id
+    -- with a window: only the deliveries queued in it, or with an asked-for event in it
+    where inside_from is null or x.event_inside or (d.queued_at >= inside_from and d.queued_at < inside_until)
   ),
   -- every event of those deliveries up to the last one asked for, in order
   trail as (
@@ -305,7 +309,7 @@ CREATE FUNCTION email._metric_facts(after_id bigint, upto_id bigint, ids bigint[
   where t.wanted
 $$;
 
-COMMENT ON FUNCTION email._metric_facts(after_id bigint, upto_id bigint, ids bigint[]) IS 'Per audit event (an id range and a list): the event, its delivery and the delivery''s state before and after it (the metric fold and email_api.metrics'' tail)';
+COMMENT ON FUNCTION email._metric_facts(after_id bigint, upto_id bigint, ids bigint[], inside_from timestamp with time zone, inside_until timestamp with time zone) IS 'Per audit event (an id range and a list): the event, its delivery and the delivery''s state before and after it (the metric fold and email_api.metrics'' tail)';
 
 CREATE FUNCTION email._reap(delivery_id text) RETURNS void
     LANGUAGE plpgsql
@@ -2287,7 +2291,7 @@ begin
   end if;
 
   with facts as materialized (
-    select f.* from email._metric_facts(st.last_event_id, top, gaps) f
+    select f.* from email._metric_facts(st.last_event_id, top, gaps, h0, h1) f
     where metrics.workflow is null or f.workflow = metrics.workflow
   ),
   edges as materialized (
@@ -3291,8 +3295,8 @@ GRANT ALL ON FUNCTION email._fence(delivery_id text, attempt integer, expected t
 REVOKE ALL ON FUNCTION email._fold_metric_ids(ids bigint[], max_domains integer, max_error_codes integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION email._fold_metric_ids(ids bigint[], max_domains integer, max_error_codes integer) TO service_role;
 
-REVOKE ALL ON FUNCTION email._metric_facts(after_id bigint, upto_id bigint, ids bigint[]) FROM PUBLIC;
-GRANT ALL ON FUNCTION email._metric_facts(after_id bigint, upto_id bigint, ids bigint[]) TO service_role;
+REVOKE ALL ON FUNCTION email._metric_facts(after_id bigint, upto_id bigint, ids bigint[], inside_from timestamp with time zone, inside_until timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION email._metric_facts(after_id bigint, upto_id bigint, ids bigint[], inside_from timestamp with time zone, inside_until timestamp with time zone) TO service_role;
 
 REVOKE ALL ON FUNCTION email._reap(delivery_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION email._reap(delivery_id text) TO service_role;

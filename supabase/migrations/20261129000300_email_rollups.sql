@@ -217,14 +217,18 @@ comment on function email.metric_label(text, text) is 'The metric label of a dom
 
 /**
  * What the metrics need of the audit events with after_id < id <= upto_id and those in ids, one row
- * each (events of deliveries that no longer exist are left out): the event (time, status, error code,
+ * each (events of deliveries that no longer exist are left out; with inside_from/inside_until, only
+ * the events of deliveries queued in that window or having one of those events in it): the event (time, status, error code,
  * relay), its delivery (workflow, domain, queued_at, and for a sent event the latency), and the
  * delivery's state before and after it (status, last error code, attempts; before is null for the
  * insert). See the header on how the state follows from the trail. One pass over each delivery's
  * events (by delivery_events_delivery_id_idx) with window functions, so a delivery with many events
  * costs linear time.
  */
-create or replace function email._metric_facts(after_id bigint, upto_id bigint, ids bigint[] default '{}')
+create or replace function email._metric_facts(
+  after_id bigint, upto_id bigint, ids bigint[] default '{}',
+  inside_from timestamptz default null, inside_until timestamptz default null
+)
 returns table (
   event_id bigint, event_at timestamptz, workflow text, domain text, relay text, to_status text, error_code text,
   queued_at timestamptz, latency interval,
@@ -238,15 +242,19 @@ as $$
   with ds as materialized (
     select d.delivery_id, d.workflow, d.recipient, d.queued_at, d.attempts, d.last_error_code, d.sent_at, x.upto
     from (
-      select u.delivery_id, max(u.id) as upto from (
+      select u.delivery_id, max(u.id) as upto,
+        bool_or(u.created_at >= inside_from and u.created_at < inside_until) as event_inside
+      from (
         -- apart, so each reads the primary key (an OR of the two reads every event)
-        select e.delivery_id, e.id from email.delivery_events e where e.id > after_id and e.id <= upto_id
+        select e.delivery_id, e.id, e.created_at from email.delivery_events e where e.id > after_id and e.id <= upto_id
         union all
-        select e.delivery_id, e.id from email.delivery_events e where e.id = any (ids)
+        select e.delivery_id, e.id, e.created_at from email.delivery_events e where e.id = any (ids)
       ) u
       group by u.delivery_id
     ) x
     join email.deliveries d on d.delivery_id = x.delivery_id
+    -- with a window: only the deliveries queued in it, or with an asked-for event in it
+    where inside_from is null or x.event_inside or (d.queued_at >= inside_from and d.queued_at < inside_until)
   ),
   -- every event of those deliveries up to the last one asked for, in order
   trail as (
@@ -287,9 +295,9 @@ as $$
   from stepped t
   where t.wanted
 $$;
-comment on function email._metric_facts(bigint, bigint, bigint[]) is 'Per audit event (an id range and a list): the event, its delivery and the delivery''s state before and after it (the metric fold and email_api.metrics'' tail)';
-revoke execute on function email._metric_facts(bigint, bigint, bigint[]) from public;
-grant execute on function email._metric_facts(bigint, bigint, bigint[]) to service_role;
+comment on function email._metric_facts(bigint, bigint, bigint[], timestamptz, timestamptz) is 'Per audit event (an id range and a list): the event, its delivery and the delivery''s state before and after it (the metric fold and email_api.metrics'' tail)';
+revoke execute on function email._metric_facts(bigint, bigint, bigint[], timestamptz, timestamptz) from public;
+grant execute on function email._metric_facts(bigint, bigint, bigint[], timestamptz, timestamptz) to service_role;
 
 /**
  * Admits new label values: from candidate (kind, value, occurrences) rows, per kind the most frequent
@@ -643,7 +651,7 @@ begin
   end if;
 
   with facts as materialized (
-    select f.* from email._metric_facts(st.last_event_id, top, gaps) f
+    select f.* from email._metric_facts(st.last_event_id, top, gaps, h0, h1) f
     where metrics.workflow is null or f.workflow = metrics.workflow
   ),
   edges as materialized (

@@ -24,7 +24,7 @@ select is_empty(
   'anon and authenticated have no privilege on the rollups');
 select is_empty(
   $$ select r || ' ' || f from unnest(array['anon', 'authenticated']) r,
-       unnest(array['email.rebuild_metric_rollups(boolean)', 'email._metric_facts(bigint, bigint, bigint[])',
+       unnest(array['email.rebuild_metric_rollups(boolean)', 'email._metric_facts(bigint, bigint, bigint[], timestamptz, timestamptz)',
          'email.latency_percentiles(smallint[], bigint[], double precision[])', 'email.metric_label(text, text)']) f
      where has_function_privilege(r, f, 'execute') $$,
   'anon and authenticated may execute none of the rollup functions');
