@@ -22,6 +22,7 @@ import postgres from "postgres";
 import { migrate, recreateDatabase, root, startServer } from "./lib/postgres.mjs";
 import { createBaseline, measureMatrix } from "../bench/lib/lifecycle.mjs";
 import { loadHistory, timeSweepAndMetrics } from "../bench/lib/growth.mjs";
+import { timeMetrics } from "../bench/lib/metrics_bench.mjs";
 import { round, table } from "../bench/lib/stats.mjs";
 import { reportEndToEnd } from "../bench/lib/e2e_report.mjs";
 
@@ -81,6 +82,8 @@ try {
       results.growth = { history: await loadHistory(url, { rows, log }) };
       log(`(c) lifecycles per second with the history in place`);
       results.growth.lifecycle = await measureMatrix(url, { clientsList, seconds, rounds, label: "1M", log });
+      log(`(c) email_api.metrics from the rollups vs the exact query`);
+      results.growth.metrics = await timeMetrics(url, { log });
       results.growth.queries = await timeSweepAndMetrics(url);
     }
   }
