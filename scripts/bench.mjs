@@ -1,6 +1,7 @@
 // `npm run bench`: how fast is the tracked email path, measured side by side in one run.
-//   (a)+(d) end to end through the real HTTP handler to a local SMTP sink, tracking on and off,
-//           database round trips and added latency per delivery (bench/e2e.ts, run with Deno)
+//   (a)+(d) end to end through the real HTTP handler to a local SMTP sink, tracking on and off, the
+//           SMTP leg alone, pooled and per-message SMTP connections, at 8 and 32 in flight; database
+//           round trips and added latency per delivery (bench/e2e.ts, run with Deno)
 //   (b)     complete lifecycles per second in Postgres at 1, 8 and 32 clients vs a plain baseline
 //   (c)     the same with a million deliveries already stored; sweep and metrics query times
 // Prints tables and ratios and writes everything to bench/results/<timestamp>.json.
@@ -21,7 +22,9 @@ import postgres from "postgres";
 import { migrate, recreateDatabase, root, startServer } from "./lib/postgres.mjs";
 import { createBaseline, leanReport, measureMatrix, VARIANTS } from "../bench/lib/lifecycle.mjs";
 import { loadHistory, timeSweepAndMetrics } from "../bench/lib/growth.mjs";
+import { timeMetrics } from "../bench/lib/metrics_bench.mjs";
 import { round, table } from "../bench/lib/stats.mjs";
+import { reportEndToEnd } from "../bench/lib/e2e_report.mjs";
 
 const flags = Object.fromEntries(
   process.argv.slice(2).filter((a) => a.startsWith("--")).map((a) => {
@@ -81,6 +84,8 @@ try {
       // pg-boss has no history to grow: the growth part compares the email variants with themselves.
       const variants = VARIANTS.filter((v) => v !== "pg-boss");
       results.growth.lifecycle = await measureMatrix(url, { clientsList, seconds, rounds, label: "1M", log, variants });
+      log(`(c) email_api.metrics from the rollups vs the exact query`);
+      results.growth.metrics = await timeMetrics(url, { log });
       results.growth.queries = await timeSweepAndMetrics(url);
     }
   }
@@ -91,7 +96,8 @@ try {
     log(`\n(a)(d) end to end: ${deliveries} deliveries through the HTTP handler, tracking on and off`);
     const deno = path.join(root, "node_modules/.bin/deno");
     const out = path.join(os.tmpdir(), `email-bench-e2e-${process.pid}.json`);
-    const r = spawnSync(deno, ["run", "-A", "bench/e2e.ts", `--deliveries=${deliveries}`, `--out=${out}`], {
+    const e2eArgs = [`--deliveries=${deliveries}`, `--rounds=${rounds}`, `--out=${out}`];
+    const r = spawnSync(deno, ["run", "-A", "bench/e2e.ts", ...e2eArgs], {
       cwd: root,
       stdio: ["ignore", "inherit", "inherit"],
       env: { ...process.env, DATABASE_URL: url, NO_COLOR: "1" },
@@ -200,18 +206,5 @@ function report(r) {
     if (!q.metrics_present) log("metrics functions: not present in this schema (no email_api metrics migration yet)");
     log("due select plan:\n  " + q.due_plan.join("\n  "));
   }
-  if (r.e2e && !r.e2e.error) {
-    const x = r.e2e;
-    log("\nend to end (HTTP push -> handler -> SMTP sink)");
-    log(table(["tracking", "deliveries", "deliveries/s", "p50 ms", "p99 ms", "db round trips/delivery"], [
-      ["off", x.off.deliveries, x.off.per_second, x.off.p50_ms, x.off.p99_ms, x.off.round_trips_per_delivery],
-      ["on", x.on.deliveries, x.on.per_second, x.on.p50_ms, x.on.p99_ms, x.on.round_trips_per_delivery],
-    ]));
-    log(
-      `tracked/untracked: ${x.ratio} (target >= 0.9: ${x.ratio >= 0.9 ? "MET" : "MISSED"}); ` +
-        `added latency per delivery p50 ${x.added_p50_ms} ms, p99 ${x.added_p99_ms} ms`,
-    );
-  } else if (r.e2e?.error) {
-    log(`\nend to end: ${r.e2e.error}`);
-  }
+  reportEndToEnd(r.e2e, log);
 }
