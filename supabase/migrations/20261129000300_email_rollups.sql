@@ -576,6 +576,175 @@ revoke execute on function email.rebuild_metric_rollups(boolean) from public;
 grant execute on function email.rebuild_metric_rollups(boolean) to service_role;
 
 /**
+ * The rule behind every exact answer from the rollups, in one place (email_api.metrics and
+ * email_api.delivery_series): a window [since, until) of queued_at is cut into whole hours [h0, h1)
+ * from the rollups, whole days [d0, d1) among them at the day grain (when the caller can use days),
+ * the partial hours [since, h0) and [h1, until) from the rows, and the events the fold has not added
+ * yet (their deltas, for deliveries inside the whole buckets).
+ */
+create or replace function email._metric_window(
+  since timestamptz, until timestamptz, days boolean,
+  out h0 timestamptz, out h1 timestamptz, out d0 timestamptz, out d1 timestamptz
+)
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  h0 := email.metric_bucket('hour', since);
+  if h0 < since then
+    h0 := h0 + interval '1 hour';
+  end if;
+  h1 := email.metric_bucket('hour', until);
+  if h1 <= h0 then
+    h0 := until;
+    h1 := until;
+  end if;
+  d0 := email.metric_bucket('day', h0);
+  if d0 < h0 then
+    d0 := d0 + interval '1 day';
+  end if;
+  d1 := email.metric_bucket('day', h1);
+  if d1 <= d0 or not days then
+    d0 := h1;
+    d1 := h1;
+  end if;
+end
+$$;
+comment on function email._metric_window(timestamptz, timestamptz, boolean) is 'Cuts a window into whole hours [h0, h1) and whole days [d0, d1) (none unless days) of the rollups; the rest is read from the rows';
+
+-- The events the fold has not added yet, as arguments of email._metric_facts: after its watermark
+-- (after_id) up to the last one (upto), and its gaps that have committed since; none when [h0, h1)
+-- is empty.
+create or replace function email._metric_tail(h0 timestamptz, h1 timestamptz, out after_id bigint, out upto bigint, out gaps bigint[])
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  select s.last_event_id into after_id from email.metric_state s;
+  upto := after_id;
+  gaps := '{}';
+  if h1 > h0 then
+    upto := coalesce((select max(e.id) from email.delivery_events e), after_id);
+    select coalesce(array_agg(g.event_id), '{}') into gaps
+    from email.metric_gaps g where exists (select from email.delivery_events e where e.id = g.event_id);
+  end if;
+end
+$$;
+comment on function email._metric_tail(timestamptz, timestamptz) is 'The unfolded events (id range and committed gaps) an exact answer over whole hours [h0, h1) adds to the rollups';
+
+-- Deliveries queued in [since, until) as signed parts (at, workflow, status, error code, count,
+-- attempts, latency): rollup rows (at = their bucket), the unfolded events' deltas and the rows of
+-- the partial hours (at = queued_at; latency for the sent ones). Their sums per status are exact.
+create or replace function email._metric_deliveries(since timestamptz, until timestamptz, only_workflow text, days boolean)
+returns table (at timestamptz, workflow text, status text, error_code text, n bigint, attempts bigint, latency interval)
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  w record;
+  t record;
+begin
+  select * into w from email._metric_window(_metric_deliveries.since, _metric_deliveries.until, days);
+  select * into t from email._metric_tail(w.h0, w.h1);
+  return query
+  with facts as materialized (
+    select f.* from email._metric_facts(t.after_id, t.upto, t.gaps, w.h0, w.h1) f
+    where _metric_deliveries.only_workflow is null or f.workflow = _metric_deliveries.only_workflow
+  )
+  select r.bucket, r.workflow, r.status, r.error_code, r.deliveries, r.attempts, null::interval from email.metric_rollups r
+  where r.grain = 'day' and r.bucket >= w.d0 and r.bucket < w.d1
+    and (_metric_deliveries.only_workflow is null or r.workflow = _metric_deliveries.only_workflow)
+  union all
+  select r.bucket, r.workflow, r.status, r.error_code, r.deliveries, r.attempts, null from email.metric_rollups r
+  where r.grain = 'hour' and r.bucket >= w.h0 and r.bucket < w.d0
+    and (_metric_deliveries.only_workflow is null or r.workflow = _metric_deliveries.only_workflow)
+  union all
+  select r.bucket, r.workflow, r.status, r.error_code, r.deliveries, r.attempts, null from email.metric_rollups r
+  where r.grain = 'hour' and r.bucket >= w.d1 and r.bucket < w.h1
+    and (_metric_deliveries.only_workflow is null or r.workflow = _metric_deliveries.only_workflow)
+  union all
+  select f.queued_at, f.workflow, f.before_status, f.before_error, -1::bigint, -f.before_attempts::bigint, null
+  from facts f where f.before_status is not null and f.queued_at >= w.h0 and f.queued_at < w.h1
+  union all
+  select f.queued_at, f.workflow, f.to_status, f.after_error, 1::bigint, f.after_attempts::bigint, f.latency
+  from facts f where f.queued_at >= w.h0 and f.queued_at < w.h1
+  union all
+  -- the partial hours: one range each, through deliveries_queued_at_idx
+  select d.queued_at, d.workflow, d.status, d.last_error_code, 1::bigint, d.attempts::bigint,
+    case when d.status = 'sent' then d.sent_at - d.queued_at end
+  from email.deliveries d
+  where d.queued_at >= _metric_deliveries.since and d.queued_at < w.h0
+    and (_metric_deliveries.only_workflow is null or d.workflow = _metric_deliveries.only_workflow)
+  union all
+  select d.queued_at, d.workflow, d.status, d.last_error_code, 1::bigint, d.attempts::bigint,
+    case when d.status = 'sent' then d.sent_at - d.queued_at end
+  from email.deliveries d
+  where d.queued_at >= w.h1 and d.queued_at < _metric_deliveries.until
+    and (_metric_deliveries.only_workflow is null or d.workflow = _metric_deliveries.only_workflow);
+end
+$$;
+comment on function email._metric_deliveries(timestamptz, timestamptz, text, boolean) is 'The deliveries of a queued_at window as signed parts from the rollups, the unfolded events and the partial hours (exact sums; email_api.metrics and email_api.delivery_series)';
+
+/**
+ * Deliveries over time: how many deliveries queued in [since, until) (of a workflow, or all) are
+ * in each current status, per bucket of queued_at of the given width (the dashboard's chart), exact.
+ * Buckets start at multiples of the width from 2001-01-01 00:00 UTC (so hours, 6 hours and days
+ * start on UTC hour and day boundaries; the first may start before since). Widths that are whole
+ * hours are answered from the rollups (email._metric_deliveries: whole days when the width is whole
+ * days, else whole hours, plus the tail and the partial hours); shorter or uneven widths read the
+ * rows, which is fine for the short windows they serve (the dashboard's 1h and 6h). service_role only.
+ */
+create or replace function email_api.delivery_series(since timestamptz, until timestamptz, width interval, workflow text default null)
+returns table (t timestamptz, status text, n bigint)
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  origin constant timestamptz := '2001-01-01 00:00:00+00';
+  secs numeric := extract(epoch from width);
+begin
+  if since is null or until is null or since > until then
+    raise exception 'the window must have since <= until, not % .. %', since, until using errcode = 'EM006';
+  end if;
+  if width is null or secs <= 0 or extract(month from width) <> 0 or extract(year from width) <> 0 then
+    raise exception 'the bucket width must be a positive interval of days, hours, minutes or seconds, not %', width using errcode = 'EM006';
+  end if;
+  if secs >= 3600 and secs % 3600 = 0 then
+    return query
+    select date_bin(width, p.at, origin), p.status, sum(p.n)::bigint
+    from email._metric_deliveries(since, until, delivery_series.workflow, secs % 86400 = 0) p
+    group by 1, 2
+    having sum(p.n) <> 0
+    order by 1, 2;
+  else
+    return query
+    select date_bin(width, d.queued_at, origin), d.status, count(*)
+    from email.deliveries d
+    where d.queued_at >= since and d.queued_at < until and (delivery_series.workflow is null or d.workflow = delivery_series.workflow)
+    group by 1, 2
+    order by 1, 2;
+  end if;
+end
+$$;
+comment on function email_api.delivery_series(timestamptz, timestamptz, interval, text) is 'Deliveries queued in a window per bucket of queued_at (UTC-aligned) and current status, exact; from the rollups for whole-hour widths (service_role)';
+revoke execute on function email_api.delivery_series(timestamptz, timestamptz, interval, text) from public, anon, authenticated;
+grant execute on function email_api.delivery_series(timestamptz, timestamptz, interval, text) to service_role;
+revoke execute on function
+  email._metric_window(timestamptz, timestamptz, boolean),
+  email._metric_tail(timestamptz, timestamptz),
+  email._metric_deliveries(timestamptz, timestamptz, text, boolean)
+from public, anon, authenticated;
+grant execute on function
+  email._metric_window(timestamptz, timestamptz, boolean),
+  email._metric_tail(timestamptz, timestamptz),
+  email._metric_deliveries(timestamptz, timestamptz, text, boolean)
+to service_role;
+
+/**
  * Delivery metrics over the deliveries queued in [since, until), per workflow and in total:
  * - total and by_status (counts per current status);
  * - success_rate: sent / completed, where completed counts the terminal statuses of email.statuses
@@ -612,8 +781,6 @@ declare
   h1 timestamptz;
   d0 timestamptz;
   d1 timestamptz;
-  top bigint;
-  gaps bigint[] := '{}';
   result jsonb;
 begin
   perform email._require_support_or_service();
@@ -622,68 +789,16 @@ begin
   end if;
   select s.* into st from email.metric_state s;
 
-  -- Whole hours [h0, h1) come from the rollups, whole days [d0, d1) among them at the day grain; the
-  -- partial hours [since, h0) and [h1, until) from the rows.
-  h0 := email.metric_bucket('hour', metrics.since);
-  if h0 < metrics.since then
-    h0 := h0 + interval '1 hour';
-  end if;
-  h1 := email.metric_bucket('hour', metrics.until);
-  if h1 <= h0 then
-    h0 := metrics.until;
-    h1 := metrics.until;
-  end if;
-  d0 := email.metric_bucket('day', h0);
-  if d0 < h0 then
-    d0 := d0 + interval '1 day';
-  end if;
-  d1 := email.metric_bucket('day', h1);
-  if d1 <= d0 then
-    d0 := h1;
-    d1 := h1;
-  end if;
-  -- The events the fold has not added yet: after its watermark, and its gaps that have committed since.
-  top := st.last_event_id;
-  if h1 > h0 then
-    top := coalesce((select max(e.id) from email.delivery_events e), st.last_event_id);
-    select coalesce(array_agg(g.event_id), '{}') into gaps
-    from email.metric_gaps g where exists (select from email.delivery_events e where e.id = g.event_id);
-  end if;
+  select w.h0, w.h1, w.d0, w.d1 into h0, h1, d0, d1 from email._metric_window(metrics.since, metrics.until, true) w;
 
   with facts as materialized (
-    select f.* from email._metric_facts(st.last_event_id, top, gaps, h0, h1) f
+    select f.* from email._metric_tail(h0, h1) t, email._metric_facts(t.after_id, t.upto, t.gaps, h0, h1) f
     where metrics.workflow is null or f.workflow = metrics.workflow
   ),
-  edges as materialized (
-    select d.workflow, d.status, d.attempts, d.last_error_code, d.queued_at, d.sent_at
-    from email.deliveries d
-    where d.queued_at >= metrics.since and d.queued_at < h0 and (metrics.workflow is null or d.workflow = metrics.workflow)
-    union all
-    select d.workflow, d.status, d.attempts, d.last_error_code, d.queued_at, d.sent_at
-    from email.deliveries d
-    where d.queued_at >= h1 and d.queued_at < metrics.until and (metrics.workflow is null or d.workflow = metrics.workflow)
-  ),
-  rollups as (
-    select r.* from email.metric_rollups r
-    where r.grain = 'day' and r.bucket >= d0 and r.bucket < d1 and (metrics.workflow is null or r.workflow = metrics.workflow)
-    union all
-    select r.* from email.metric_rollups r
-    where r.grain = 'hour' and r.bucket >= h0 and r.bucket < d0 and (metrics.workflow is null or r.workflow = metrics.workflow)
-    union all
-    select r.* from email.metric_rollups r
-    where r.grain = 'hour' and r.bucket >= d1 and r.bucket < h1 and (metrics.workflow is null or r.workflow = metrics.workflow)
-  ),
-  -- Deliveries as (workflow, status, error code, count, attempts), from the three sources.
+  -- Deliveries as (workflow, status, error code, count, attempts, latency), from the three sources.
   parts as materialized (
-    select r.workflow, r.status, r.error_code, r.deliveries as n, r.attempts from rollups r
-    union all
-    select f.workflow, f.before_status, f.before_error, -1, -f.before_attempts
-    from facts f where f.before_status is not null and f.queued_at >= h0 and f.queued_at < h1
-    union all
-    select f.workflow, f.to_status, f.after_error, 1, f.after_attempts
-    from facts f where f.queued_at >= h0 and f.queued_at < h1
-    union all
-    select e.workflow, e.status, e.last_error_code, 1, e.attempts from edges e
+    select p.workflow, p.status, p.error_code, p.n, p.attempts, p.latency
+    from email._metric_deliveries(metrics.since, metrics.until, metrics.workflow, true) p
   ),
   window_size as (
     select coalesce(sum(p.n), 0) as n from parts p
@@ -699,11 +814,8 @@ begin
     select r.workflow, r.bin, r.deliveries from email.metric_latency_rollups r
     where r.grain = 'hour' and r.bucket >= d1 and r.bucket < h1 and (metrics.workflow is null or r.workflow = metrics.workflow)
     union all
-    select f.workflow, email.latency_bin(extract(epoch from f.latency)::double precision * 1000), 1
-    from facts f where f.latency is not null and f.queued_at >= h0 and f.queued_at < h1
-    union all
-    select e.workflow, email.latency_bin(extract(epoch from e.sent_at - e.queued_at)::double precision * 1000), 1
-    from edges e where e.status = 'sent'
+    select p.workflow, email.latency_bin(extract(epoch from p.latency)::double precision * 1000), 1
+    from parts p where p.latency is not null
   ),
   histogram as materialized (
     select grouping(b.workflow) = 1 as is_total, b.workflow,

@@ -5,7 +5,7 @@
 -- bound of percentile_cont; outcomes group by recipient domain and relay; a rebuild and a fold change
 -- nothing; structure and privileges.
 begin;
-select plan(33);
+select plan(37);
 
 \ir fixtures/helpers.psql
 \ir fixtures/fold_all.psql
@@ -288,6 +288,54 @@ select cmp_ok((select max(abs((c.got ->> 'p95')::numeric / nullif((c.want ->> 'p
   '>', 0::numeric, 'and they are estimates (not the exact values by accident)');
 select is((select jsonb_agg(c) from checks c where what like '% outcomes' and not ok), null,
   'attempt outcomes by domain and by relay label equal the events'' over every window');
+
+-- Deliveries over time (the dashboard's chart) -------------------------------------------------
+-- email_api.delivery_series over 30 random windows with mid-hour edges (the tail still unfolded),
+-- widths of hours and days (from the rollups) and 15 minutes (from the rows), with and without a
+-- workflow, equals the count of the rows per UTC-aligned bucket and current status.
+create function pg_temp.exact_series(since timestamptz, until timestamptz, width interval, wf text) returns jsonb language sql as $$
+  select coalesce(jsonb_agg(jsonb_build_object('t', x.t, 'status', x.status, 'n', x.n) order by x.t, x.status), '[]') from (
+    select date_bin(width, d.queued_at, '2001-01-01 00:00:00+00') as t, d.status, count(*) as n
+    from email.deliveries d
+    where d.queued_at >= since and d.queued_at < until and (wf is null or d.workflow = wf)
+    group by 1, 2) x
+$$;
+create temp table series_checks (k int, width interval, wf text, ok boolean, got jsonb, want jsonb);
+do $$
+declare
+  k int;
+  since timestamptz;
+  until timestamptz;
+  width interval;
+  wf text;
+  got jsonb;
+  want jsonb;
+begin
+  for k in 1..30 loop
+    since := (select t from base) - make_interval(secs => random() * 3.1 * 86400);
+    until := since + make_interval(secs => random() * extract(epoch from (select t from base) + interval '2 hours' - since));
+    foreach width in array array['1 hour', '6 hours', '1 day', '15 minutes']::interval[] loop
+      foreach wf in array array[null, 't-roll-a'] loop
+        got := (select coalesce(jsonb_agg(jsonb_build_object('t', s.t, 'status', s.status, 'n', s.n) order by s.t, s.status), '[]')
+                from email_api.delivery_series(since, until, width, wf) s);
+        want := pg_temp.exact_series(since, until, width, wf);
+        insert into series_checks values (k, width, wf, got = want, got, want);
+      end loop;
+    end loop;
+  end loop;
+end
+$$;
+select cmp_ok((select count(*)::int from series_checks where jsonb_array_length(want) > 3), '>', 150,
+  'hundreds of series compared, most with several buckets');
+select is((select jsonb_agg(c) from series_checks c where not ok), null,
+  'deliveries over time per UTC-aligned bucket and status equal the rows'' over every window, width and workflow');
+select throws_ok($$ select * from email_api.delivery_series(now(), now() + interval '1 hour', interval '1 month') $$, 'EM006', null,
+  'a bucket width in months is refused');
+select is_empty(
+  $$ select r from unnest(array['anon', 'authenticated']) r
+     where has_function_privilege(r, 'email_api.delivery_series(timestamptz, timestamptz, interval, text)', 'execute')
+        or has_function_privilege(r, 'email._metric_deliveries(timestamptz, timestamptz, text, boolean)', 'execute') $$,
+  'the series is for service_role only');
 select ok((select count(*) filter (where (source ->> 'rollup_days')::int > 0) > 0
      and count(*) filter (where (source ->> 'rollup_hours')::int > 0) > 0
      and count(*) filter (where (source ->> 'unfolded_events')::int > 0) > 0
