@@ -174,6 +174,92 @@ Deno.test("the dashboard's data routes need a support/admin JWT or the dashboard
     assertEquals(post.status, 405);
   }));
 
+Deno.test("the data's deliveries over time and workflows come from the rollups, equal to the rows' with an unfolded tail", () =>
+  withApp(async (app) => {
+    const sql = postgres(databaseUrl!, { max: 1, onnotice: () => {} });
+    try {
+      const workflow = `dash-series-${run}`;
+      let n = 0;
+      const add = async (minutesAgo: number) => {
+        const id = `${workflow}-${++n}`;
+        await sql`select email.record_queued(${id}, ${workflow}, ${`${id}@example.com`}, '{}')`;
+        if (n % 3 === 0) {
+          await sql`select email.mark_in_progress(${id})`;
+          await sql`select email.mark_sent(${id}, 1, 'mid', '250 ok')`;
+        } else if (n % 3 === 1) {
+          await sql`select email.mark_in_progress(${id})`;
+          await sql`select * from email.record_failure(${id}, 1, '451 greylisted', 451)`;
+        }
+        await sql`update email.deliveries set queued_at = now() - make_interval(mins => ${minutesAgo}) where delivery_id = ${id}`;
+      };
+      const foldAll = async () => {
+        for (let i = 0; i < 100; i++) {
+          const [r] = await sql<{ done: boolean }[]>`select (select last_event_id from email.metric_state)
+            >= (select coalesce(max(id), 0) from email.delivery_events) as done`;
+          if (r.done) return;
+          await sql`select email.fold_metric_events()`;
+        }
+      };
+      // folded: 40 deliveries over 29 days (one 10 minutes inside the 30 days); then a tail of 12 over
+      // the last two days that the fold has not read, one of the folded ones moving on
+      await add(30 * 1440 - 10);
+      for (let i = 1; i < 40; i++) await add(Math.round(i * 29 * 1440 / 40) + 7);
+      await foldAll();
+      for (let i = 0; i < 12; i++) await add(i * 237 + 3);
+      await sql`select email.mark_in_progress(${`${workflow}-1`})`;
+      // a workflow the fold has not seen yet
+      const fresh = `${workflow}-fresh`;
+      await sql`select email.record_queued(${fresh}, ${fresh}, ${`${fresh}@example.com`}, '{}')`;
+      const token = await sign({ app_metadata: { role: "support" } });
+      const data = async (since: string) => {
+        const res = await fetch(`${app.base}/data?since=${since}&workflow=${workflow}`, {
+          headers: { authorization: `Bearer ${token}` },
+        });
+        assertEquals(res.status, 200);
+        return await res.json();
+      };
+      const rows = async (w: { since: string; until: string; bucket: string }) =>
+        (await sql<{ t: Date; status: string; n: number }[]>`
+          select date_bin(${w.bucket}::interval, d.queued_at, '2001-01-01 00:00:00+00') as t, d.status, count(*)::int as n
+          from email.deliveries d
+          where d.queued_at >= ${w.since} and d.queued_at < ${w.until} and d.workflow = ${workflow}
+          group by 1, 2 order by 1, 2`).map((r) => ({ t: r.t.toISOString(), status: r.status, n: r.n }));
+      for (const since of ["30d", "7d", "24h", "6h", "1h"]) {
+        const body = await data(since);
+        assertEquals(body.series, await rows(body.window), `${since}: the series equals the rows'`);
+        assert(
+          body.workflows.includes(workflow) && body.workflows.includes(fresh),
+          `${since}: both workflows are listed`,
+        );
+      }
+      const month = await data("30d");
+      assertEquals(month.series.reduce((a: number, r: { n: number }) => a + r.n, 0), 52);
+      assert(
+        month.metrics.source.unfolded_events > 0 && month.metrics.source.rollup_days >= 28,
+        JSON.stringify(month.metrics.source),
+      );
+      assert(
+        month.series.every((r: { t: string }) => r.t.endsWith("T00:00:00.000Z")),
+        "daily buckets start at UTC midnight",
+      );
+      // read from the rollups: a changed day rollup changes the series
+      const [day] = await sql<{ bucket: Date }[]>`
+        select bucket from email.metric_rollups where grain = 'day' and workflow = ${workflow} and status = 'retrying'
+          and bucket > now() - interval '28 days' and bucket < now() - interval '3 days'
+        order by bucket limit 1`;
+      await sql`update email.metric_rollups set deliveries = deliveries + 5
+        where grain = 'day' and workflow = ${workflow} and status = 'retrying' and bucket = ${day.bucket}`;
+      const changed = await data("30d");
+      const at = (s: { series: { t: string; status: string; n: number }[] }) =>
+        s.series.find((r) => r.t === day.bucket.toISOString() && r.status === "retrying")?.n;
+      assertEquals(at(changed), at(month)! + 5);
+      await sql`update email.metric_rollups set deliveries = deliveries - 5
+        where grain = 'day' and workflow = ${workflow} and status = 'retrying' and bucket = ${day.bucket}`;
+    } finally {
+      await sql.end({ timeout: 2 });
+    }
+  }));
+
 Deno.test("a token without a signed-in user is refused, whatever its app_metadata says", () =>
   withApp(async (app) => {
     for (const role of ["anon", "service_role"]) {

@@ -5,7 +5,8 @@
  * - `GET .../dashboard/data?since=24h&workflow=W`: email_api.metrics (success rate per workflow,
  *   latency percentiles, error codes, dead-letter size, attempt outcomes and deferral rate by
  *   recipient domain and SMTP relay; answered from the metric rollups), deliveries over time by
- *   status, the recent failures and the workflows seen;
+ *   status (email_api.delivery_series: UTC-aligned buckets, from the rollups but for the 1h and 6h
+ *   windows), the recent failures and the workflows seen (from the rollups and the unfolded hour);
  * - `GET .../dashboard/deliveries/<delivery_id>`: one delivery and its timeline (email_api.get_delivery).
  * The page itself holds no data and is served to anyone; the JSON routes need
  * `Authorization: Bearer <token>`, where the token is a signed-in Supabase user's JWT (role
@@ -203,11 +204,9 @@ export async function dashboardData(sql: Sql, params: URLSearchParams): Promise<
   const since = new Date(until.getTime() - seconds * 1000);
   const [[metrics], series, failures, workflows] = await Promise.all([
     sql<{ doc: Record<string, unknown> }[]>`select email_api.metrics(${since}, ${until}, ${workflow}) as doc`,
+    // exact; whole hours and days from the metric rollups (the 24h, 7d and 30d windows)
     sql<{ t: Date; status: string; n: number }[]>`
-      select date_bin(${bucket}::interval, d.queued_at, ${since}::timestamptz) as t, d.status, count(*)::int as n
-      from email.deliveries d
-      where d.queued_at >= ${since} and d.queued_at < ${until} and (${workflow}::text is null or d.workflow = ${workflow})
-      group by 1, 2 order by 1, 2`,
+      select s.t, s.status, s.n::int as n from email_api.delivery_series(${since}, ${until}, ${bucket}::interval, ${workflow}) s`,
     sql`
       select d.delivery_id, d.workflow, d.recipient, d.status, d.attempts, d.last_error_code, d.last_error_message,
         d.updated_at
@@ -219,8 +218,22 @@ export async function dashboardData(sql: Sql, params: URLSearchParams): Promise<
         and d.updated_at >= ${since}
         and (${workflow}::text is null or d.workflow = ${workflow})
       order by d.updated_at desc limit 25`,
+    // the workflows with deliveries queued since `since` (from its hour on, at most a day early):
+    // the rollups' hours of its day, their days after it, and the rows queued since the last folded hour
     sql<{ workflow: string }[]>`
-      select d.workflow from email.deliveries d where d.queued_at >= ${since} group by 1 order by 1 limit 200`,
+      select w.workflow from (
+        select r.workflow from email.metric_rollups r
+        where r.grain = 'hour' and r.bucket >= email.metric_bucket('hour', ${since})
+          and r.bucket < email.metric_bucket('day', ${since}) + interval '1 day'
+        group by 1 having sum(r.deliveries) > 0
+        union
+        select r.workflow from email.metric_rollups r
+        where r.grain = 'day' and r.bucket >= email.metric_bucket('day', ${since}) + interval '1 day'
+        group by 1 having sum(r.deliveries) > 0
+        union
+        select d.workflow from email.deliveries d
+        where d.queued_at >= greatest(${since}::timestamptz, (select max(r.bucket) from email.metric_rollups r where r.grain = 'hour'))
+      ) w order by 1 limit 200`,
   ]);
   return {
     window: {

@@ -224,7 +224,8 @@
   function series(data) {
     const W = 1100, H = 240, L = 40, B = 24, T = 10;
     const step = data.window.bucket_seconds * 1000;
-    const since = Date.parse(data.window.since), until = Date.parse(data.window.until);
+    // the buckets start at multiples of the width (UTC-aligned), the first one at or before since
+    const since = Math.floor(Date.parse(data.window.since) / step) * step, until = Date.parse(data.window.until);
     const n = Math.max(1, Math.ceil((until - since) / step));
     /** @type {Record<string, number>[]} */
     const buckets = Array.from({ length: n }, () => ({}));
