@@ -249,6 +249,56 @@ $$;
 
 COMMENT ON FUNCTION email._fold_metric_ids(ids bigint[], max_domains integer, max_error_codes integer) IS 'Adds the given audit events to email.metric_counters and the rollups (internal to fold_metric_events)';
 
+CREATE FUNCTION email._metric_deliveries(since timestamp with time zone, until timestamp with time zone, only_workflow text, days boolean) RETURNS TABLE(at timestamp with time zone, workflow text, status text, error_code text, n bigint, attempts bigint, latency interval)
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+declare
+  w record;
+  t record;
+begin
+  select * into w from email._metric_window(_metric_deliveries.since, _metric_deliveries.until, days);
+  select * into t from email._metric_tail(w.h0, w.h1);
+  return query
+  with facts as materialized (
+    select f.* from email._metric_facts(t.after_id, t.upto, t.gaps, w.h0, w.h1) f
+    where _metric_deliveries.only_workflow is null or f.workflow = _metric_deliveries.only_workflow
+  )
+  select r.bucket, r.workflow, r.status, r.error_code, r.deliveries, r.attempts, null::interval from email.metric_rollups r
+  where r.grain = 'day' and r.bucket >= w.d0 and r.bucket < w.d1
+    and (_metric_deliveries.only_workflow is null or r.workflow = _metric_deliveries.only_workflow)
+  union all
+  select r.bucket, r.workflow, r.status, r.error_code, r.deliveries, r.attempts, null from email.metric_rollups r
+  where r.grain = 'hour' and r.bucket >= w.h0 and r.bucket < w.d0
+    and (_metric_deliveries.only_workflow is null or r.workflow = _metric_deliveries.only_workflow)
+  union all
+  select r.bucket, r.workflow, r.status, r.error_code, r.deliveries, r.attempts, null from email.metric_rollups r
+  where r.grain = 'hour' and r.bucket >= w.d1 and r.bucket < w.h1
+    and (_metric_deliveries.only_workflow is null or r.workflow = _metric_deliveries.only_workflow)
+  union all
+  select f.queued_at, f.workflow, f.before_status, f.before_error, -1::bigint, -f.before_attempts::bigint, null
+  from facts f where f.before_status is not null and f.queued_at >= w.h0 and f.queued_at < w.h1
+  union all
+  select f.queued_at, f.workflow, f.to_status, f.after_error, 1::bigint, f.after_attempts::bigint, f.latency
+  from facts f where f.queued_at >= w.h0 and f.queued_at < w.h1
+  union all
+  -- the partial hours: one range each, through deliveries_queued_at_idx
+  select d.queued_at, d.workflow, d.status, d.last_error_code, 1::bigint, d.attempts::bigint,
+    case when d.status = 'sent' then d.sent_at - d.queued_at end
+  from email.deliveries d
+  where d.queued_at >= _metric_deliveries.since and d.queued_at < w.h0
+    and (_metric_deliveries.only_workflow is null or d.workflow = _metric_deliveries.only_workflow)
+  union all
+  select d.queued_at, d.workflow, d.status, d.last_error_code, 1::bigint, d.attempts::bigint,
+    case when d.status = 'sent' then d.sent_at - d.queued_at end
+  from email.deliveries d
+  where d.queued_at >= w.h1 and d.queued_at < _metric_deliveries.until
+    and (_metric_deliveries.only_workflow is null or d.workflow = _metric_deliveries.only_workflow);
+end
+$$;
+
+COMMENT ON FUNCTION email._metric_deliveries(since timestamp with time zone, until timestamp with time zone, only_workflow text, days boolean) IS 'The deliveries of a queued_at window as signed parts from the rollups, the unfolded events and the partial hours (exact sums; email_api.metrics and email_api.delivery_series)';
+
 CREATE FUNCTION email._metric_facts(after_id bigint, upto_id bigint, ids bigint[] DEFAULT '{}'::bigint[], inside_from timestamp with time zone DEFAULT NULL::timestamp with time zone, inside_until timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS TABLE(event_id bigint, event_at timestamp with time zone, workflow text, domain text, relay text, to_status text, error_code text, queued_at timestamp with time zone, latency interval, before_status text, before_error text, before_attempts integer, after_error text, after_attempts integer)
     LANGUAGE sql STABLE
     SET search_path TO ''
@@ -311,6 +361,52 @@ CREATE FUNCTION email._metric_facts(after_id bigint, upto_id bigint, ids bigint[
 $$;
 
 COMMENT ON FUNCTION email._metric_facts(after_id bigint, upto_id bigint, ids bigint[], inside_from timestamp with time zone, inside_until timestamp with time zone) IS 'Per audit event (an id range and a list): the event, its delivery and the delivery''s state before and after it (the metric fold and email_api.metrics'' tail)';
+
+CREATE FUNCTION email._metric_tail(h0 timestamp with time zone, h1 timestamp with time zone, OUT after_id bigint, OUT upto bigint, OUT gaps bigint[]) RETURNS record
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+begin
+  select s.last_event_id into after_id from email.metric_state s;
+  upto := after_id;
+  gaps := '{}';
+  if h1 > h0 then
+    upto := coalesce((select max(e.id) from email.delivery_events e), after_id);
+    select coalesce(array_agg(g.event_id), '{}') into gaps
+    from email.metric_gaps g where exists (select from email.delivery_events e where e.id = g.event_id);
+  end if;
+end
+$$;
+
+COMMENT ON FUNCTION email._metric_tail(h0 timestamp with time zone, h1 timestamp with time zone, OUT after_id bigint, OUT upto bigint, OUT gaps bigint[]) IS 'The unfolded events (id range and committed gaps) an exact answer over whole hours [h0, h1) adds to the rollups';
+
+CREATE FUNCTION email._metric_window(since timestamp with time zone, until timestamp with time zone, days boolean, OUT h0 timestamp with time zone, OUT h1 timestamp with time zone, OUT d0 timestamp with time zone, OUT d1 timestamp with time zone) RETURNS record
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO ''
+    AS $$
+begin
+  h0 := email.metric_bucket('hour', since);
+  if h0 < since then
+    h0 := h0 + interval '1 hour';
+  end if;
+  h1 := email.metric_bucket('hour', until);
+  if h1 <= h0 then
+    h0 := until;
+    h1 := until;
+  end if;
+  d0 := email.metric_bucket('day', h0);
+  if d0 < h0 then
+    d0 := d0 + interval '1 day';
+  end if;
+  d1 := email.metric_bucket('day', h1);
+  if d1 <= d0 or not days then
+    d0 := h1;
+    d1 := h1;
+  end if;
+end
+$$;
+
+COMMENT ON FUNCTION email._metric_window(since timestamp with time zone, until timestamp with time zone, days boolean, OUT h0 timestamp with time zone, OUT h1 timestamp with time zone, OUT d0 timestamp with time zone, OUT d1 timestamp with time zone) IS 'Cuts a window into whole hours [h0, h1) and whole days [d0, d1) (none unless days) of the rollups; the rest is read from the rows';
 
 CREATE FUNCTION email._reap(delivery_id text) RETURNS void
     LANGUAGE plpgsql
@@ -2267,6 +2363,40 @@ $_$;
 
 COMMENT ON FUNCTION email.webhook_target_refusal(url text) IS 'Why a webhook URL''s host is refused (private, loopback, link-local, special-purpose, ambiguous), or null';
 
+CREATE FUNCTION email_api.delivery_series(since timestamp with time zone, until timestamp with time zone, width interval, workflow text DEFAULT NULL::text) RETURNS TABLE(t timestamp with time zone, status text, n bigint)
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+declare
+  origin constant timestamptz := '2001-01-01 00:00:00+00';
+  secs numeric := extract(epoch from width);
+begin
+  if since is null or until is null or since > until then
+    raise exception 'the window must have since <= until, not % .. %', since, until using errcode = 'EM006';
+  end if;
+  if width is null or secs <= 0 or extract(month from width) <> 0 or extract(year from width) <> 0 then
+    raise exception 'the bucket width must be a positive interval of days, hours, minutes or seconds, not %', width using errcode = 'EM006';
+  end if;
+  if secs >= 3600 and secs % 3600 = 0 then
+    return query
+    select date_bin(width, p.at, origin), p.status, sum(p.n)::bigint
+    from email._metric_deliveries(since, until, delivery_series.workflow, secs % 86400 = 0) p
+    group by 1, 2
+    having sum(p.n) <> 0
+    order by 1, 2;
+  else
+    return query
+    select date_bin(width, d.queued_at, origin), d.status, count(*)
+    from email.deliveries d
+    where d.queued_at >= since and d.queued_at < until and (delivery_series.workflow is null or d.workflow = delivery_series.workflow)
+    group by 1, 2
+    order by 1, 2;
+  end if;
+end
+$$;
+
+COMMENT ON FUNCTION email_api.delivery_series(since timestamp with time zone, until timestamp with time zone, width interval, workflow text) IS 'Deliveries queued in a window per bucket of queued_at (UTC-aligned) and current status, exact; from the rollups for whole-hour widths (service_role)';
+
 CREATE FUNCTION email_api.get_delivery(delivery_id text) RETURNS jsonb
     LANGUAGE sql STABLE
     SET search_path TO ''
@@ -2300,8 +2430,6 @@ declare
   h1 timestamptz;
   d0 timestamptz;
   d1 timestamptz;
-  top bigint;
-  gaps bigint[] := '{}';
   result jsonb;
 begin
   perform email._require_support_or_service();
@@ -2310,68 +2438,16 @@ begin
   end if;
   select s.* into st from email.metric_state s;
 
-  -- Whole hours [h0, h1) come from the rollups, whole days [d0, d1) among them at the day grain; the
-  -- partial hours [since, h0) and [h1, until) from the rows.
-  h0 := email.metric_bucket('hour', metrics.since);
-  if h0 < metrics.since then
-    h0 := h0 + interval '1 hour';
-  end if;
-  h1 := email.metric_bucket('hour', metrics.until);
-  if h1 <= h0 then
-    h0 := metrics.until;
-    h1 := metrics.until;
-  end if;
-  d0 := email.metric_bucket('day', h0);
-  if d0 < h0 then
-    d0 := d0 + interval '1 day';
-  end if;
-  d1 := email.metric_bucket('day', h1);
-  if d1 <= d0 then
-    d0 := h1;
-    d1 := h1;
-  end if;
-  -- The events the fold has not added yet: after its watermark, and its gaps that have committed since.
-  top := st.last_event_id;
-  if h1 > h0 then
-    top := coalesce((select max(e.id) from email.delivery_events e), st.last_event_id);
-    select coalesce(array_agg(g.event_id), '{}') into gaps
-    from email.metric_gaps g where exists (select from email.delivery_events e where e.id = g.event_id);
-  end if;
+  select w.h0, w.h1, w.d0, w.d1 into h0, h1, d0, d1 from email._metric_window(metrics.since, metrics.until, true) w;
 
   with facts as materialized (
-    select f.* from email._metric_facts(st.last_event_id, top, gaps, h0, h1) f
+    select f.* from email._metric_tail(h0, h1) t, email._metric_facts(t.after_id, t.upto, t.gaps, h0, h1) f
     where metrics.workflow is null or f.workflow = metrics.workflow
   ),
-  edges as materialized (
-    select d.workflow, d.status, d.attempts, d.last_error_code, d.queued_at, d.sent_at
-    from email.deliveries d
-    where d.queued_at >= metrics.since and d.queued_at < h0 and (metrics.workflow is null or d.workflow = metrics.workflow)
-    union all
-    select d.workflow, d.status, d.attempts, d.last_error_code, d.queued_at, d.sent_at
-    from email.deliveries d
-    where d.queued_at >= h1 and d.queued_at < metrics.until and (metrics.workflow is null or d.workflow = metrics.workflow)
-  ),
-  rollups as (
-    select r.* from email.metric_rollups r
-    where r.grain = 'day' and r.bucket >= d0 and r.bucket < d1 and (metrics.workflow is null or r.workflow = metrics.workflow)
-    union all
-    select r.* from email.metric_rollups r
-    where r.grain = 'hour' and r.bucket >= h0 and r.bucket < d0 and (metrics.workflow is null or r.workflow = metrics.workflow)
-    union all
-    select r.* from email.metric_rollups r
-    where r.grain = 'hour' and r.bucket >= d1 and r.bucket < h1 and (metrics.workflow is null or r.workflow = metrics.workflow)
-  ),
-  -- Deliveries as (workflow, status, error code, count, attempts), from the three sources.
+  -- Deliveries as (workflow, status, error code, count, attempts, latency), from the three sources.
   parts as materialized (
-    select r.workflow, r.status, r.error_code, r.deliveries as n, r.attempts from rollups r
-    union all
-    select f.workflow, f.before_status, f.before_error, -1, -f.before_attempts
-    from facts f where f.before_status is not null and f.queued_at >= h0 and f.queued_at < h1
-    union all
-    select f.workflow, f.to_status, f.after_error, 1, f.after_attempts
-    from facts f where f.queued_at >= h0 and f.queued_at < h1
-    union all
-    select e.workflow, e.status, e.last_error_code, 1, e.attempts from edges e
+    select p.workflow, p.status, p.error_code, p.n, p.attempts, p.latency
+    from email._metric_deliveries(metrics.since, metrics.until, metrics.workflow, true) p
   ),
   window_size as (
     select coalesce(sum(p.n), 0) as n from parts p
@@ -2387,11 +2463,8 @@ begin
     select r.workflow, r.bin, r.deliveries from email.metric_latency_rollups r
     where r.grain = 'hour' and r.bucket >= d1 and r.bucket < h1 and (metrics.workflow is null or r.workflow = metrics.workflow)
     union all
-    select f.workflow, email.latency_bin(extract(epoch from f.latency)::double precision * 1000), 1
-    from facts f where f.latency is not null and f.queued_at >= h0 and f.queued_at < h1
-    union all
-    select e.workflow, email.latency_bin(extract(epoch from e.sent_at - e.queued_at)::double precision * 1000), 1
-    from edges e where e.status = 'sent'
+    select p.workflow, email.latency_bin(extract(epoch from p.latency)::double precision * 1000), 1
+    from parts p where p.latency is not null
   ),
   histogram as materialized (
     select grouping(b.workflow) = 1 as is_total, b.workflow,
@@ -3332,8 +3405,17 @@ GRANT ALL ON FUNCTION email._fence(delivery_id text, attempt integer, expected t
 REVOKE ALL ON FUNCTION email._fold_metric_ids(ids bigint[], max_domains integer, max_error_codes integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION email._fold_metric_ids(ids bigint[], max_domains integer, max_error_codes integer) TO service_role;
 
+REVOKE ALL ON FUNCTION email._metric_deliveries(since timestamp with time zone, until timestamp with time zone, only_workflow text, days boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION email._metric_deliveries(since timestamp with time zone, until timestamp with time zone, only_workflow text, days boolean) TO service_role;
+
 REVOKE ALL ON FUNCTION email._metric_facts(after_id bigint, upto_id bigint, ids bigint[], inside_from timestamp with time zone, inside_until timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION email._metric_facts(after_id bigint, upto_id bigint, ids bigint[], inside_from timestamp with time zone, inside_until timestamp with time zone) TO service_role;
+
+REVOKE ALL ON FUNCTION email._metric_tail(h0 timestamp with time zone, h1 timestamp with time zone, OUT after_id bigint, OUT upto bigint, OUT gaps bigint[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION email._metric_tail(h0 timestamp with time zone, h1 timestamp with time zone, OUT after_id bigint, OUT upto bigint, OUT gaps bigint[]) TO service_role;
+
+REVOKE ALL ON FUNCTION email._metric_window(since timestamp with time zone, until timestamp with time zone, days boolean, OUT h0 timestamp with time zone, OUT h1 timestamp with time zone, OUT d0 timestamp with time zone, OUT d1 timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION email._metric_window(since timestamp with time zone, until timestamp with time zone, days boolean, OUT h0 timestamp with time zone, OUT h1 timestamp with time zone, OUT d0 timestamp with time zone, OUT d1 timestamp with time zone) TO service_role;
 
 REVOKE ALL ON FUNCTION email._reap(delivery_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION email._reap(delivery_id text) TO service_role;
@@ -3546,6 +3628,9 @@ GRANT ALL ON FUNCTION email.webhook_signing_secrets(w email.webhook_endpoints) T
 
 REVOKE ALL ON FUNCTION email.webhook_target_refusal(url text) FROM PUBLIC;
 GRANT ALL ON FUNCTION email.webhook_target_refusal(url text) TO service_role;
+
+REVOKE ALL ON FUNCTION email_api.delivery_series(since timestamp with time zone, until timestamp with time zone, width interval, workflow text) FROM PUBLIC;
+GRANT ALL ON FUNCTION email_api.delivery_series(since timestamp with time zone, until timestamp with time zone, width interval, workflow text) TO service_role;
 
 REVOKE ALL ON FUNCTION email_api.get_delivery(delivery_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION email_api.get_delivery(delivery_id text) TO authenticated;

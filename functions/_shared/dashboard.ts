@@ -218,7 +218,7 @@ export async function dashboardData(sql: Sql, params: URLSearchParams): Promise<
         and d.updated_at >= ${since}
         and (${workflow}::text is null or d.workflow = ${workflow})
       order by d.updated_at desc limit 25`,
-    // the workflows with deliveries queued since `since` (from its hour on, at most a day early):
+    // the workflows with deliveries queued since `since` (from the start of its hour):
     // the rollups' hours of its day, their days after it, and the rows queued since the last folded hour
     sql<{ workflow: string }[]>`
       select w.workflow from (
