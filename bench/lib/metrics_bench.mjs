@@ -136,9 +136,49 @@ export async function timeMetrics(url, { log = console.log, times = 5 } = {}) {
           Object.values(windows).every((w) => w.max_percentile_error <= 0.01) ? "MET" : "MISSED"
         }`,
     );
+    const dashboard = await timeDashboardSeries(sql, times);
+    log(
+      `  dashboard 30 days (1-day buckets by status): rollups ${dashboard.rollups_median_ms} / ${dashboard.rollups_max_ms} ms, ` +
+        `rows ${dashboard.rows_median_ms} / ${dashboard.rows_max_ms} ms (median/max, ${dashboard.speedup}x), ` +
+        `same series: ${dashboard.same_series ? "yes" : "NO"} (${dashboard.points} points)`,
+    );
     await sql.unsafe(`drop schema bench_exact cascade`);
-    return { rebuild_seconds: round(rebuildSeconds, 1), rebuilt, folded_after: folded, sizes, windows };
+    return { rebuild_seconds: round(rebuildSeconds, 1), rebuilt, folded_after: folded, sizes, windows, dashboard };
   } finally {
     await sql.end();
   }
+}
+
+/**
+ * The dashboard's deliveries over time for 30 days ending now (1-day buckets, UTC-aligned):
+ * email_api.delivery_series (from the rollups) against the row query the dashboard ran before (the
+ * same buckets), `times` runs each; and whether they give the same series.
+ */
+async function timeDashboardSeries(sql, times) {
+  const until = new Date();
+  const since = new Date(until.getTime() - 30 * 86400_000);
+  const run = async (query) => {
+    const ms = [];
+    let rows;
+    for (let i = 0; i < times; i++) {
+      const t = performance.now();
+      rows = await sql.unsafe(query, [since, until]);
+      ms.push(performance.now() - t);
+    }
+    return { rows: JSON.stringify(rows.map((r) => [r.t.toISOString(), r.status, Number(r.n)])), ms };
+  };
+  const rolled = await run(`select s.t, s.status, s.n from email_api.delivery_series($1, $2, '1 day', null) s`);
+  const rows = await run(`
+    select date_bin('1 day', d.queued_at, '2001-01-01 00:00:00+00') as t, d.status, count(*) as n
+    from email.deliveries d where d.queued_at >= $1 and d.queued_at < $2
+    group by 1, 2 order by 1, 2`);
+  return {
+    rollups_median_ms: round(median(rolled.ms), 1),
+    rollups_max_ms: round(Math.max(...rolled.ms), 1),
+    rows_median_ms: round(median(rows.ms), 1),
+    rows_max_ms: round(Math.max(...rows.ms), 1),
+    speedup: round(median(rows.ms) / median(rolled.ms), 1),
+    same_series: rolled.rows === rows.rows,
+    points: JSON.parse(rolled.rows).length,
+  };
 }

@@ -215,6 +215,15 @@ $$;
 -- workflow; each answered with exact percentiles (exact_latency_limit high) and from the histogram
 -- (limit 0). Everything but the percentiles must equal the exact answer; the exact percentiles too;
 -- the histogram's within 0.5 % + 0.1 ms (both are rounded to 0.1 ms).
+-- The k-th random window: starts within the three days (and a bit before), ends by two hours after
+-- them; every fifth one shorter than an hour.
+create function pg_temp.random_window(k int, out since timestamptz, out until timestamptz) language plpgsql as $$
+begin
+  since := (select t from base) - make_interval(secs => random() * 3.1 * 86400);
+  until := case when k % 5 = 0 then since + make_interval(secs => random() * 3000)
+    else since + make_interval(secs => random() * extract(epoch from (select t from base) + interval '2 hours' - since)) end;
+end
+$$;
 create temp table checks (k int, wf text, what text, ok boolean, got jsonb, want jsonb);
 create temp table sources (k int, source jsonb);
 do $$
@@ -232,9 +241,7 @@ declare
   x jsonb;
 begin
   for k in 1..30 loop
-    since := (select t from base) - make_interval(secs => random() * 3.1 * 86400);
-    until := case when k % 5 = 0 then since + make_interval(secs => random() * 3000)
-      else since + make_interval(secs => random() * extract(epoch from (select t from base) + interval '2 hours' - since)) end;
+    select w.since, w.until into since, until from pg_temp.random_window(k) w;
     foreach wf in array array[null, 't-roll-a'] loop
       update email.metric_state set exact_latency_limit = 10000000;
       doc := email_api.metrics(since, until, wf);
@@ -290,7 +297,8 @@ select is((select jsonb_agg(c) from checks c where what like '% outcomes' and no
   'attempt outcomes by domain and by relay label equal the events'' over every window');
 
 -- Deliveries over time (the dashboard's chart) -------------------------------------------------
--- email_api.delivery_series over 30 random windows with mid-hour edges (the tail still unfolded),
+-- email_api.delivery_series over 30 random windows with mid-hour edges (the tail still unfolded; a
+-- fifth shorter than an hour),
 -- widths of hours and days (from the rollups) and 15 minutes (from the rows), with and without a
 -- workflow, equals the count of the rows per UTC-aligned bucket and current status.
 create function pg_temp.exact_series(since timestamptz, until timestamptz, width interval, wf text) returns jsonb language sql as $$
@@ -312,8 +320,7 @@ declare
   want jsonb;
 begin
   for k in 1..30 loop
-    since := (select t from base) - make_interval(secs => random() * 3.1 * 86400);
-    until := since + make_interval(secs => random() * extract(epoch from (select t from base) + interval '2 hours' - since));
+    select w.since, w.until into since, until from pg_temp.random_window(k) w;
     foreach width in array array['1 hour', '6 hours', '1 day', '15 minutes']::interval[] loop
       foreach wf in array array[null, 't-roll-a'] loop
         got := (select coalesce(jsonb_agg(jsonb_build_object('t', s.t, 'status', s.status, 'n', s.n) order by s.t, s.status), '[]')
