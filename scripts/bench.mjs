@@ -2,7 +2,8 @@
 //   (a)+(d) end to end through the real HTTP handler to a local SMTP sink, tracking on and off,
 //           database round trips and added latency per delivery (bench/e2e.ts, run with Deno)
 //   (b)     complete lifecycles per second in Postgres at 1, 8 and 32 clients vs a plain baseline
-//   (c)     the same with a million deliveries already stored; sweep and metrics query times
+//   (c)     the same with a million deliveries already stored (--rows=10000000 for the 10M scale proof);
+//           sweep and metrics query times; the retention job removing the oldest month under load
 // Prints tables and ratios and writes everything to bench/results/<timestamp>.json.
 //
 // Options (flags or environment):
@@ -20,7 +21,7 @@ import path from "node:path";
 import postgres from "postgres";
 import { migrate, recreateDatabase, root, startServer } from "./lib/postgres.mjs";
 import { createBaseline, measureMatrix } from "../bench/lib/lifecycle.mjs";
-import { loadHistory, timeSweepAndMetrics } from "../bench/lib/growth.mjs";
+import { loadHistory, reportRetention, retentionAtScale, timeSweepAndMetrics } from "../bench/lib/growth.mjs";
 import { round, table } from "../bench/lib/stats.mjs";
 
 const flags = Object.fromEntries(
@@ -80,6 +81,8 @@ try {
       log(`(c) lifecycles per second with the history in place`);
       results.growth.lifecycle = await measureMatrix(url, { clientsList, seconds, rounds, label: "1M", log });
       results.growth.queries = await timeSweepAndMetrics(url);
+      log(`(c) the retention job under a concurrent lifecycle load`);
+      results.growth.retention = await retentionAtScale(url, { log });
     }
   }
 
@@ -197,6 +200,7 @@ function report(r) {
     if (!q.metrics_present) log("metrics functions: not present in this schema (no email_api metrics migration yet)");
     log("due select plan:\n  " + q.due_plan.join("\n  "));
   }
+  if (r.growth?.retention) reportRetention(r.growth.retention, log);
   if (r.e2e && !r.e2e.error) {
     const x = r.e2e;
     log("\nend to end (HTTP push -> handler -> SMTP sink)");

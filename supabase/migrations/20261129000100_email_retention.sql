@@ -300,6 +300,7 @@ create table email.retention_runs (
   webhook_messages_deleted bigint not null check (webhook_messages_deleted >= 0),
   partitions_dropped text[] not null,
   partitions_created text[] not null,
+  trail_locked_ms double precision check (trail_locked_ms >= 0),
   backlog boolean not null,
   actor text not null
 );
@@ -307,6 +308,7 @@ alter table email.retention_runs enable row level security;
 comment on table email.retention_runs is 'What each run of email.run_retention removed: deliveries, events (in whole weekly partitions), webhook messages; and the events it carried over';
 comment on column email.retention_runs.cutoff is 'Finished deliveries completed before it and event partitions ending at or before it were removed (a week boundary: now() - history_retention, rounded down)';
 comment on column email.retention_runs.events_carried is 'Events of kept deliveries (open, dead letters, finished after the cutoff) moved out of the dropped partitions into email.delivery_events_default';
+comment on column email.retention_runs.trail_locked_ms is 'How long the run held email.delivery_events in ACCESS EXCLUSIVE mode to detach and drop (inserts waited meanwhile); null when it did not lock it';
 comment on column email.retention_runs.backlog is 'Partitions past the cutoff wait for the next run: finished deliveries before the cutoff remained after max_batches, or the trail''s lock was not had';
 grant select on email.retention_runs to service_role;
 
@@ -353,6 +355,7 @@ declare
   unsent bigint;
   attempt integer := 0;
   locked boolean := false;
+  locked_at timestamptz;
   lock_timeout_was text := pg_catalog.current_setting('lock_timeout');
 begin
   if batch_size is null or batch_size < 1 or max_batches is null or max_batches < 1 then
@@ -437,6 +440,7 @@ begin
             perform pg_catalog.set_config('lock_timeout', (extract(epoch from lock_wait) * 1000)::bigint::text, true);
             lock table email.delivery_events in access exclusive mode;
             locked := true;
+            locked_at := pg_catalog.clock_timestamp();
           exception when lock_not_available then
             attempt := attempt + 1;
             if attempt >= 10 then
@@ -477,19 +481,22 @@ begin
       run.events_carried := 0;
       run.webhook_messages_deleted := 0;
       run.backlog := true;
+      locked_at := null;
     end;
   end if;
 
   perform pg_catalog.set_config('email.retention_running', '', true);
   run.partitions_dropped := dropped;
   run.finished_at := pg_catalog.clock_timestamp();
+  run.trail_locked_ms := extract(epoch from run.finished_at - locked_at) * 1000;
   if run.deliveries_deleted = 0 and run.events_deleted = 0 and cardinality(run.partitions_created) = 0 then
     return null;
   end if;
   insert into email.retention_runs (started_at, finished_at, retention, cutoff, deliveries_deleted, events_deleted,
-    events_carried, webhook_messages_deleted, partitions_dropped, partitions_created, backlog, actor)
+    events_carried, webhook_messages_deleted, partitions_dropped, partitions_created, trail_locked_ms, backlog, actor)
   values (run.started_at, run.finished_at, run.retention, run.cutoff, run.deliveries_deleted, run.events_deleted,
-    run.events_carried, run.webhook_messages_deleted, run.partitions_dropped, run.partitions_created, run.backlog, run.actor)
+    run.events_carried, run.webhook_messages_deleted, run.partitions_dropped, run.partitions_created, run.trail_locked_ms,
+    run.backlog, run.actor)
   returning * into run;
   return run;
 end

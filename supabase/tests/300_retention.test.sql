@@ -2,7 +2,7 @@
 -- email.settings.history_retention, drops their weeks' event partitions (carrying the events of kept
 -- deliveries), deletes the webhook messages of removed events, and records each run.
 begin;
-select plan(44);
+select plan(46);
 
 \ir fixtures/helpers.psql
 select tests.create_supabase_user('ann', 'ann@example.com');
@@ -91,6 +91,8 @@ create temporary table run as select * from email.run_retention();
 select is((select cutoff from run), (select t from cutoff), 'the cutoff is the UTC week start of now() - 90 days');
 select is((select deliveries_deleted from run), 2::bigint, 'the other finished deliveries past the cutoff are deleted');
 select is((select backlog from run), false, 'no backlog left');
+select ok((select trail_locked_ms between 0 and 5000 from run), 'the trail was locked for the drop only, and the time is recorded');
+select is((select trail_locked_ms from first_run), null, 'the run that dropped nothing did not lock the trail');
 select results_eq(
   $$ select delivery_id from email.deliveries where workflow = 'pgtap-300' order by delivery_id $$,
   array['old-dead', 'old-open', 'recent', 'straddle'],
