@@ -733,7 +733,7 @@ $$;
 
 COMMENT ON FUNCTION email.mark_retrying(delivery_id text, attempt integer, error_code text, error_message text) IS 'in_progress -> retrying after the backoff (fenced); internal to record_failure';
 
-CREATE FUNCTION email.mark_sent(delivery_id text, attempt integer, provider_message_id text DEFAULT NULL::text, provider_response text DEFAULT NULL::text) RETURNS email.deliveries
+CREATE FUNCTION email.mark_sent(delivery_id text, attempt integer, provider_message_id text DEFAULT NULL::text, provider_response text DEFAULT NULL::text, relay text DEFAULT NULL::text) RETURNS email.deliveries
     LANGUAGE plpgsql
     SET search_path TO ''
     AS $$
@@ -743,6 +743,7 @@ begin
   if d.status = 'sent' then
     return d;
   end if;
+  perform email._set_event_detail(jsonb_strip_nulls(jsonb_build_object('relay', left(mark_sent.relay, 255))));
   update email.deliveries x
   set status = 'sent',
       provider_message_id = mark_sent.provider_message_id,
@@ -753,7 +754,7 @@ begin
 end
 $$;
 
-COMMENT ON FUNCTION email.mark_sent(delivery_id text, attempt integer, provider_message_id text, provider_response text) IS 'Record a successful attempt (fenced by attempt number)';
+COMMENT ON FUNCTION email.mark_sent(delivery_id text, attempt integer, provider_message_id text, provider_response text, relay text) IS 'Record a successful attempt (fenced by attempt number) and the relay it went through';
 
 CREATE FUNCTION email.metric_samples() RETURNS TABLE(family text, type text, help text, sample text, labels jsonb, value double precision)
     LANGUAGE plpgsql
@@ -953,7 +954,7 @@ $_$;
 
 COMMENT ON FUNCTION email.recipient_domain(recipient text) IS 'Lower-cased domain of a recipient address; null when it has none';
 
-CREATE FUNCTION email.record_failure(delivery_id text, attempt integer, message text, reply_code integer DEFAULT NULL::integer, enhanced_code text DEFAULT NULL::text, transport_code text DEFAULT NULL::text) RETURNS TABLE(status text, next_attempt_at timestamp with time zone, error_code text, hard_bounce boolean)
+CREATE FUNCTION email.record_failure(delivery_id text, attempt integer, message text, reply_code integer DEFAULT NULL::integer, enhanced_code text DEFAULT NULL::text, transport_code text DEFAULT NULL::text, relay text DEFAULT NULL::text) RETURNS TABLE(status text, next_attempt_at timestamp with time zone, error_code text, hard_bounce boolean)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
@@ -964,8 +965,9 @@ declare
   f record;
 begin
   select x.rule, x.error_code into f from email.failure_rule(record_failure.reply_code, enhanced, transport) x;
-  -- The facts and the rule's verdict go into the trail (the audit trigger consumes the detail).
+  -- The facts, the rule's verdict and the relay go into the trail (the audit trigger consumes the detail).
   perform email._set_event_detail(coalesce(nullif(current_setting('email.event_detail', true), '')::jsonb, '{}')
+    || jsonb_strip_nulls(jsonb_build_object('relay', left(record_failure.relay, 255)))
     || jsonb_build_object('failure', jsonb_strip_nulls(jsonb_build_object(
       'reply_code', record_failure.reply_code, 'enhanced_code', enhanced, 'transport_code', transport,
       'rule', (f.rule).priority, 'class', (f.rule).class, 'hard_bounce', (f.rule).hard_bounce))));
@@ -981,7 +983,7 @@ begin
 end
 $$;
 
-COMMENT ON FUNCTION email.record_failure(delivery_id text, attempt integer, message text, reply_code integer, enhanced_code text, transport_code text) IS 'Record a failed attempt from its facts; email.failure_rules and the retry policy decide retrying, failed or dead_letter';
+COMMENT ON FUNCTION email.record_failure(delivery_id text, attempt integer, message text, reply_code integer, enhanced_code text, transport_code text, relay text) IS 'Record a failed attempt from its facts and relay; email.failure_rules and the retry policy decide retrying, failed or dead_letter';
 
 CREATE FUNCTION email.record_queued(delivery_id text, workflow text, recipient text, payload jsonb, metadata jsonb DEFAULT '{}'::jsonb, user_id uuid DEFAULT NULL::uuid) RETURNS email.deliveries
     LANGUAGE plpgsql
@@ -2848,8 +2850,8 @@ GRANT ALL ON FUNCTION email.mark_in_progress(delivery_id text, lease_seconds int
 
 REVOKE ALL ON FUNCTION email.mark_retrying(delivery_id text, attempt integer, error_code text, error_message text) FROM PUBLIC;
 
-REVOKE ALL ON FUNCTION email.mark_sent(delivery_id text, attempt integer, provider_message_id text, provider_response text) FROM PUBLIC;
-GRANT ALL ON FUNCTION email.mark_sent(delivery_id text, attempt integer, provider_message_id text, provider_response text) TO service_role;
+REVOKE ALL ON FUNCTION email.mark_sent(delivery_id text, attempt integer, provider_message_id text, provider_response text, relay text) FROM PUBLIC;
+GRANT ALL ON FUNCTION email.mark_sent(delivery_id text, attempt integer, provider_message_id text, provider_response text, relay text) TO service_role;
 
 REVOKE ALL ON FUNCTION email.metric_samples() FROM PUBLIC;
 GRANT ALL ON FUNCTION email.metric_samples() TO service_role;
@@ -2876,8 +2878,8 @@ GRANT ALL ON FUNCTION email.reap_expired_leases() TO service_role;
 REVOKE ALL ON FUNCTION email.recipient_domain(recipient text) FROM PUBLIC;
 GRANT ALL ON FUNCTION email.recipient_domain(recipient text) TO service_role;
 
-REVOKE ALL ON FUNCTION email.record_failure(delivery_id text, attempt integer, message text, reply_code integer, enhanced_code text, transport_code text) FROM PUBLIC;
-GRANT ALL ON FUNCTION email.record_failure(delivery_id text, attempt integer, message text, reply_code integer, enhanced_code text, transport_code text) TO service_role;
+REVOKE ALL ON FUNCTION email.record_failure(delivery_id text, attempt integer, message text, reply_code integer, enhanced_code text, transport_code text, relay text) FROM PUBLIC;
+GRANT ALL ON FUNCTION email.record_failure(delivery_id text, attempt integer, message text, reply_code integer, enhanced_code text, transport_code text, relay text) TO service_role;
 
 REVOKE ALL ON FUNCTION email.record_queued(delivery_id text, workflow text, recipient text, payload jsonb, metadata jsonb, user_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION email.record_queued(delivery_id text, workflow text, recipient text, payload jsonb, metadata jsonb, user_id uuid) TO service_role;

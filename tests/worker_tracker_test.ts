@@ -430,3 +430,24 @@ test("a programming error in the half-open breaker's trial call does not leave t
     gate.close();
   }
 });
+
+test("each attempt's outcome event records the relay it went through (SMTP_HOST), the other events none", async () => {
+  await withHarness(async ({ smtp, worker, db, token }) => {
+    const replies: Record<string, { code: number; message: string } | undefined> = {};
+    smtp.respond = (mail) => replies[String((mail.to as { text: string }).text)];
+    const sent = verificationEvent();
+    const retrying = verificationEvent();
+    const failed = verificationEvent();
+    replies[retrying.recipient] = { code: 451, message: "4.3.0 Try again later" };
+    replies[failed.recipient] = { code: 550, message: "5.1.1 No such user" };
+    for (const event of [sent, retrying, failed]) {
+      assertEquals((await worker.push(envelope(event), { token })).status, 200);
+    }
+    for (const [event, outcome] of [[sent, "sent"], [retrying, "retrying"], [failed, "failed"]] as const) {
+      const events = await db.events(event.deliveryId!);
+      const relays = events.map((e) => [e.to_status, (e as unknown as { detail: { relay?: string } }).detail.relay]);
+      assertEquals(relays.at(-1), [outcome, "127.0.0.1"]);
+      assertEquals(relays.slice(0, -1).filter(([, relay]) => relay !== undefined), []);
+    }
+  });
+});

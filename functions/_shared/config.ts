@@ -146,6 +146,8 @@ export type Config = {
     timeoutMs: number;
     breakerThreshold: number;
     breakerCooldownMs: number;
+    /** The SMTP relay host (SMTP_HOST) the tracker records with each attempt's outcome. */
+    relay?: string;
   };
   sweep: { secret?: string; batchSize: number; timeBudgetMs: number };
   leaseSeconds: number;
@@ -214,6 +216,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       timeoutMs: e.TRACKER_TIMEOUT_MS,
       breakerThreshold: e.TRACKER_BREAKER_THRESHOLD,
       breakerCooldownMs: e.TRACKER_BREAKER_COOLDOWN_MS,
+      relay: e.SMTP_HOST,
     },
     sweep: { secret: e.SWEEP_SECRET, batchSize: e.SWEEP_BATCH_SIZE, timeBudgetMs: e.SWEEP_TIME_BUDGET_MS },
     leaseSeconds: e.LEASE_SECONDS,

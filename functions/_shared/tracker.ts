@@ -90,10 +90,12 @@ export type TrackerHealth = {
 export type StatusTracker = {
   /** record_queued, then mark_in_progress, in one round trip. */
   queueAndClaim(request: QueueRequest, leaseSeconds: number): Promise<QueueResult>;
+  /** mark_sent; the outcome's event records the relay (tracking.relay, from SMTP_HOST) as detail.relay. */
   markSent(deliveryId: string, attempt: number, sent: { messageId: string; response: string }): Promise<OutcomeResult>;
   /**
    * record_failure with the facts of a failed send: the database's failure rules decide retrying,
-   * failed or dead_letter, and the error code it records (returned as errorCode).
+   * failed or dead_letter, and the error code it records (returned as errorCode); the event records the
+   * relay as detail.relay.
    */
   recordFailure(
     deliveryId: string,
@@ -133,6 +135,8 @@ export function createStatusTracker(
     return noopTracker();
   }
   const pool = createTrackerPool(tracking, options);
+  // The relay each attempt's outcome went through, in the outcome's audit event (detail->>'relay').
+  const relay = tracking.relay === undefined ? null : storable(tracking.relay, 255);
 
   /** An SQL error other than the ones the RPC's result type names: deterministic, logged once. */
   function sqlError(action: string, e: { sqlstate: string; message: string }) {
@@ -194,12 +198,14 @@ export function createStatusTracker(
     markSent: (id, attempt, sent) =>
       fenced("mark_sent", (db) =>
         db`select status from email.mark_sent(
-          ${id}, ${attempt}::integer, ${storable(sent.messageId, 998)}, ${storable(sent.response, 512)})`),
+          ${id}, ${attempt}::integer, ${storable(sent.messageId, 998)}, ${
+          storable(sent.response, 512)
+        }, ${relay}::text)`),
     recordFailure: (id, attempt, f) =>
       fenced("record_failure", (db) =>
         db`select status, next_attempt_at, error_code from email.record_failure(
           ${id}, ${attempt}::integer, ${storable(f.message, 512)}, ${f.replyCode ?? null}::integer,
-          ${f.enhancedCode ?? null}, ${f.transportCode ?? null})`),
+          ${f.enhancedCode ?? null}, ${f.transportCode ?? null}, ${relay}::text)`),
     markFailed: (id, attempt, f) =>
       fenced("mark_failed", (db) =>
         db`select status from email.mark_failed(

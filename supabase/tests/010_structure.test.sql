@@ -138,8 +138,8 @@ select has_function('email', f, a, format('function email.%s(%s)', f, array_to_s
 from (values
   ('record_queued', array['text', 'text', 'text', 'jsonb', 'jsonb', 'uuid']),
   ('mark_in_progress', array['text', 'integer']),
-  ('mark_sent', array['text', 'integer', 'text', 'text']),
-  ('record_failure', array['text', 'integer', 'text', 'integer', 'text', 'text']),
+  ('mark_sent', array['text', 'integer', 'text', 'text', 'text']),
+  ('record_failure', array['text', 'integer', 'text', 'integer', 'text', 'text', 'text']),
   ('failure_rule', array['integer', 'text', 'text']),
   ('mark_retrying', array['text', 'integer', 'text', 'text']),
   ('mark_failed', array['text', 'integer', 'text', 'text']),
@@ -155,13 +155,13 @@ from (values
 ) v(f, a);
 select function_returns('email', 'record_queued', array['text', 'text', 'text', 'jsonb', 'jsonb', 'uuid'], 'email.deliveries');
 select function_returns('email', 'mark_in_progress', array['text', 'integer'], 'integer');
-select function_returns('email', 'mark_sent', array['text', 'integer', 'text', 'text'], 'email.deliveries');
-select function_returns('email', 'record_failure', array['text', 'integer', 'text', 'integer', 'text', 'text'], 'setof record');
+select function_returns('email', 'mark_sent', array['text', 'integer', 'text', 'text', 'text'], 'email.deliveries');
+select function_returns('email', 'record_failure', array['text', 'integer', 'text', 'integer', 'text', 'text', 'text'], 'setof record');
 select is(
   (select array_agg(a order by n) from pg_proc p, unnest(p.proargnames) with ordinality u(a, n)
-   where p.oid = 'email.record_failure(text, integer, text, integer, text, text)'::regprocedure and p.proargmodes[n] = 'i'),
-  array['delivery_id', 'attempt', 'message', 'reply_code', 'enhanced_code', 'transport_code'],
-  'record_failure takes the facts of a failure, not a verdict'
+   where p.oid = 'email.record_failure(text, integer, text, integer, text, text, text)'::regprocedure and p.proargmodes[n] = 'i'),
+  array['delivery_id', 'attempt', 'message', 'reply_code', 'enhanced_code', 'transport_code', 'relay'],
+  'record_failure takes the facts of a failure (and the relay), not a verdict'
 );
 select function_returns('email', 'requeue', array['text', 'text'], 'email.deliveries');
 select function_returns('email', 'claim_due', array['integer', 'integer'], 'setof record');
@@ -207,7 +207,7 @@ select ok(
 )
 from unnest(array[
   'email.record_queued(text, text, text, jsonb, jsonb, uuid)', 'email.mark_in_progress(text, integer)',
-  'email.mark_sent(text, integer, text, text)', 'email.record_failure(text, integer, text, integer, text, text)',
+  'email.mark_sent(text, integer, text, text, text)', 'email.record_failure(text, integer, text, integer, text, text, text)',
   'email.failure_rule(integer, text, text)', 'email.mark_failed(text, integer, text, text)', 'email.requeue(text, text)',
   'email.claim_due(integer, integer)', 'email.reap_expired_leases()',
   'email.renew_lease(text, integer, integer, boolean)', 'email.record_rejected(text, text, bytea, text, text, jsonb, integer, text[])'
