@@ -244,6 +244,18 @@ $$;
 
 COMMENT ON FUNCTION email._require_support_or_service() IS 'Raises 42501 unless the caller is support staff or bypasses RLS';
 
+CREATE FUNCTION email._secure_event_partition(name text) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+begin
+  execute format('alter table email.%I enable row level security', name);
+  execute format('revoke all on email.%I from public, anon, authenticated, service_role', name);
+  execute format('create trigger _110_refuse_truncate before truncate on email.%I
+                  for each statement execute function email.tg_delivery_events__refuse_change()', name);
+end
+$$;
+
 CREATE FUNCTION email._set_actor(actor text) RETURNS void
     LANGUAGE sql
     SET search_path TO ''
@@ -501,10 +513,7 @@ begin
       else
         execute format('create table email.%I partition of email.delivery_events for values %s', name, bounds);
       end if;
-      execute format('alter table email.%I enable row level security', name);
-      execute format('revoke all on email.%I from public, anon, authenticated, service_role', name);
-      execute format('create trigger _110_refuse_truncate before truncate on email.%I
-                      for each statement execute function email.tg_delivery_events__refuse_change()', name);
+      perform email._secure_event_partition(name);
       execute format('comment on table email.%I is %L', name, 'Audit events of the week from ' || week::date);
       created := created || name;
     end if;
@@ -1431,45 +1440,54 @@ begin
     select from email.deliveries x
     where x.status in ('sent', 'failed', 'suppressed', 'purged') and x.completed_at < run.cutoff);
 
-  -- 3. The partitions of weeks before the cutoff, once their deliveries are gone. In a block of its
-  -- own: when the trail's lock cannot be had, all of step 3 is undone and waits for the next run
-  -- (the deletions above stay).
+  -- 3. The partitions of weeks before the cutoff, once their deliveries are gone: each is dropped,
+  -- or replaced by a copy holding only its events of kept deliveries (delivery_events_pYYYYMMDD_kept,
+  -- same bounds). Earlier copies are compacted the same way when a delivery of theirs has gone. In a
+  -- block of its own: when the trail's lock cannot be had, all of step 3 is undone and waits for the
+  -- next run (the deletions above stay).
   if not run.backlog then
     begin
-      if to_regclass('pg_temp.retention_carried') is null then
-        create temporary table retention_carried (like email.delivery_events) on commit drop;
-      end if;
-      truncate pg_temp.retention_carried;
       for p in
-        select c.oid::regclass as rel, c.relname::text as name
+        select c.relname::text as name, c.relname ~ '_kept$' as kept,
+          pg_catalog.to_timestamp(substr(c.relname, 18, 8), 'YYYYMMDD')::timestamp at time zone 'UTC' as lo
         from pg_catalog.pg_inherits i
         join pg_catalog.pg_class c on c.oid = i.inhrelid
         where i.inhparent = 'email.delivery_events'::regclass
-          and c.relname ~ '^delivery_events_p[0-9]{8}$'
-          and pg_catalog.to_timestamp(substr(c.relname, 18), 'YYYYMMDD')::timestamp at time zone 'UTC'
+          and c.relname ~ '^delivery_events_p[0-9]{8}(_kept)?$'
+          and pg_catalog.to_timestamp(substr(c.relname, 18, 8), 'YYYYMMDD')::timestamp at time zone 'UTC'
             + interval '168 hours' <= run.cutoff
+          and (c.relname !~ '_kept$' or run.deliveries_deleted > 0)
         order by c.relname
       loop
-        execute format('lock table %s in share mode', p.rel);
-        execute format('select count(*) from %s', p.rel) into n;
-        run.events_deleted := run.events_deleted + n;
-        execute format('insert into pg_temp.retention_carried select e.* from %s e
-                        where exists (select from email.deliveries d where d.delivery_id = e.delivery_id)', p.rel);
-        get diagnostics n = row_count;
-        run.events_carried := run.events_carried + n;
-        run.events_deleted := run.events_deleted - n;
-        execute format('delete from email.webhook_outbox o using %s e where o.event_id = e.id
-                        and not exists (select from email.deliveries d where d.delivery_id = e.delivery_id)', p.rel);
-        get diagnostics n = row_count;
-        run.webhook_messages_deleted := run.webhook_messages_deleted + n;
+        -- Nothing can be added to it from here on; read it while the lifecycle runs on.
+        execute format('lock table email.%I in share mode', p.name);
+        execute format('select count(*) from email.%I', p.name) into n;
+        part := 'delivery_events_p' || substr(p.name, 18, 8) || '_new';
+        execute format('create table email.%I (like email.delivery_events including defaults including indexes)', part);
+        execute format('alter table email.%I add constraint %I check (created_at >= %L and created_at < %L)',
+          part, part || '_bounds', p.lo, p.lo + interval '168 hours');
+        execute format('insert into email.%I select e.* from email.%I e
+                        where exists (select from email.deliveries d where d.delivery_id = e.delivery_id)', part, p.name);
+        get diagnostics removed = row_count;
+        if p.kept and removed = n then
+          execute format('drop table email.%I', part); -- a kept copy with nothing to remove: left as it is
+          continue;
+        end if;
+        if not p.kept then
+          run.events_carried := run.events_carried + removed;
+        end if;
+        run.events_deleted := run.events_deleted + n - removed;
+        execute format('delete from email.webhook_outbox o using email.%I e where o.event_id = e.id
+                        and not exists (select from email.deliveries d where d.delivery_id = e.delivery_id)', p.name);
+        get diagnostics unsent = row_count;
+        run.webhook_messages_deleted := run.webhook_messages_deleted + unsent;
+        if removed = 0 then
+          execute format('drop table email.%I', part);
+        end if;
         dropped := dropped || p.name;
       end loop;
 
-      -- Carried events whose delivery has gone since are compacted away too.
-      if cardinality(dropped) > 0 or exists (
-        select from email.delivery_events_default e
-        where e.created_at < run.cutoff and not exists (select from email.deliveries d where d.delivery_id = e.delivery_id)
-      ) then
+      if cardinality(dropped) > 0 then
         -- The trail's lock, waited for briefly (inserts queue behind a waiting ACCESS EXCLUSIVE request).
         while not locked loop
           begin
@@ -1487,28 +1505,25 @@ begin
         end loop;
         perform pg_catalog.set_config('lock_timeout', lock_timeout_was, true);
 
+        -- Catalogue changes only: the copies' bounds are proven by their CHECK constraint (no scan),
+        -- and the default partition, normally empty, is all the attach reads.
         foreach part in array dropped loop
           execute format('alter table email.delivery_events detach partition email.%I', part);
-        end loop;
-        alter table email.delivery_events detach partition email.delivery_events_default;
-        insert into email.delivery_events_default select c.* from pg_temp.retention_carried c;
-        -- The compaction, while the default partition is detached (no append-only refusal there).
-        with gone as (
-          delete from email.delivery_events_default e
-          where e.created_at < run.cutoff
-            and not exists (select from email.deliveries d where d.delivery_id = e.delivery_id)
-          returning e.id
-        ),
-        gone_messages as (
-          delete from email.webhook_outbox o using gone g where o.event_id = g.id returning 1
-        )
-        select (select count(*) from gone), (select count(*) from gone_messages) into removed, unsent;
-        run.events_deleted := run.events_deleted + removed;
-        run.webhook_messages_deleted := run.webhook_messages_deleted + unsent;
-        alter table email.delivery_events attach partition email.delivery_events_default default;
-        foreach part in array dropped loop
           execute format('drop table email.%I', part);
+          if to_regclass('email.delivery_events_p' || substr(part, 18, 8) || '_new') is not null then
+            execute format('alter table email.%I rename to %I',
+              'delivery_events_p' || substr(part, 18, 8) || '_new', 'delivery_events_p' || substr(part, 18, 8) || '_kept');
+            perform email._secure_event_partition('delivery_events_p' || substr(part, 18, 8) || '_kept');
+            execute format('comment on table email.%I is %L', 'delivery_events_p' || substr(part, 18, 8) || '_kept',
+              'Audit events of kept deliveries (open, dead letters, finished after the cutoff) of the week from '
+                || substr(part, 18, 8));
+            execute format('alter table email.delivery_events attach partition email.%I for values from (%L) to (%L)',
+              'delivery_events_p' || substr(part, 18, 8) || '_kept',
+              pg_catalog.to_timestamp(substr(part, 18, 8), 'YYYYMMDD')::timestamp at time zone 'UTC',
+              (pg_catalog.to_timestamp(substr(part, 18, 8), 'YYYYMMDD')::timestamp at time zone 'UTC') + interval '168 hours');
+          end if;
         end loop;
+        dropped := array(select d from unnest(dropped) d where d !~ '_kept$');
       end if;
     exception when lock_not_available then
       perform pg_catalog.set_config('lock_timeout', lock_timeout_was, true);
@@ -2787,6 +2802,8 @@ REVOKE ALL ON FUNCTION email._request_hash(workflow text, recipient text, payloa
 GRANT ALL ON FUNCTION email._request_hash(workflow text, recipient text, payload jsonb, user_id uuid) TO service_role;
 
 REVOKE ALL ON FUNCTION email._require_support_or_service() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION email._secure_event_partition(name text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION email._set_actor(actor text) FROM PUBLIC;
 GRANT ALL ON FUNCTION email._set_actor(actor text) TO service_role;
