@@ -1379,7 +1379,7 @@ COMMENT ON TABLE email.retention_runs IS 'What each run of email.run_retention r
 
 COMMENT ON COLUMN email.retention_runs.cutoff IS 'Finished deliveries completed before it and event partitions ending at or before it were removed (a week boundary: now() - history_retention, rounded down)';
 
-COMMENT ON COLUMN email.retention_runs.events_carried IS 'Events of kept deliveries (open, dead letters, finished after the cutoff) moved out of the dropped partitions into email.delivery_events_default';
+COMMENT ON COLUMN email.retention_runs.events_carried IS 'Events of kept deliveries (open, dead letters, finished after the cutoff) kept from the dropped partitions, in copies of them (delivery_events_pYYYYMMDD_kept)';
 
 COMMENT ON COLUMN email.retention_runs.trail_locked_ms IS 'How long the run held email.delivery_events in ACCESS EXCLUSIVE mode to detach and drop (inserts waited meanwhile); null when it did not lock it';
 
@@ -2242,7 +2242,7 @@ CREATE TABLE email.delivery_events_default (
     created_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
-COMMENT ON TABLE email.delivery_events_default IS 'Events no weekly partition covers: carried events of kept deliveries, and rows written before their week''s partition existed (moved by email.ensure_event_partitions)';
+COMMENT ON TABLE email.delivery_events_default IS 'Events no weekly partition covers: rows written before their week''s partition existed (moved by email.ensure_event_partitions); normally empty';
 
 ALTER TABLE email.delivery_events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME email.delivery_events_id_seq

@@ -25,10 +25,15 @@
  *   partition here has a rule pg_partman has no notion of: the events of deliveries that are kept
  *   (still open, dead letters under their own policy, or finished after the cutoff) are carried
  *   over before the partition goes (below).
+ * - Kept deliveries' events are carried into a copy of their week's partition holding only them
+ *   (delivery_events_pYYYYMMDD_kept, same bounds, built beside the trail with a CHECK constraint of
+ *   those bounds so attaching it reads nothing): the trail's ACCESS EXCLUSIVE lock then covers
+ *   catalogue changes only, however many events are kept. A copy is compacted the same way once
+ *   deliveries of its own have gone, and dropped when none is left.
  * - A default partition (email.delivery_events_default) catches any row no weekly partition covers,
  *   so an insert never fails when the job has not run for weeks; the next
- *   email.ensure_event_partitions moves such rows into the week's new partition. It also keeps the
- *   carried events of kept deliveries (older than every weekly partition).
+ *   email.ensure_event_partitions moves such rows into the week's new partition. Normally empty, so
+ *   creating or attaching a partition (which must check it) reads nothing.
  *
  * What the table looks like now
  * - Primary key (id, created_at): a unique key on a partitioned table must include the partition
@@ -90,10 +95,10 @@ comment on table email.delivery_events is 'Append-only audit trail: one row per 
 create index delivery_events_delivery_id_idx on email.delivery_events (delivery_id, id);
 create index delivery_events_created_at_brin on email.delivery_events using brin (created_at);
 
--- Rows no weekly partition covers: a safety net, and the carried events of kept deliveries.
+-- Rows no weekly partition covers: a safety net, normally empty.
 create table email.delivery_events_default partition of email.delivery_events default;
 alter table email.delivery_events_default enable row level security;
-comment on table email.delivery_events_default is 'Events no weekly partition covers: carried events of kept deliveries, and rows written before their week''s partition existed (moved by email.ensure_event_partitions)';
+comment on table email.delivery_events_default is 'Events no weekly partition covers: rows written before their week''s partition existed (moved by email.ensure_event_partitions); normally empty';
 
 /**
  * What every partition of the trail gets besides the parent's row triggers (cloned by Postgres): RLS
@@ -323,7 +328,7 @@ create table email.retention_runs (
 alter table email.retention_runs enable row level security;
 comment on table email.retention_runs is 'What each run of email.run_retention removed: deliveries, events (in whole weekly partitions), webhook messages; and the events it carried over';
 comment on column email.retention_runs.cutoff is 'Finished deliveries completed before it and event partitions ending at or before it were removed (a week boundary: now() - history_retention, rounded down)';
-comment on column email.retention_runs.events_carried is 'Events of kept deliveries (open, dead letters, finished after the cutoff) moved out of the dropped partitions into email.delivery_events_default';
+comment on column email.retention_runs.events_carried is 'Events of kept deliveries (open, dead letters, finished after the cutoff) kept from the dropped partitions, in copies of them (delivery_events_pYYYYMMDD_kept)';
 comment on column email.retention_runs.trail_locked_ms is 'How long the run held email.delivery_events in ACCESS EXCLUSIVE mode to detach and drop (inserts waited meanwhile); null when it did not lock it';
 comment on column email.retention_runs.backlog is 'Partitions past the cutoff wait for the next run: finished deliveries before the cutoff remained after max_batches, or the trail''s lock was not had';
 grant select on email.retention_runs to service_role;
@@ -344,14 +349,14 @@ grant select on email.retention_runs to service_role;
  * 3. When no such delivery is left, the partitions of weeks ending at or before the cutoff go. An
  *    event is never later than its delivery's completed_at, so every event of a deleted delivery is
  *    in them. Their events of deliveries that are kept (open, dead letters, finished after the
- *    cutoff) are carried into the default partition first, with their ids and times; the webhook
- *    messages of the other events are deleted; carried events whose delivery has gone since are
- *    removed from the default partition. Before the trail's lock each partition is locked in SHARE
- *    mode (nothing can be added to it) and read: the carried rows and the counts. Then, under a brief
- *    ACCESS EXCLUSIVE lock of email.delivery_events (waited for lock_wait at most, retried; inserts
- *    queue behind it meanwhile): detach, carry, drop. The default partition is detached while rows
- *    are written into it, so the insert triggers do not fire again (no second webhook, no second
- *    suppression) and the append-only refusal does not apply to the job's own compaction.
+ *    cutoff) are carried, with their ids and times, into a copy of the partition holding only them
+ *    (delivery_events_pYYYYMMDD_kept); the webhook messages of the other events are deleted. Copies
+ *    made by earlier runs are compacted the same way when this run deleted deliveries. Each partition
+ *    is first locked in SHARE mode (nothing can be added to it) and read, and its copy built beside
+ *    the trail (a standalone table: no insert trigger fires again, no second webhook or suppression),
+ *    while the lifecycle runs on. Then, under a brief ACCESS EXCLUSIVE lock of email.delivery_events
+ *    (waited for lock_wait at most, retried; inserts queue behind it meanwhile): detach, drop, attach
+ *    the copy, catalogue changes only (the copy's CHECK constraint proves its bounds).
  */
 create or replace function email.run_retention(batch_size integer default 10000, max_batches integer default 100,
   lock_wait interval default interval '1 second')
