@@ -21,7 +21,14 @@ import path from "node:path";
 import postgres from "postgres";
 import { migrate, recreateDatabase, root, startServer } from "./lib/postgres.mjs";
 import { createBaseline, measureMatrix } from "../bench/lib/lifecycle.mjs";
-import { loadHistory, reportRetention, retentionAtScale, timeSweepAndMetrics } from "../bench/lib/growth.mjs";
+import {
+  interleavedGrowth,
+  loadHistory,
+  reportInterleavedGrowth,
+  reportRetention,
+  retentionAtScale,
+  timeSweepAndMetrics,
+} from "../bench/lib/growth.mjs";
 import { round, table } from "../bench/lib/stats.mjs";
 
 const flags = Object.fromEntries(
@@ -80,6 +87,8 @@ try {
       results.growth = { history: await loadHistory(url, { rows, log }) };
       log(`(c) lifecycles per second with the history in place`);
       results.growth.lifecycle = await measureMatrix(url, { clientsList, seconds, rounds, label: "1M", log });
+      log(`(c) the same interleaved with an empty database`);
+      results.growth.interleaved = await interleavedGrowth(server.url, url, { clients: 8, seconds, log });
       results.growth.queries = await timeSweepAndMetrics(url);
       log(`(c) the retention job under a concurrent lifecycle load`);
       results.growth.retention = await retentionAtScale(url, { log });
@@ -200,6 +209,7 @@ function report(r) {
     if (!q.metrics_present) log("metrics functions: not present in this schema (no email_api metrics migration yet)");
     log("due select plan:\n  " + q.due_plan.join("\n  "));
   }
+  if (r.growth?.interleaved) reportInterleavedGrowth(r.growth.interleaved, r.growth.history.deliveries, log);
   if (r.growth?.retention) reportRetention(r.growth.retention, log);
   if (r.e2e && !r.e2e.error) {
     const x = r.e2e;
