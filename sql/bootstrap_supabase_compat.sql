@@ -31,6 +31,8 @@ grant usage on schema extensions to anon, authenticated, service_role;
 grant usage on schema auth to anon, authenticated, service_role;
 
 do $$
+declare
+  f record;
 begin
   if to_regprocedure('auth.jwt()') is null then
     create function auth.jwt() returns jsonb language sql stable as $f$
@@ -40,30 +42,20 @@ begin
       )::jsonb
     $f$;
   end if;
-  if to_regprocedure('auth.uid()') is null then
-    create function auth.uid() returns uuid language sql stable as $f$
-      select coalesce(
-        nullif(current_setting('request.jwt.claim.sub', true), ''),
-        (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
-      )::uuid
-    $f$;
-  end if;
-  if to_regprocedure('auth.role()') is null then
-    create function auth.role() returns text language sql stable as $f$
-      select coalesce(
-        nullif(current_setting('request.jwt.claim.role', true), ''),
-        (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'role')
-      )::text
-    $f$;
-  end if;
-  if to_regprocedure('auth.email()') is null then
-    create function auth.email() returns text language sql stable as $f$
-      select coalesce(
-        nullif(current_setting('request.jwt.claim.email', true), ''),
-        (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'email')
-      )::text
-    $f$;
-  end if;
+  -- auth.uid(), auth.role() and auth.email(): one claim each, read the same way (Supabase's definitions,
+  -- the claim's own setting first, then the claims' JSON), cast to the function's type.
+  for f in select * from (values ('uid', 'sub', 'uuid'), ('role', 'role', 'text'), ('email', 'email', 'text')) v(name, claim, type)
+  loop
+    if to_regprocedure(format('auth.%I()', f.name)) is null then
+      execute format($create$
+        create function auth.%1$I() returns %3$s language sql stable as $f$
+          select coalesce(
+            nullif(current_setting('request.jwt.claim.%2$s', true), ''),
+            (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> %2$L)
+          )::%3$s
+        $f$ $create$, f.name, f.claim, f.type);
+    end if;
+  end loop;
 end
 $$;
 

@@ -7,27 +7,12 @@
  */
 import postgres from "postgres";
 import { assert, assertEquals } from "./support/assert.ts";
+import { type CliRun, runCli } from "./support/cli.ts";
 import { startPrivatePostgres } from "./support/postgres.ts";
 
-const root = new URL("../", import.meta.url);
-
-// Only what Deno itself needs, so the CLI sees no DATABASE_URL but the one given.
-const passThrough = Object.fromEntries(
-  ["HOME", "PATH", "DENO_DIR", "TMPDIR"].flatMap((k) => Deno.env.get(k) ? [[k, Deno.env.get(k)!]] : []),
-);
-
-/** Runs the CLI as a subprocess against `url`. */
-async function cli(url: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "cli/email_status.ts", ...args],
-    cwd: root,
-    env: { ...passThrough, NO_COLOR: "1", USER: "tester", DATABASE_URL: url },
-    clearEnv: true,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return { code: out.code, stdout: new TextDecoder().decode(out.stdout), stderr: new TextDecoder().decode(out.stderr) };
+/** Runs the CLI as a subprocess against `url`, stdin from /dev/null. */
+function cli(url: string, args: string[]): Promise<CliRun> {
+  return runCli(args, { DATABASE_URL: url }, "null");
 }
 
 // npm:postgres keeps sockets and timers across awaits in ways the sanitizers misread.

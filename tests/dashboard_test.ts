@@ -8,12 +8,14 @@
  * Each time the charts must show the numbers of the deliveries the test seeds under a workflow of its
  * own. Screenshots go to tests/artifacts/.
  */
-import { SignJWT } from "jose";
 import postgres from "postgres";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { assert, assertEquals, assertMatch } from "./support/assert.ts";
 import { handleDashboard, isDashboardPath } from "../functions/_shared/dashboard.ts";
-import { startWorker } from "./support/worker.ts";
+import { cliEnv, runCli } from "./support/cli.ts";
+import { test } from "./support/harness.ts";
+import { signUserToken } from "./support/user_tokens.ts";
+import { startWorker, type TestWorker } from "./support/worker.ts";
 import { dashboardHtml } from "../functions/_shared/dashboard_page.ts";
 import { modulePath, renderDashboardModule, sourceDir } from "../scripts/dashboard_page.mjs";
 
@@ -26,10 +28,9 @@ const run = crypto.randomUUID().slice(0, 8);
 const artifacts = new URL("./artifacts/", import.meta.url);
 const root = new URL("../", import.meta.url);
 
+/** A user's access token (a new user each time) with `claims`, signed with `key`. */
 function sign(claims: Record<string, unknown>, key = jwtSecret, expiresIn = "5m"): Promise<string> {
-  return new SignJWT({ role: "authenticated", aud: "authenticated", ...claims })
-    .setProtectedHeader({ alg: "HS256", typ: "JWT" }).setSubject(crypto.randomUUID()).setIssuedAt()
-    .setExpirationTime(expiresIn).sign(new TextEncoder().encode(key));
+  return signUserToken({ sub: crypto.randomUUID(), ...claims }, key, expiresIn);
 }
 
 /** Seeds 11 deliveries of `workflow` over the last 50 minutes; returns the failed one's id. */
@@ -74,8 +75,25 @@ async function seed(sql: postgres.Sql, workflow: string): Promise<string> {
   return failed;
 }
 
+/** Runs `fn` with `resource`, and closes it after, whatever `fn` did. */
+async function closing<T extends { close(): Promise<void> }>(resource: T, fn: (r: T) => Promise<void>): Promise<void> {
+  try {
+    await fn(resource);
+  } finally {
+    await resource.close();
+  }
+}
+
 /** handleDashboard alone behind Deno.serve, for the route-level checks. */
-function serve() {
+type App = { base: string; close(): Promise<void> };
+
+/** Runs `fn` with handleDashboard alone behind Deno.serve (`base` is its dashboard URL), closed after. */
+function withApp(fn: (app: App) => Promise<void>): Promise<void> {
+  return closing(serve(), fn);
+}
+
+/** Serves handleDashboard alone on a free port. */
+function serve(): App {
   const deps = {
     sql: postgres(databaseUrl!, { max: 4, onnotice: () => {} }),
     jwt: { secret: jwtSecret },
@@ -92,6 +110,11 @@ function serve() {
       await deps.sql.end({ timeout: 2 });
     },
   };
+}
+
+/** Runs `fn` with the real worker (see `worker`), closed after. */
+function withWorker(fn: (w: TestWorker) => Promise<void>): Promise<void> {
+  return closing(worker(), fn);
 }
 
 /** The real worker (createHandler, configured through loadConfig) with the dashboard's secrets. */
@@ -113,9 +136,8 @@ Deno.test("the page module the function serves is built from the page's files", 
   assert(!/<(script|link)[^>]+(src|href)=/.test(dashboardHtml), "nothing loaded from elsewhere");
 });
 
-Deno.test("the dashboard's data routes need a support/admin JWT or the dashboard token", async () => {
-  const app = serve();
-  try {
+Deno.test("the dashboard's data routes need a support/admin JWT or the dashboard token", () =>
+  withApp(async (app) => {
     const page = await fetch(app.base);
     assertEquals(page.status, 200);
     assertMatch(page.headers.get("content-type")!, /^text\/html/);
@@ -150,14 +172,10 @@ Deno.test("the dashboard's data routes need a support/admin JWT or the dashboard
     });
     await post.body?.cancel();
     assertEquals(post.status, 405);
-  } finally {
-    await app.close();
-  }
-});
+  }));
 
-Deno.test("a token without a signed-in user is refused, whatever its app_metadata says", async () => {
-  const app = serve();
-  try {
+Deno.test("a token without a signed-in user is refused, whatever its app_metadata says", () =>
+  withApp(async (app) => {
     for (const role of ["anon", "service_role"]) {
       const res = await fetch(`${app.base}/data`, {
         headers: { authorization: `Bearer ${await sign({ role, app_metadata: { role: "admin" } })}` },
@@ -165,19 +183,11 @@ Deno.test("a token without a signed-in user is refused, whatever its app_metadat
       assertEquals(res.status, 403, `a ${role}-role token with app_metadata.role admin`);
       assertEquals((await res.json()).error.code, "forbidden");
     }
-  } finally {
-    await app.close();
-  }
-});
+  }));
 
-Deno.test({
-  name: "a malformed percent escape in a delivery id is a 400, not a 500",
-  sanitizeOps: false,
-  sanitizeResources: false,
-  fn: async () => {
-    const app = serve();
-    const w = worker();
-    try {
+test("a malformed percent escape in a delivery id is a 400, not a 500", () =>
+  withApp((app) =>
+    withWorker(async (w) => {
       for (const base of [app.base, `${w.url}/email-worker/dashboard`]) {
         for (const bad of ["%E0%A4%A", "%zz", "abc%"]) {
           const res = await fetch(`${base}/deliveries/${bad}`, {
@@ -187,16 +197,11 @@ Deno.test({
           assertEquals((await res.json()).error.code, "bad_delivery_id");
         }
       }
-    } finally {
-      await app.close();
-      await w.close();
-    }
-  },
-});
+    })
+  ));
 
-Deno.test("the JSON routes answer CORS for loopback pages only, without credentials mode", async () => {
-  const app = serve();
-  try {
+Deno.test("the JSON routes answer CORS for loopback pages only, without credentials mode", () =>
+  withApp(async (app) => {
     const preflight = (origin: string, method = "GET") =>
       fetch(`${app.base}/data`, {
         method: "OPTIONS",
@@ -248,10 +253,7 @@ Deno.test("the JSON routes answer CORS for loopback pages only, without credenti
     const page = await fetch(app.base, { headers: { origin: "http://127.0.0.1:8788" } });
     await page.body?.cancel();
     assertEquals(page.headers.get("access-control-allow-origin"), null, "the page itself is not shared");
-  } finally {
-    await app.close();
-  }
-});
+  }));
 
 // ---------------------------------------------------------------------------------------------
 // In Chromium
@@ -336,13 +338,10 @@ async function expectSeededCharts(
 
 /** `email-status dashboard <args>` as a subprocess; resolves with the URL it prints once listening. */
 async function startCli(args: string[], env: Record<string, string> = {}) {
-  const passThrough = Object.fromEntries(
-    ["HOME", "PATH", "DENO_DIR", "TMPDIR"].flatMap((k) => Deno.env.get(k) ? [[k, Deno.env.get(k)!]] : []),
-  );
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "cli/email_status.ts", "dashboard", "--port", "0", ...args],
     cwd: root,
-    env: { ...passThrough, NO_COLOR: "1", ...env },
+    env: cliEnv(env),
     clearEnv: true,
     stdin: "null",
     stdout: "piped",
@@ -374,6 +373,36 @@ async function startCli(args: string[], env: Record<string, string> = {}) {
   };
 }
 
+/** What a browser test gets: a pool on the test database, a headless Chromium, the deliveries it seeded. */
+type Seeded = { sql: postgres.Sql; browser: Browser; workflow: string; failed: string };
+
+/** Runs `fn` with deliveries seeded under workflow `dash-<run>-<name>` and a browser, both closed after. */
+async function withSeeded(name: string, fn: (s: Seeded) => Promise<void>): Promise<void> {
+  const sql = postgres(databaseUrl!, { max: 2, onnotice: () => {} });
+  const browser = await launch();
+  try {
+    const workflow = `dash-${run}-${name}`;
+    await fn({ sql, browser, workflow, failed: await seed(sql, workflow) });
+  } finally {
+    await browser.close();
+    await sql.end({ timeout: 2 });
+  }
+}
+
+/** Runs `fn` with `email-status dashboard <args>` (`env` added) listening; then stops it, which must exit 0. */
+async function withCli(
+  o: { args: string[]; env?: Record<string, string> },
+  fn: (cli: { url: string }) => Promise<void>,
+): Promise<void> {
+  const cli = await startCli(o.args, o.env);
+  try {
+    await fn(cli);
+  } finally {
+    const { code, stderr } = await cli.stop();
+    assertEquals(code, 0, `SIGTERM stops it cleanly: ${stderr}`);
+  }
+}
+
 /** The status line of `GET /dashboard` sent over a raw socket with this Host header (fetch sets its own). */
 async function rawGet(port: number, host: string): Promise<string> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
@@ -387,17 +416,9 @@ async function rawGet(port: number, host: string): Promise<string> {
   }
 }
 
-Deno.test({
-  name: "in headless Chromium the page the worker serves charts the seeded deliveries and a failure's timeline",
-  sanitizeOps: false,
-  sanitizeResources: false,
-  fn: async () => {
-    const w = worker();
-    const sql = postgres(databaseUrl!, { max: 2, onnotice: () => {} });
-    const browser = await launch();
-    try {
-      const workflow = `dash-${run}-fn`;
-      const failed = await seed(sql, workflow);
+test("in headless Chromium the page the worker serves charts the seeded deliveries and a failure's timeline", () =>
+  withWorker((w) =>
+    withSeeded("fn", async ({ browser, workflow, failed }) => {
       const base = `${w.url}/email-worker/dashboard`;
       const { page, errors } = await open(browser);
 
@@ -414,110 +435,84 @@ Deno.test({
       await expectSeededCharts(page, errors, { workflow, failed, screenshot: "dashboard" });
       assertEquals(await page.textContent('[data-testid="api-host"]'), "", "the function's own page reads beside it");
       assert(!page.url().includes(token), "the token is taken out of the URL");
-    } finally {
-      await browser.close();
-      await sql.end({ timeout: 2 });
-      await w.close();
-    }
-  },
-});
+    })
+  ));
 
-Deno.test({
-  name: "in headless Chromium `email-status dashboard --url` charts a running worker's data across origins",
-  sanitizeOps: false,
-  sanitizeResources: false,
-  fn: async () => {
-    const w = worker();
-    const sql = postgres(databaseUrl!, { max: 2, onnotice: () => {} });
-    const browser = await launch();
-    const cli = await startCli(["--url", `${w.url}/email-worker`]);
-    try {
-      const workflow = `dash-${run}-cli`;
-      const failed = await seed(sql, workflow);
-      assertMatch(cli.url, /^http:\/\/127\.0\.0\.1:\d+\/dashboard$/);
-      const local = new URL(cli.url);
-      assert(local.origin !== new URL(w.url).origin, "the page and the worker are different origins");
+test("in headless Chromium `email-status dashboard --url` charts a running worker's data across origins", () =>
+  withWorker((w) =>
+    withCli(
+      { args: ["--url", `${w.url}/email-worker`] },
+      (cli) =>
+        withSeeded("cli", async ({ browser, workflow, failed }) => {
+          assertMatch(cli.url, /^http:\/\/127\.0\.0\.1:\d+\/dashboard$/);
+          const local = new URL(cli.url);
+          assert(local.origin !== new URL(w.url).origin, "the page and the worker are different origins");
 
-      // The CLI serves the page only, pointed at the worker; it has no data routes of its own.
-      const served = await fetch(cli.url);
-      const html = await served.text();
-      assertMatch(served.headers.get("content-type")!, /^text\/html/);
-      assertMatch(html, new RegExp(`<meta name="dashboard-api" content="${w.url}/email-worker/dashboard">`));
-      assertMatch(served.headers.get("content-security-policy")!, new RegExp(`connect-src 'self' ${w.url};`));
-      const noData = await fetch(`${local.origin}/dashboard/data`, {
-        headers: { authorization: `Bearer ${dashboardToken}` },
-      });
-      await noData.body?.cancel();
-      assertEquals(noData.status, 404);
-      assertMatch(await rawGet(Number(local.port), `127.0.0.1:${local.port}`), /^HTTP\/1\.1 200 /);
-      assertMatch(
-        await rawGet(Number(local.port), `attacker.example:${local.port}`),
-        /^HTTP\/1\.1 421 /,
-        "a request for another host name (DNS rebinding) is refused",
-      );
+          // The CLI serves the page only, pointed at the worker; it has no data routes of its own.
+          const served = await fetch(cli.url);
+          const html = await served.text();
+          assertMatch(served.headers.get("content-type")!, /^text\/html/);
+          assertMatch(html, new RegExp(`<meta name="dashboard-api" content="${w.url}/email-worker/dashboard">`));
+          assertMatch(served.headers.get("content-security-policy")!, new RegExp(`connect-src 'self' ${w.url};`));
+          const noData = await fetch(`${local.origin}/dashboard/data`, {
+            headers: { authorization: `Bearer ${dashboardToken}` },
+          });
+          await noData.body?.cancel();
+          assertEquals(noData.status, 404);
+          assertMatch(await rawGet(Number(local.port), `127.0.0.1:${local.port}`), /^HTTP\/1\.1 200 /);
+          assertMatch(
+            await rawGet(Number(local.port), `attacker.example:${local.port}`),
+            /^HTTP\/1\.1 421 /,
+            "a request for another host name (DNS rebinding) is refused",
+          );
 
-      const { page, errors } = await open(browser);
-      const requests: string[] = [];
-      page.on("request", (r) => requests.push(`${r.method()} ${new URL(r.url()).origin}${new URL(r.url()).pathname}`));
-      // An anon-role token with app_metadata.role admin is refused by the worker, and the page says so.
-      await page.goto(cli.url);
-      await page.waitForSelector("#signin:not([hidden])");
-      await page.fill("#token-input", await sign({ role: "anon", app_metadata: { role: "admin" } }));
-      await page.click("#signin-form button");
-      await page.waitForSelector('#signin-error:has-text("signed-in support or admin")');
+          const { page, errors } = await open(browser);
+          const requests: string[] = [];
+          page.on(
+            "request",
+            (r) => requests.push(`${r.method()} ${new URL(r.url()).origin}${new URL(r.url()).pathname}`),
+          );
+          // An anon-role token with app_metadata.role admin is refused by the worker, and the page says so.
+          await page.goto(cli.url);
+          await page.waitForSelector("#signin:not([hidden])");
+          await page.fill("#token-input", await sign({ role: "anon", app_metadata: { role: "admin" } }));
+          await page.click("#signin-form button");
+          await page.waitForSelector('#signin-error:has-text("signed-in support or admin")');
 
-      await page.goto(`${cli.url}#token=${dashboardToken}&workflow=${workflow}&since=1h`);
-      await expectSeededCharts(page, errors, { workflow, failed, screenshot: "dashboard-cli" });
-      assertEquals(await page.textContent('[data-testid="api-host"]'), `· ${new URL(w.url).host}`);
-      assert(requests.includes(`GET ${w.url}/email-worker/dashboard/data`), requests.join("\n"));
-      assert(
-        requests.some((r) => r.startsWith(`GET ${w.url}/email-worker/dashboard/deliveries/`)),
-        requests.join("\n"),
-      );
-    } finally {
-      await browser.close();
-      const { code, stderr } = await cli.stop();
-      await sql.end({ timeout: 2 });
-      await w.close();
-      assertEquals(code, 0, `SIGTERM stops it cleanly: ${stderr}`);
-    }
-  },
-});
+          await page.goto(`${cli.url}#token=${dashboardToken}&workflow=${workflow}&since=1h`);
+          await expectSeededCharts(page, errors, { workflow, failed, screenshot: "dashboard-cli" });
+          assertEquals(await page.textContent('[data-testid="api-host"]'), `· ${new URL(w.url).host}`);
+          assert(requests.includes(`GET ${w.url}/email-worker/dashboard/data`), requests.join("\n"));
+          assert(
+            requests.some((r) => r.startsWith(`GET ${w.url}/email-worker/dashboard/deliveries/`)),
+            requests.join("\n"),
+          );
+        }),
+    )
+  ));
 
-Deno.test({
-  name: "in headless Chromium `email-status dashboard` against the database opens with the token it prints",
-  sanitizeOps: false,
-  sanitizeResources: false,
-  fn: async () => {
-    const sql = postgres(databaseUrl!, { max: 2, onnotice: () => {} });
-    const browser = await launch();
-    const cli = await startCli([], { DATABASE_URL: databaseUrl! });
-    try {
-      const workflow = `dash-${run}-db`;
-      const failed = await seed(sql, workflow);
-      const m = /^(http:\/\/127\.0\.0\.1:\d+\/dashboard)#token=([A-Za-z0-9_-]{32})$/.exec(cli.url);
-      assert(m, `a local URL with a one-time token: ${cli.url}`);
-      const [, base, token] = m;
-      const status = async (path: string, auth?: string) => {
-        const res = await fetch(base + path, { headers: auth ? { authorization: `Bearer ${auth}` } : {} });
-        await res.body?.cancel();
-        return res.status;
-      };
-      assertEquals(await status("/data"), 401);
-      assertEquals(await status("/data", dashboardToken), 401, "only this run's token opens it");
-      assertEquals(await status("/data", token), 200);
+test("in headless Chromium `email-status dashboard` against the database opens with the token it prints", () =>
+  withCli(
+    { args: [], env: { DATABASE_URL: databaseUrl! } },
+    (cli) =>
+      withSeeded("db", async ({ browser, workflow, failed }) => {
+        const m = /^(http:\/\/127\.0\.0\.1:\d+\/dashboard)#token=([A-Za-z0-9_-]{32})$/.exec(cli.url);
+        assert(m, `a local URL with a one-time token: ${cli.url}`);
+        const [, base, token] = m;
+        const status = async (path: string, auth?: string) => {
+          const res = await fetch(base + path, { headers: auth ? { authorization: `Bearer ${auth}` } : {} });
+          await res.body?.cancel();
+          return res.status;
+        };
+        assertEquals(await status("/data"), 401);
+        assertEquals(await status("/data", dashboardToken), 401, "only this run's token opens it");
+        assertEquals(await status("/data", token), 200);
 
-      const { page, errors } = await open(browser);
-      await page.goto(`${cli.url}&workflow=${workflow}&since=1h`);
-      await expectSeededCharts(page, errors, { workflow, failed, screenshot: "dashboard-cli-db" });
-    } finally {
-      await browser.close();
-      const { code, stderr } = await cli.stop();
-      await sql.end({ timeout: 2 });
-      assertEquals(code, 0, `SIGTERM stops it cleanly: ${stderr}`);
-    }
-  },
-});
+        const { page, errors } = await open(browser);
+        await page.goto(`${cli.url}&workflow=${workflow}&since=1h`);
+        await expectSeededCharts(page, errors, { workflow, failed, screenshot: "dashboard-cli-db" });
+      }),
+  ));
 
 Deno.test("email-status dashboard refuses a --url that is not the function's https URL, and explains a missing database", async () => {
   for (
@@ -528,24 +523,11 @@ Deno.test("email-status dashboard refuses a --url that is not the function's htt
       "not a url",
     ]
   ) {
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", "cli/email_status.ts", "dashboard", "--url", url],
-      cwd: root,
-      env: { NO_COLOR: "1" },
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
+    const out = await runCli(["dashboard", "--url", url], {}, "null");
     assertEquals(out.code, 2, url);
-    assertMatch(new TextDecoder().decode(out.stderr), /--url must be the function's https URL/);
+    assertMatch(out.stderr, /--url must be the function's https URL/);
   }
-  const noDatabase = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "cli/email_status.ts", "dashboard"],
-    cwd: root,
-    env: { NO_COLOR: "1", PATH: Deno.env.get("PATH") ?? "" },
-    clearEnv: true,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
+  const noDatabase = await runCli(["dashboard"], {}, "null");
   assertEquals(noDatabase.code, 2);
-  assertMatch(new TextDecoder().decode(noDatabase.stderr), /no database: .*\n.*dashboard --url https:/);
+  assertMatch(noDatabase.stderr, /no database: .*\n.*dashboard --url https:/);
 });

@@ -6,6 +6,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
 import { exportJWK, generateKeyPair, SignJWT } from "jose";
 import postgres from "postgres";
 import { handleGetDelivery } from "../functions/_shared/delivery_lookup.ts";
+import { signHs256 } from "./support/user_tokens.ts";
 
 const databaseUrl = Deno.env.get("DATABASE_URL");
 if (!databaseUrl) throw new Error("DATABASE_URL must point at a migrated database");
@@ -19,9 +20,9 @@ const bobDelivery = `lookup-${run}-bob`;
 
 type Claims = Record<string, unknown>;
 
+/** `claims` signed with HS256 under the project secret (or `key`). */
 function hs256(claims: Claims, key = secret, expiresIn = "5m"): Promise<string> {
-  return new SignJWT(claims).setProtectedHeader({ alg: "HS256", typ: "JWT" }).setIssuedAt().setExpirationTime(expiresIn)
-    .sign(new TextEncoder().encode(key));
+  return signHs256(claims, key, expiresIn);
 }
 
 function user(u: { sub: string; email: string }, extra: Claims = {}): Claims {

@@ -8,23 +8,18 @@
  */
 import postgres from "postgres";
 import { assert, assertEquals } from "./support/assert.ts";
-import { openDb } from "./support/db.ts";
-import { test, withHarness } from "./support/harness.ts";
-import { startPrivatePostgres } from "./support/postgres.ts";
-import { envelope, verificationEvent } from "./support/pubsub.ts";
+import { openDb, type TestDb } from "./support/db.ts";
+import { type Harness, test, withHarness } from "./support/harness.ts";
+import { type PrivatePostgres, startPrivatePostgres } from "./support/postgres.ts";
+import { envelope, type TestEvent, verificationEvent } from "./support/pubsub.ts";
 import { mailTo, type TestSmtp } from "./support/smtp.ts";
 import { dispatchWebhooks } from "../functions/_shared/webhooks.ts";
 import { databaseUrl } from "./support/worker.ts";
+import { sleep, waitFor as waitUntil } from "./support/wait.ts";
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 15_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
+/** Polls every 25 ms for at most 15 s (the sends here take seconds). */
+const waitFor = (what: string, check: () => Promise<boolean> | boolean) =>
+  waitUntil(what, check, { timeoutMs: 15_000, everyMs: 25 });
 
 const trackerEnv = {
   TRACKER_TIMEOUT_MS: "800",
@@ -54,7 +49,7 @@ async function restore(admin: postgres.Sql) {
 /** Sweeps until `id` is no longer waiting or in progress (making retries due at once), at most `rounds` times. */
 async function settle(
   worker: { sweep(): Promise<Response> },
-  db: ReturnType<typeof openDb>,
+  db: TestDb,
   id: string,
   rounds = 5,
 ) {
@@ -68,95 +63,99 @@ async function settle(
   }
 }
 
-test("Postgres refusing connections while a send is in flight: the outcome is recorded once it is back, and the sweep sends nothing again", async () => {
-  // Bound: Postgres is back 1.5 s after the relay's 250, well within the attempt's lease (the send's
-  // timeouts, 2 + 2 + 5 s, plus LEASE_SECONDS); the claim's own lease (1 s) is shorter than the send.
+/** Runs `fn` with a private migrated Postgres server and a reader on it; destroys both after. */
+async function withPrivateDb(fn: (pg: PrivatePostgres, db: TestDb) => Promise<void>): Promise<void> {
   const pg = await startPrivatePostgres();
   const db = openDb(pg.url);
-  const admin = adminConnection(pg.url);
   try {
-    await withHarness(async ({ smtp, worker, token }) => {
-      smtp.delayMs = 1500;
-      const event = verificationEvent();
-      const id = event.deliveryId!;
-      const push = worker.push(envelope(event), { token }).then(async (r) => ({
-        status: r.status,
-        body: await r.json(),
-      }));
-
-      await waitFor("the relay to take the message", () => smtp.attempts >= 1);
-      await cutOff(admin);
-      await waitFor("the relay to accept it", () => smtp.received.length >= 1);
-      await sleep(1500);
-      await restore(admin);
-      const reply = await push;
-      assertEquals([reply.status, reply.body.outcome], [200, "sent"], JSON.stringify(reply));
-
-      // Sweeps after recovery (retries made due at once, as if their backoff had passed).
-      await sleep(1200); // past the claim's 1 s lease
-      await settle(worker, db, id);
-      assertEquals(mailTo(smtp, event.recipient).length, 1, "exactly one mail");
-      const d = await db.delivery(id);
-      assertEquals([d?.status, d?.attempts], ["sent", 1]);
-      assertEquals(reply.body.tracked, true, "the push waited for Postgres and recorded the outcome");
-    }, { env: { DELIVERY_STATUS_DATABASE_URL: pg.url, LEASE_SECONDS: "1", ...trackerEnv } });
+    await fn(pg, db);
   } finally {
-    await admin.end({ timeout: 1 });
     await db.close();
     await pg.destroy();
   }
+}
+
+/** What `withSendCutOff` hands a test: the harness, the event in flight, its push's answer to come. */
+type CutOff = Harness & {
+  admin: postgres.Sql;
+  event: TestEvent;
+  id: string;
+  reply: Promise<{ status: number; body: Record<string, unknown> }>;
+};
+
+/**
+ * A worker on a private Postgres server (LEASE_SECONDS=1, the short tracker timeouts) pushes one new
+ * event to a relay that answers after `delayMs`; as soon as the relay has taken the message, Postgres
+ * is cut off. `fn` goes on from there (restoring Postgres with `restore(admin)` is its part).
+ */
+async function withSendCutOff(
+  options: { delayMs: number; env?: Record<string, string> },
+  fn: (c: CutOff) => Promise<void>,
+): Promise<void> {
+  await withPrivateDb(async (pg, db) => {
+    const admin = adminConnection(pg.url);
+    try {
+      await withHarness(async (h) => {
+        h.smtp.delayMs = options.delayMs;
+        const event = verificationEvent();
+        const reply = h.worker.push(envelope(event), { token: h.token }).then(async (r) => ({
+          status: r.status,
+          body: await r.json(),
+        }));
+        await waitFor("the relay to take the message", () => h.smtp.attempts >= 1);
+        await cutOff(admin);
+        await fn({ ...h, db, admin, event, id: event.deliveryId!, reply });
+      }, { env: { DELIVERY_STATUS_DATABASE_URL: pg.url, LEASE_SECONDS: "1", ...trackerEnv, ...options.env } });
+    } finally {
+      await admin.end({ timeout: 1 });
+    }
+  });
+}
+
+test("Postgres refusing connections while a send is in flight: the outcome is recorded once it is back, and the sweep sends nothing again", async () => {
+  // Bound: Postgres is back 1.5 s after the relay's 250, well within the attempt's lease (the send's
+  // timeouts, 2 + 2 + 5 s, plus LEASE_SECONDS); the claim's own lease (1 s) is shorter than the send.
+  await withSendCutOff({ delayMs: 1500 }, async ({ smtp, worker, db, admin, event, id, reply: answer }) => {
+    await waitFor("the relay to accept it", () => smtp.received.length >= 1);
+    await sleep(1500);
+    await restore(admin);
+    const reply = await answer;
+    assertEquals([reply.status, reply.body.outcome], [200, "sent"], JSON.stringify(reply));
+
+    // Sweeps after recovery (retries made due at once, as if their backoff had passed).
+    await sleep(1200); // past the claim's 1 s lease
+    await settle(worker, db, id);
+    assertEquals(mailTo(smtp, event.recipient).length, 1, "exactly one mail");
+    const d = await db.delivery(id);
+    assertEquals([d?.status, d?.attempts], ["sent", 1]);
+    assertEquals(reply.body.tracked, true, "the push waited for Postgres and recorded the outcome");
+  });
 });
 
 test("Postgres gone for longer than the attempt's lease: the reaper marks the attempt outcome_unknown and retries it (the documented at-least-once bound)", async () => {
   // Short SMTP timeouts: the attempt's lease is 0.5 + 0.5 + 2 s for the send plus LEASE_SECONDS (1 s).
-  const pg = await startPrivatePostgres();
-  const db = openDb(pg.url);
-  const admin = adminConnection(pg.url);
-  try {
-    await withHarness(async ({ smtp, worker, token }) => {
-      smtp.delayMs = 1000;
-      const event = verificationEvent();
-      const id = event.deliveryId!;
-      const push = worker.push(envelope(event), { token }).then(async (r) => ({
-        status: r.status,
-        body: await r.json(),
-      }));
-      await waitFor("the relay to take the message", () => smtp.attempts >= 1);
-      await cutOff(admin);
-      const reply = await push; // gives up when the lease runs out
-      assertEquals([reply.status, reply.body.outcome, reply.body.tracked], [200, "sent", false], JSON.stringify(reply));
-      await sleep(500);
-      await restore(admin);
+  const env = { SMTP_CONNECTION_TIMEOUT_MS: "500", SMTP_GREETING_TIMEOUT_MS: "500", SMTP_SOCKET_TIMEOUT_MS: "2000" };
+  await withSendCutOff({ delayMs: 1000, env }, async ({ smtp, worker, db, admin, event, id, reply: answer }) => {
+    const reply = await answer; // gives up when the lease runs out
+    assertEquals([reply.status, reply.body.outcome, reply.body.tracked], [200, "sent", false], JSON.stringify(reply));
+    await sleep(500);
+    await restore(admin);
 
-      await settle(worker, db, id);
-      const trail = (await db.events(id)).map((e) => `${e.to_status}:${e.attempt}:${e.error_code ?? ""}`);
-      assertEquals(trail, [
-        "queued:0:",
-        "in_progress:1:",
-        "retrying:1:outcome_unknown",
-        "in_progress:2:",
-        "sent:2:",
-      ]);
-      assertEquals(mailTo(smtp, event.recipient).length, 2, "at least once: the unknown attempt is sent again");
-    }, {
-      env: {
-        DELIVERY_STATUS_DATABASE_URL: pg.url,
-        LEASE_SECONDS: "1",
-        SMTP_CONNECTION_TIMEOUT_MS: "500",
-        SMTP_GREETING_TIMEOUT_MS: "500",
-        SMTP_SOCKET_TIMEOUT_MS: "2000",
-        ...trackerEnv,
-      },
-    });
-  } finally {
-    await admin.end({ timeout: 1 });
-    await db.close();
-    await pg.destroy();
-  }
+    await settle(worker, db, id);
+    const trail = (await db.events(id)).map((e) => `${e.to_status}:${e.attempt}:${e.error_code ?? ""}`);
+    assertEquals(trail, [
+      "queued:0:",
+      "in_progress:1:",
+      "retrying:1:outcome_unknown",
+      "in_progress:2:",
+      "sent:2:",
+    ]);
+    assertEquals(mailTo(smtp, event.recipient).length, 2, "at least once: the unknown attempt is sent again");
+  });
 });
 
 /** Accepts `n` deliveries directly in the database and makes them due for the sweep. */
-async function dueDeliveries(db: ReturnType<typeof openDb>, n: number) {
+async function dueDeliveries(db: TestDb, n: number) {
   const events = Array.from({ length: n }, () => verificationEvent({ deliveryId: `overlap-${crypto.randomUUID()}` }));
   for (const e of events) {
     await db.sql`select email.record_queued(${e.deliveryId!}, ${e.workflow}, ${e.recipient}, ${
@@ -174,9 +173,7 @@ function countPerRecipient(smtp: TestSmtp, recipients: string[]) {
 test("overlapping sweeps every 500 ms with a relay slower than the lease: 8 due deliveries, 8 mails", async () => {
   // Bound: LEASE_SECONDS=2, the relay answers each message in 3 s, 4 sends at once per sweep, a new
   // sweep every 500 ms for 7 s, and retries due 100 ms after a reap (so a reaped lease is re-sent at once).
-  const pg = await startPrivatePostgres();
-  const db = openDb(pg.url);
-  try {
+  await withPrivateDb(async (pg, db) => {
     await db
       .sql`update email.retry_policies set base_delay = interval '100 milliseconds', max_delay = interval '100 milliseconds'`;
     await withHarness(async ({ smtp, worker }) => {
@@ -192,17 +189,12 @@ test("overlapping sweeps every 500 ms with a relay slower than the lease: 8 due 
       assertEquals(countPerRecipient(smtp, events.map((e) => e.recipient)), events.map(() => 1), "one mail each");
       for (const e of events) assertEquals((await db.delivery(e.deliveryId!))?.status, "sent");
     }, { env: { DELIVERY_STATUS_DATABASE_URL: pg.url, LEASE_SECONDS: "2", SWEEP_BATCH_SIZE: "20" } });
-  } finally {
-    await db.close();
-    await pg.destroy();
-  }
+  });
 });
 
 test("a sweep is bounded by time: no delivery is claimed after SWEEP_TIME_BUDGET_MS, the rest wait unclaimed", async () => {
   // 8 due deliveries, a relay answering in 1.5 s, 4 lanes, a 1 s budget: only the first wave is claimed.
-  const pg = await startPrivatePostgres();
-  const db = openDb(pg.url);
-  try {
+  await withPrivateDb(async (pg, db) => {
     await withHarness(async ({ smtp, worker }) => {
       smtp.delayMs = 1500;
       const events = await dueDeliveries(db, 8);
@@ -217,10 +209,7 @@ test("a sweep is bounded by time: no delivery is claimed after SWEEP_TIME_BUDGET
       assertEquals([next.claimed, next.sent], [4, 4], JSON.stringify(next));
       assertEquals(countPerRecipient(smtp, events.map((e) => e.recipient)), events.map(() => 1));
     }, { env: { DELIVERY_STATUS_DATABASE_URL: pg.url, SWEEP_TIME_BUDGET_MS: "1000", SWEEP_BATCH_SIZE: "20" } });
-  } finally {
-    await db.close();
-    await pg.destroy();
-  }
+  });
 });
 
 // ---------------------------------------------------------------------------------------------

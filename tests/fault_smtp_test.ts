@@ -67,6 +67,22 @@ async function trail(db: TestDb, id: string): Promise<string[]> {
   return (await db.events(id)).map((e) => `${e.from_status}>${e.to_status}:${e.attempt}:${e.error_code ?? ""}`);
 }
 
+/**
+ * Pushes one new event and checks that its first attempt was answered 200 with `outcome`, left the
+ * delivery in `status` with `errorCode`, and is the last step of the trail.
+ */
+async function pushAndExpect(ctx: Ctx, expected: { outcome: string; status: string; errorCode: string }) {
+  const p = await pushTimed(ctx.worker);
+  assertEquals(
+    [p.status, p.body.outcome, p.body.status, p.body.errorCode],
+    [200, expected.outcome, expected.status, expected.errorCode],
+  );
+  assertEquals((await trail(ctx.db, p.deliveryId)).slice(-1), [
+    `in_progress>${expected.status}:1:${expected.errorCode}`,
+  ]);
+  return p;
+}
+
 /** Recovers the server, makes the deliveries due and sweeps until each is sent (bounded). */
 async function recoverAndSweep(ctx: Ctx, ids: string[]): Promise<void> {
   await ctx.smtp.setMode({ kind: "accept" });
@@ -143,14 +159,7 @@ for (const fault of faults) {
 
 test("SMTP server answering 550 5.1.1: the delivery fails for good and the sweep never retries it", async () => {
   await withFaultyServer({ kind: "reply", at: "rcpt", line: "550 5.1.1 No such user" }, async (ctx) => {
-    const p = await pushTimed(ctx.worker);
-    assertEquals([p.status, p.body.outcome, p.body.status, p.body.errorCode], [
-      200,
-      "permanent_failure",
-      "failed",
-      "smtp_550_5.1.1",
-    ]);
-    assertEquals((await trail(ctx.db, p.deliveryId)).slice(-1), ["in_progress>failed:1:smtp_550_5.1.1"]);
+    const p = await pushAndExpect(ctx, { outcome: "permanent_failure", status: "failed", errorCode: "smtp_550_5.1.1" });
 
     // Failed is terminal: nothing is due (the schema keeps next_attempt_at null), the sweep skips it.
     await ctx.smtp.setMode({ kind: "accept" });
@@ -165,14 +174,11 @@ test("SMTP server answering 550 5.1.1: the delivery fails for good and the sweep
 
 test("SMTP server answering 535 to AUTH (operator-side): the delivery retries and is sent once the credentials work", async () => {
   await withFaultyServer({ kind: "accept" }, async (ctx) => {
-    const p = await pushTimed(ctx.worker);
-    assertEquals([p.status, p.body.outcome, p.body.status, p.body.errorCode], [
-      200,
-      "transient_failure",
-      "retrying",
-      "smtp_535_5.7.8",
-    ]);
-    assertEquals((await trail(ctx.db, p.deliveryId)).slice(-1), ["in_progress>retrying:1:smtp_535_5.7.8"]);
+    const p = await pushAndExpect(ctx, {
+      outcome: "transient_failure",
+      status: "retrying",
+      errorCode: "smtp_535_5.7.8",
+    });
     assertEquals(ctx.smtp.dataStarted.length, 0, "no DATA without authentication");
 
     // The operator fixes the credentials at the relay.

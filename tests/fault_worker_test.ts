@@ -10,6 +10,7 @@ import { openDb } from "./support/db.ts";
 import { type FaultySmtp, startFaultySmtp } from "./support/faulty_smtp.ts";
 import { test } from "./support/harness.ts";
 import { envelope, verificationEvent } from "./support/pubsub.ts";
+import { waitFor } from "./support/wait.ts";
 import { databaseUrl, startWorker, testSweepSecret, workerDatabaseUrl } from "./support/worker.ts";
 
 const root = fileURLToPath(new URL("../", import.meta.url));
@@ -89,14 +90,6 @@ async function spawnWorker(smtp: FaultySmtp, env: Record<string, string> = {}): 
   };
 }
 
-async function waitFor(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 10_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 test("a worker SIGKILLed mid-send: the lease is reaped, the sweep sends the mail, exactly once", async () => {
   const smtp = await startFaultySmtp({ mode: { kind: "stall_in_data" } });
   const db = openDb(databaseUrl());
@@ -133,7 +126,7 @@ test("a worker SIGKILLed mid-send: the lease is reaped, the sweep sends the mail
       const [r] = await db.sql`select lease_expires_at < now() as expired from email.deliveries
         where delivery_id = ${id}`;
       return r.expired === true;
-    }, 12_000);
+    }, { timeoutMs: 12_000 });
     const reap = await survivor.sweep();
     const reapCounts = await reap.json();
     assertEquals(reap.status, 200);

@@ -9,24 +9,14 @@ import { assert, assertEquals, assertMatch } from "./support/assert.ts";
 import { test, withHarness } from "./support/harness.ts";
 import { envelope, newRecipient, verificationEvent } from "./support/pubsub.ts";
 import { suppressionsCommand } from "../cli/suppressions.ts";
+import { type CapturedRun, captureOutput } from "./support/cli.ts";
 
 const databaseUrl = Deno.env.get("DATABASE_URL");
 if (!databaseUrl) throw new Error("DATABASE_URL must point at a migrated database");
 
-/** Runs a CLI command and returns its exit code and what it printed. */
-async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const [log, error] = [console.log, console.error];
-  console.log = (...a: unknown[]) => out.push(a.join(" "));
-  console.error = (...a: unknown[]) => err.push(a.join(" "));
-  try {
-    const code = await suppressionsCommand(args, { DATABASE_URL: databaseUrl });
-    return { code, out: out.join("\n"), err: err.join("\n") };
-  } finally {
-    console.log = log;
-    console.error = error;
-  }
+/** Runs `email-status suppressions <args>` and returns its exit code and what it printed. */
+function cli(args: string[]): Promise<CapturedRun> {
+  return captureOutput(() => suppressionsCommand(args, { DATABASE_URL: databaseUrl }));
 }
 
 test("a hard bounce suppresses the address; the next delivery to it ends suppressed without an SMTP attempt", async () => {

@@ -16,6 +16,7 @@ import {
   refusingNetwork,
 } from "../functions/_shared/net_guard.ts";
 import { webhooksCommand } from "../cli/webhooks.ts";
+import { type CapturedRun, captureOutput } from "./support/cli.ts";
 import { test } from "./support/harness.ts";
 import { makeCertificates } from "./support/certs.ts";
 
@@ -32,23 +33,11 @@ function startReceiver() {
   return { port: server.addr.port, received, close: () => server.shutdown() };
 }
 
-async function cli(args: string[], env: Record<string, string> = {}) {
-  const out: string[] = [];
-  const err: string[] = [];
-  const log = console.log;
-  const error = console.error;
-  console.log = (...a: unknown[]) => out.push(a.join(" "));
-  console.error = (...a: unknown[]) => err.push(a.join(" "));
-  try {
-    const code = await webhooksCommand(["add", ...args, "--description", "webhook_targets_test"], {
-      DATABASE_URL: databaseUrl,
-      ...env,
-    });
-    return { code, out: out.join("\n"), err: err.join("\n") };
-  } finally {
-    console.log = log;
-    console.error = error;
-  }
+/** Runs `email-status webhooks add <args> --description webhook_targets_test` with `env` added. */
+function cli(args: string[], env: Record<string, string> = {}): Promise<CapturedRun> {
+  return captureOutput(() =>
+    webhooksCommand(["add", ...args, "--description", "webhook_targets_test"], { DATABASE_URL: databaseUrl, ...env })
+  );
 }
 
 test("the CLI refuses to register a target inside the network, however it is written", async () => {

@@ -8,6 +8,7 @@ import postgres from "postgres";
 import { assert, assertEquals, assertMatch } from "./support/assert.ts";
 import { dispatchWebhooks, parseRetryAfter, signWebhook } from "../functions/_shared/webhooks.ts";
 import { webhooksCommand } from "../cli/webhooks.ts";
+import { type CapturedRun, captureOutput } from "./support/cli.ts";
 
 const databaseUrl = Deno.env.get("DATABASE_URL");
 if (!databaseUrl) throw new Error("DATABASE_URL must point at a migrated database");
@@ -278,19 +279,8 @@ Deno.test("replay sends one message again, and a time range to an endpoint added
 });
 
 /** Runs `email-status webhooks <args>` and returns its exit code and output. */
-async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const [log, error] = [console.log, console.error];
-  console.log = (...a: unknown[]) => out.push(a.join(" "));
-  console.error = (...a: unknown[]) => err.push(a.join(" "));
-  try {
-    const code = await webhooksCommand(args, { DATABASE_URL: databaseUrl, WEBHOOK_ALLOW_PRIVATE: "true" });
-    return { code, out: out.join("\n"), err: err.join("\n") };
-  } finally {
-    console.log = log;
-    console.error = error;
-  }
+function cli(args: string[]): Promise<CapturedRun> {
+  return captureOutput(() => webhooksCommand(args, { DATABASE_URL: databaseUrl, WEBHOOK_ALLOW_PRIVATE: "true" }));
 }
 
 Deno.test("operators manage endpoints and replay messages with the CLI", async () => {

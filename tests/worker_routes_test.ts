@@ -3,33 +3,25 @@
  * `GET /email-worker/deliveries/:id` with real signed user tokens, the dashboard, and webhook
  * dispatch by the sweep to a real receiver, verified with the independent `standardwebhooks` library.
  */
-import { SignJWT } from "jose";
 import { Webhook } from "standardwebhooks";
 import { assert, assertEquals } from "./support/assert.ts";
-import { test, withHarness } from "./support/harness.ts";
+import { pushOwnedDelivery, test, withHarness } from "./support/harness.ts";
 import { envelope, newDeliveryId, newRecipient, verificationEvent } from "./support/pubsub.ts";
+import { signUserToken } from "./support/user_tokens.ts";
 
 const jwtSecret = "test-project-jwt-secret-with-at-least-32-characters";
 const dashboardToken = "dashboard-token-0123456789abcdef";
 const env = { SUPABASE_JWT_SECRET: jwtSecret, DASHBOARD_TOKEN: dashboardToken };
 
-async function userToken(sub: string, extra: Record<string, unknown> = {}): Promise<string> {
-  return await new SignJWT({ role: "authenticated", ...extra })
-    .setProtectedHeader({ alg: "HS256", typ: "JWT" })
-    .setSubject(sub)
-    .setAudience("authenticated")
-    .setIssuedAt()
-    .setExpirationTime("10m")
-    .sign(new TextEncoder().encode(jwtSecret));
+/** The access token of user `sub` (with `extra` claims) in this project. */
+function userToken(sub: string, extra: Record<string, unknown> = {}): Promise<string> {
+  return signUserToken({ sub, ...extra }, jwtSecret, "10m");
 }
 
 test("a signed-in user reads their own delivery and its timeline; another user gets 404; no token gets 401", async () => {
-  await withHarness(async ({ worker, token }) => {
-    const owner = crypto.randomUUID();
-    const id = newDeliveryId("routes");
-    const push = await worker.push(envelope(verificationEvent({ deliveryId: id, userId: owner })), { token });
-    assertEquals(push.status, 200);
-    await push.body?.cancel();
+  await withHarness(async (h) => {
+    const { worker } = h;
+    const { owner, id } = await pushOwnedDelivery(h, "routes");
 
     const url = `${worker.url}/email-worker/deliveries/${id}`;
     const own = await fetch(url, { headers: { authorization: `Bearer ${await userToken(owner)}` } });

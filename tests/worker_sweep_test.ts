@@ -1,6 +1,6 @@
 import type { TestDb } from "./support/db.ts";
 import { assert, assertEquals } from "./support/assert.ts";
-import { test, withHarness } from "./support/harness.ts";
+import { type Harness, test, withHarness } from "./support/harness.ts";
 import { envelope, newDeliveryId, newRecipient, verificationEvent } from "./support/pubsub.ts";
 import { mailTo, type TestSmtp } from "./support/smtp.ts";
 
@@ -109,14 +109,25 @@ test("a heartbeat keeps the lease of a send in flight moving forward, and the se
   }, { env: { LEASE_SECONDS: "1" } });
 });
 
+/**
+ * Pushes a new event to a relay that answers in 4 s and, mid-send, makes its lease look expired and
+ * reaps it (attempt 1 is then retrying as outcome_unknown while its send goes on); returns the event
+ * and the push's answer to come.
+ */
+async function reapedMidSend({ smtp, worker, db, token }: Harness) {
+  smtp.delayMs = 4000;
+  const event = verificationEvent();
+  const push = worker.push(envelope(event), { token });
+  await dataArrived(smtp); // mid-send
+  await expireLease(db, event.deliveryId!);
+  await reapUntilRetrying(db, event.deliveryId!);
+  return { event, push };
+}
+
 test("a lease that expires mid-send is reaped as outcome_unknown, and the late success still records sent", async () => {
-  await withHarness(async ({ smtp, worker, db, token }) => {
-    smtp.delayMs = 4000;
-    const event = verificationEvent();
-    const push = worker.push(envelope(event), { token });
-    await dataArrived(smtp); // mid-send
-    await expireLease(db, event.deliveryId!);
-    await reapUntilRetrying(db, event.deliveryId!);
+  await withHarness(async (h) => {
+    const { smtp, db } = h;
+    const { event, push } = await reapedMidSend(h);
 
     const reply = await (await push).json();
     assertEquals([reply.outcome, reply.status], ["sent", "sent"]);
@@ -127,13 +138,9 @@ test("a lease that expires mid-send is reaped as outcome_unknown, and the late s
 });
 
 test("an attempt whose lease was reaped and re-claimed is fenced off as stale", async () => {
-  await withHarness(async ({ smtp, worker, db, token }) => {
-    smtp.delayMs = 4000;
-    const event = verificationEvent();
-    const push = worker.push(envelope(event), { token });
-    await dataArrived(smtp); // mid-send
-    await expireLease(db, event.deliveryId!);
-    await reapUntilRetrying(db, event.deliveryId!); // reaps attempt 1
+  await withHarness(async (h) => {
+    const { smtp, worker, db } = h;
+    const { event, push } = await reapedMidSend(h); // reaps attempt 1
     await db.makeDue(event.deliveryId!);
     smtp.delayMs = 0;
     const sweep = worker.sweep(); // claims attempt 2 while attempt 1 is still sending

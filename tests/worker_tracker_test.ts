@@ -16,9 +16,36 @@ function capture() {
 
 const baseEnv = { SMTP_HOST: "127.0.0.1", SMTP_FROM: "x@worker.test", PUBSUB_VERIFY: "false" };
 
-test("no database URL: a no-op tracker, one info line, and the worker still sends", async () => {
+/** A tracker on `url` configured from `env` as the worker is, and the log lines it writes. */
+function trackerOn(url: string | undefined, env: Record<string, string> = {}) {
   const { lines, logger } = capture();
-  const tracker = createStatusTracker(loadConfig(baseEnv).tracking, { logger });
+  const config = loadConfig({ ...baseEnv, DELIVERY_STATUS_DATABASE_URL: url, ...env });
+  return { tracker: createStatusTracker(config.tracking, { logger }), lines };
+}
+
+/** A queue request for a new verification-code delivery `deliveryId`. */
+function queueRequest(deliveryId: string) {
+  return {
+    deliveryId,
+    workflow: "verification-code",
+    recipient: "ada@example.com",
+    payload: { code: "123456", expiresInMinutes: 5 },
+    metadata: {},
+  };
+}
+
+/** Calls `call` every 250 ms until `done` says its result is a success again, for at most 5 s. */
+async function recovers<T>(call: () => Promise<T>, done: (r: T) => boolean): Promise<boolean> {
+  const started = Date.now();
+  while (Date.now() - started < 5000) {
+    await new Promise((r) => setTimeout(r, 250));
+    if (done(await call())) return true;
+  }
+  return false;
+}
+
+test("no database URL: a no-op tracker, one info line, and the worker still sends", async () => {
+  const { tracker, lines } = trackerOn(undefined);
   assertEquals(lines.map((l) => [l.level, l.action]), [["info", "tracking_off"]]);
   assertEquals(await tracker.recordRejected({ reasonCode: "x", reason: "y" }), { kind: "unavailable", reason: "off" });
   assertEquals(tracker.health().state, "off");
@@ -80,16 +107,10 @@ test("a tracker call that outlives TRACKER_TIMEOUT_MS is given up and counted ag
   (async () => {
     for await (const c of listener) held.push(c);
   })();
-  const { lines, logger } = capture();
-  const tracker = createStatusTracker(
-    loadConfig({
-      ...baseEnv,
-      DELIVERY_STATUS_DATABASE_URL: `postgresql://postgres@127.0.0.1:${listener.addr.port}/x`,
-      TRACKER_TIMEOUT_MS: "300",
-      TRACKER_BREAKER_THRESHOLD: "2",
-    }).tracking,
-    { logger },
-  );
+  const { tracker, lines } = trackerOn(`postgresql://postgres@127.0.0.1:${listener.addr.port}/x`, {
+    TRACKER_TIMEOUT_MS: "300",
+    TRACKER_BREAKER_THRESHOLD: "2",
+  });
   try {
     const started = Date.now();
     assertEquals(await tracker.reapExpiredLeases(), { kind: "unavailable", reason: "failed" });
@@ -108,25 +129,12 @@ test("a tracker call that outlives TRACKER_TIMEOUT_MS is given up and counted ag
 
 test("circuit breaker opens while Postgres is stopped and closes after it is started again", async () => {
   const pg = await startPrivatePostgres();
-  const { lines, logger } = capture();
-  const tracker = createStatusTracker(
-    loadConfig({
-      ...baseEnv,
-      DELIVERY_STATUS_DATABASE_URL: pg.url,
-      TRACKER_TIMEOUT_MS: "1000",
-      TRACKER_BREAKER_THRESHOLD: "2",
-      TRACKER_BREAKER_COOLDOWN_MS: "300",
-    }).tracking,
-    { logger },
-  );
-  const queue = () =>
-    tracker.queueAndClaim({
-      deliveryId: newDeliveryId("breaker"),
-      workflow: "verification-code",
-      recipient: "ada@example.com",
-      payload: { code: "123456", expiresInMinutes: 5 },
-      metadata: {},
-    }, 60);
+  const { tracker, lines } = trackerOn(pg.url, {
+    TRACKER_TIMEOUT_MS: "1000",
+    TRACKER_BREAKER_THRESHOLD: "2",
+    TRACKER_BREAKER_COOLDOWN_MS: "300",
+  });
+  const queue = () => tracker.queueAndClaim(queueRequest(newDeliveryId("breaker")), 60);
   try {
     assertEquals((await queue()).kind, "claimed");
     assertEquals(tracker.health().state, "closed");
@@ -158,18 +166,12 @@ test("an outage with more calls in flight than tracker connections: the tracker 
   // npm:postgres's shared reconnect backoff grew to 10-20 s and wedged the connections whose queries
   // were cancelled while connecting: without a fresh pool every later call timed out.
   const pg = await startPrivatePostgres();
-  const { lines, logger } = capture();
-  const tracker = createStatusTracker(
-    loadConfig({
-      ...baseEnv,
-      DELIVERY_STATUS_DATABASE_URL: pg.url,
-      TRACKER_POOL_SIZE: "3",
-      TRACKER_TIMEOUT_MS: "800",
-      TRACKER_BREAKER_THRESHOLD: "2",
-      TRACKER_BREAKER_COOLDOWN_MS: "200",
-    }).tracking,
-    { logger },
-  );
+  const { tracker, lines } = trackerOn(pg.url, {
+    TRACKER_POOL_SIZE: "3",
+    TRACKER_TIMEOUT_MS: "800",
+    TRACKER_BREAKER_THRESHOLD: "2",
+    TRACKER_BREAKER_COOLDOWN_MS: "200",
+  });
   try {
     assertEquals((await tracker.reapExpiredLeases()).kind, "reaped");
     await pg.stop();
@@ -177,12 +179,7 @@ test("an outage with more calls in flight than tracker connections: the tracker 
     assertEquals(during.map((r) => r.kind), during.map(() => "unavailable"));
     await pg.start();
 
-    const started = Date.now();
-    let recovered = false;
-    while (!recovered && Date.now() - started < 5000) {
-      await new Promise((r) => setTimeout(r, 250));
-      recovered = (await tracker.reapExpiredLeases()).kind === "reaped";
-    }
+    const recovered = await recovers(() => tracker.reapExpiredLeases(), (r) => r.kind === "reaped");
     assert(recovered, "tracking resumed within 5 s of Postgres coming back");
     assertEquals(tracker.health(), { state: "closed", consecutiveFailures: 0 });
     const after = await Promise.all(Array.from({ length: 8 }, () => tracker.reapExpiredLeases()));
@@ -235,17 +232,11 @@ test("connections that come up only after their calls timed out do not wedge the
   // npm:postgres keeps a query cancelled while its connection was connecting as that connection's
   // first query; once connected it never returns to the pool, and later calls wait behind it.
   const gate = startGate(new URL(Deno.env.get("DATABASE_URL")!));
-  const { lines, logger } = capture();
-  const tracker = createStatusTracker(
-    loadConfig({
-      ...baseEnv,
-      DELIVERY_STATUS_DATABASE_URL: gate.url,
-      TRACKER_POOL_SIZE: "3",
-      TRACKER_TIMEOUT_MS: "500",
-      TRACKER_BREAKER_THRESHOLD: "1000",
-    }).tracking,
-    { logger },
-  );
+  const { tracker, lines } = trackerOn(gate.url, {
+    TRACKER_POOL_SIZE: "3",
+    TRACKER_TIMEOUT_MS: "500",
+    TRACKER_BREAKER_THRESHOLD: "1000",
+  });
   const reject = () => tracker.recordRejected({ reasonCode: "invalid_json", reason: `gate ${crypto.randomUUID()}` });
   try {
     const during = await Promise.all(Array.from({ length: 8 }, reject));
@@ -253,12 +244,7 @@ test("connections that come up only after their calls timed out do not wedge the
     assertEquals(tracker.health().state, "closed");
     gate.open();
 
-    const started = Date.now();
-    let recovered = false;
-    while (!recovered && Date.now() - started < 5000) {
-      await new Promise((r) => setTimeout(r, 250));
-      recovered = (await reject()).kind === "stored";
-    }
+    const recovered = await recovers(reject, (r) => r.kind === "stored");
     assert(recovered, "calls work again within 5 s of the connections coming up");
     const after = await Promise.all(Array.from({ length: 8 }, reject));
     assertEquals(after.map((r) => r.kind), after.map(() => "stored"));
@@ -278,11 +264,7 @@ test("storable replaces U+0000 and lone surrogates, keeps everything else, and c
 });
 
 test("a rejection with U+0000 and lone surrogates in its reason, ids and headers is stored, the raw body byte for byte", async () => {
-  const { logger } = capture();
-  const tracker = createStatusTracker(
-    loadConfig({ ...baseEnv, DELIVERY_STATUS_DATABASE_URL: Deno.env.get("DATABASE_URL") }).tracking,
-    { logger },
-  );
+  const { tracker } = trackerOn(Deno.env.get("DATABASE_URL"));
   const db = postgres(Deno.env.get("DATABASE_URL")!, { max: 1, onnotice: () => {} });
   try {
     const rawBody = new Uint8Array([0x7b, 0x00, 0xff, 0xfe, 0xed, 0xa0, 0x80, 0x7d]);
@@ -331,19 +313,9 @@ async function assertTypeError(fn: () => Promise<unknown>): Promise<void> {
 
 /** A tracker on the test database and a claimed delivery in it. */
 async function claimedDelivery(tag: string) {
-  const { lines, logger } = capture();
-  const tracker = createStatusTracker(
-    loadConfig({ ...baseEnv, DELIVERY_STATUS_DATABASE_URL: Deno.env.get("DATABASE_URL") }).tracking,
-    { logger },
-  );
+  const { tracker, lines } = trackerOn(Deno.env.get("DATABASE_URL"));
   const deliveryId = newDeliveryId(tag);
-  const claimed = await tracker.queueAndClaim({
-    deliveryId,
-    workflow: "verification-code",
-    recipient: "ada@example.com",
-    payload: { code: "123456", expiresInMinutes: 5 },
-    metadata: {},
-  }, 60);
+  const claimed = await tracker.queueAndClaim(queueRequest(deliveryId), 60);
   assert(claimed.kind === "claimed", JSON.stringify(claimed));
   return { tracker, lines, deliveryId, attempt: claimed.attempt };
 }
@@ -373,13 +345,8 @@ test("a payload that cannot be serialised is thrown from queueAndClaim: neither 
   const db = postgres(Deno.env.get("DATABASE_URL")!, { max: 1, onnotice: () => {} });
   try {
     const deliveryId = newDeliveryId("bug-bigint");
-    const request = {
-      deliveryId,
-      workflow: "verification-code",
-      recipient: "ada@example.com",
-      payload: { code: "123456", expiresInMinutes: 5, n: 1n }, // JSON cannot hold a BigInt
-      metadata: {},
-    };
+    const base = queueRequest(deliveryId);
+    const request = { ...base, payload: { ...base.payload, n: 1n } }; // JSON cannot hold a BigInt
     await assertTypeError(() => tracker.queueAndClaim(request, 60));
     // A request whose fields throw when read: the query builder itself throws.
     const throwing = Object.defineProperty({ ...request, n: undefined }, "deliveryId", {
@@ -400,17 +367,11 @@ test("a payload that cannot be serialised is thrown from queueAndClaim: neither 
 
 test("a programming error in the half-open breaker's trial call does not leave the breaker open for good", async () => {
   const gate = startGate(new URL(Deno.env.get("DATABASE_URL")!));
-  const { logger } = capture();
-  const tracker = createStatusTracker(
-    loadConfig({
-      ...baseEnv,
-      DELIVERY_STATUS_DATABASE_URL: gate.url,
-      TRACKER_TIMEOUT_MS: "300",
-      TRACKER_BREAKER_THRESHOLD: "1",
-      TRACKER_BREAKER_COOLDOWN_MS: "200",
-    }).tracking,
-    { logger },
-  );
+  const { tracker } = trackerOn(gate.url, {
+    TRACKER_TIMEOUT_MS: "300",
+    TRACKER_BREAKER_THRESHOLD: "1",
+    TRACKER_BREAKER_COOLDOWN_MS: "200",
+  });
   try {
     assertEquals(await tracker.reapExpiredLeases(), { kind: "unavailable", reason: "failed" });
     assertEquals(tracker.health().state, "open");

@@ -3,28 +3,23 @@
  * as JWT_SECRET (`supabase secrets set` refuses SUPABASE_* names) and SUPABASE_URL fixing the issuer,
  * for both routes that take user tokens (the deliveries endpoint and the dashboard's JSON route).
  */
-import { SignJWT } from "jose";
 import { assertEquals } from "./support/assert.ts";
-import { test, withHarness } from "./support/harness.ts";
-import { envelope, newDeliveryId, verificationEvent } from "./support/pubsub.ts";
+import { pushOwnedDelivery, test, withHarness } from "./support/harness.ts";
+import { signUserToken } from "./support/user_tokens.ts";
 
 const secret = "hosted-project-legacy-jwt-secret-0123456789";
 const projectUrl = "https://abcdefghijklmnopqrst.supabase.co";
 const issuer = `${projectUrl}/auth/v1`;
 
+/** A user's access token issued by this project's Auth, with `claims`. */
 function userToken(claims: Record<string, unknown>): Promise<string> {
-  return new SignJWT({ role: "authenticated", aud: "authenticated", iss: issuer, ...claims })
-    .setProtectedHeader({ alg: "HS256", typ: "JWT" }).setIssuedAt().setExpirationTime("5m")
-    .sign(new TextEncoder().encode(secret));
+  return signUserToken({ iss: issuer, ...claims }, secret);
 }
 
 test("with JWT_SECRET and SUPABASE_URL set, user tokens of the project open the status route and the dashboard; others get 401", async () => {
-  await withHarness(async ({ worker, token }) => {
-    const owner = crypto.randomUUID();
-    const id = newDeliveryId("user-token");
-    const push = await worker.push(envelope(verificationEvent({ deliveryId: id, userId: owner })), { token });
-    assertEquals(push.status, 200);
-    await push.body?.cancel();
+  await withHarness(async (h) => {
+    const { worker } = h;
+    const { owner, id } = await pushOwnedDelivery(h, "user-token");
 
     const get = async (path: string, bearer: string) => {
       const res = await fetch(`${worker.url}/email-worker/${path}`, { headers: { authorization: `Bearer ${bearer}` } });

@@ -100,17 +100,7 @@ select is(
   'deliveries_due_idx is partial: only queued and retrying deliveries'
 );
 
-create function pg_temp.plan_of(query text) returns text language plpgsql as $$
-declare
-  line text;
-  plan text := '';
-begin
-  for line in execute 'explain (costs off) ' || query loop
-    plan := plan || line || E'\n';
-  end loop;
-  return plan;
-end
-$$;
+\ir fixtures/plan_of.psql
 set local enable_seqscan = off;
 select matches(
   pg_temp.plan_of($$ select delivery_id from email.deliveries

@@ -55,27 +55,19 @@ begin
 end
 $$;
 
-/** The integer result of the query last sent to session `name` (and clears it for the next one). */
-create function pg_temp.int_result(name text) returns int language plpgsql as $$
+/**
+ * What the query last sent to session `name` gave, and clears it for the next one: its integer result
+ * as text (cast it back with ::int), or the error it raised.
+ */
+create function pg_temp.result_of(name text) returns text language plpgsql set client_min_messages = warning as $$
 declare
   r int;
-begin
-  select a into r from dblink_get_result(name) as t(a int);
-  perform * from dblink_get_result(name) as t(a int);
-  return r;
-end
-$$;
-
-/** The error the query last sent to session `name` raised, or OK (and clears it for the next one). */
-create function pg_temp.error_of(name text) returns text language plpgsql as $$
-declare
   message text;
 begin
-  set local client_min_messages = warning;
-  perform * from dblink_get_result(name, false) as t(a int);
+  select a into r from dblink_get_result(name, false) as t(a int);
   message := dblink_error_message(name);
   perform * from dblink_get_result(name, false) as t(a int);
-  return message;
+  return case when message = 'OK' then r::text else message end;
 end
 $$;
 
@@ -101,7 +93,7 @@ select ok(
 );
 select dblink_exec('c1', 'commit');
 select is(
-  (select array_agg(pg_temp.int_result('c' || i) order by i) from generate_series(2, 8) i),
+  (select array_agg(pg_temp.result_of('c' || i)::int order by i) from generate_series(2, 8) i),
   array[null, null, null, null, null, null, null]::int[],
   'when session 1 commits, sessions 2-8 find the delivery taken: null, no attempt for them'
 );
@@ -126,7 +118,7 @@ create function pg_temp.race(round int) returns void language plpgsql as $$
 begin
   perform dblink_send_query('c' || i, format('select email.mark_in_progress(%L)', pg_temp.id('race-' || round)))
   from generate_series(1, 8) i;
-  insert into race select round, i, pg_temp.int_result('c' || i) from generate_series(1, 8) i;
+  insert into race select round, i, pg_temp.result_of('c' || i)::int from generate_series(1, 8) i;
 end
 $$;
 select pg_temp.race(r) from generate_series(1, 10) r;
@@ -209,9 +201,9 @@ select ok(
   'the same request (session 2) and a conflicting one (session 3) wait for session 1'
 );
 select dblink_exec('c1', 'commit');
-select is(pg_temp.int_result('c2'), 0, 'the same request gets the first one''s row');
+select is(pg_temp.result_of('c2')::int, 0, 'the same request gets the first one''s row');
 select matches(
-  pg_temp.error_of('c3'), 'already exists with different content', 'the conflicting request is refused (EM002)'
+  pg_temp.result_of('c3'), 'already exists with different content', 'the conflicting request is refused (EM002)'
 );
 select results_eq(
   format($$ select count(*)::int, (select count(*)::int from email.delivery_events e where e.delivery_id = %L) from email.deliveries where delivery_id = %L $$,

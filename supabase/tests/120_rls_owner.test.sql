@@ -23,40 +23,24 @@ select is(
   (select count(*)::int from email.delivery_events where delivery_id in ('pgtap-080-by-uid', 'pgtap-080-by-email')), 4,
   'owner: all their events (queued and in_progress of each)'
 );
-select throws_ok($$ select request_hash from email.deliveries $$, '42501', null, 'owner: request_hash (a hash over the payload), permission denied');
-select throws_ok($$ select * from email.delivery_payloads $$, '42501', null, 'owner: delivery_payloads, permission denied');
-select throws_ok($$ select * from email.rejected_messages $$, '42501', null, 'owner: rejected_messages, permission denied');
-select throws_ok($$ select * from email.retry_policies $$, '42501', null, 'owner: retry_policies, permission denied');
-select throws_ok(
-  format($$ insert into email.deliveries (delivery_id, workflow, recipient, max_attempts, request_hash, user_id)
-     values ('pgtap-080-mine', 'pgtap', 'ada@example.com', 5, 'x', %L) $$, tests.get_supabase_uid('ada')),
-  '42501', null, 'owner: insert into deliveries, permission denied'
-);
-select throws_ok(
-  $$ update email.deliveries set recipient = 'x@example.com' where delivery_id = 'pgtap-080-by-uid' $$,
-  '42501', null, 'owner: update of their own delivery, permission denied'
-);
-select throws_ok(
-  $$ delete from email.deliveries where delivery_id = 'pgtap-080-by-uid' $$,
-  '42501', null, 'owner: delete of their own delivery, permission denied'
-);
-select throws_ok(
-  $$ insert into email.delivery_events (delivery_id, to_status, attempt, actor) values ('pgtap-080-by-uid', 'sent', 1, 'me') $$,
-  '42501', null, 'owner: insert into delivery_events, permission denied'
-);
-select throws_ok(
-  $$ insert into email.delivery_payloads (delivery_id, payload) values ('pgtap-080-by-uid', '{}') $$,
-  '42501', null, 'owner: insert into delivery_payloads, permission denied'
-);
-select throws_ok(
-  $$ select email.mark_sent('pgtap-080-by-uid', 1) $$, '42501', 'permission denied for function mark_sent', 'owner: mark_sent, permission denied'
-);
-select throws_ok(
-  $$ select email.requeue('pgtap-080-by-uid', 'please') $$, '42501', 'permission denied for function requeue', 'owner: requeue, permission denied'
-);
-select throws_ok(
-  $$ select * from email.claim_due(10) $$, '42501', 'permission denied for function claim_due', 'owner: claim_due, permission denied'
-);
+-- She changes nothing, reads no payload and calls no operator's function: the privileges refuse it.
+select throws_ok(statement, '42501', message, 'owner: ' || what || ', permission denied')
+from (values
+  ('request_hash (a hash over the payload)', $$ select request_hash from email.deliveries $$, null),
+  ('delivery_payloads', $$ select * from email.delivery_payloads $$, null),
+  ('rejected_messages', $$ select * from email.rejected_messages $$, null),
+  ('retry_policies', $$ select * from email.retry_policies $$, null),
+  ('insert into deliveries', format($$ insert into email.deliveries (delivery_id, workflow, recipient, max_attempts, request_hash, user_id)
+     values ('pgtap-080-mine', 'pgtap', 'ada@example.com', 5, 'x', %L) $$, tests.get_supabase_uid('ada')), null),
+  ('update of their own delivery', $$ update email.deliveries set recipient = 'x@example.com' where delivery_id = 'pgtap-080-by-uid' $$, null),
+  ('delete of their own delivery', $$ delete from email.deliveries where delivery_id = 'pgtap-080-by-uid' $$, null),
+  ('insert into delivery_events',
+    $$ insert into email.delivery_events (delivery_id, to_status, attempt, actor) values ('pgtap-080-by-uid', 'sent', 1, 'me') $$, null),
+  ('insert into delivery_payloads', $$ insert into email.delivery_payloads (delivery_id, payload) values ('pgtap-080-by-uid', '{}') $$, null),
+  ('mark_sent', $$ select email.mark_sent('pgtap-080-by-uid', 1) $$, 'permission denied for function mark_sent'),
+  ('requeue', $$ select email.requeue('pgtap-080-by-uid', 'please') $$, 'permission denied for function requeue'),
+  ('claim_due', $$ select * from email.claim_due(10) $$, 'permission denied for function claim_due')
+) v(what, statement, message);
 select ok(not email.is_support(), 'owner: is not support');
 
 -- email_api

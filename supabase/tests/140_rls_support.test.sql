@@ -24,19 +24,14 @@ select is(
   (select count(*)::int from email_api.delivery_events where delivery_id like 'pgtap-080-%'), 6,
   'support: sees every event through email_api'
 );
-select throws_ok($$ select * from email.delivery_payloads $$, '42501', null, 'support: delivery_payloads, permission denied');
-select throws_ok($$ select * from email.rejected_messages $$, '42501', null, 'support: rejected_messages, permission denied');
-select throws_ok(
-  $$ update email.deliveries set status = 'failed' where delivery_id = 'pgtap-080-other' $$,
-  '42501', null, 'support: update, permission denied'
-);
-select throws_ok(
-  $$ delete from email.delivery_events where delivery_id = 'pgtap-080-other' $$,
-  '42501', null, 'support: delete of events, permission denied'
-);
-select throws_ok(
-  $$ select email.requeue('pgtap-080-other', 'support wants it') $$, '42501', 'permission denied for function requeue', 'support: requeue, permission denied'
-);
+select throws_ok(statement, '42501', message, 'support: ' || what || ', permission denied')
+from (values
+  ('delivery_payloads', $$ select * from email.delivery_payloads $$, null),
+  ('rejected_messages', $$ select * from email.rejected_messages $$, null),
+  ('update', $$ update email.deliveries set status = 'failed' where delivery_id = 'pgtap-080-other' $$, null),
+  ('delete of events', $$ delete from email.delivery_events where delivery_id = 'pgtap-080-other' $$, null),
+  ('requeue', $$ select email.requeue('pgtap-080-other', 'support wants it') $$, 'permission denied for function requeue')
+) v(what, statement, message);
 
 -- email_api
 

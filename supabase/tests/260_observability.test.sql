@@ -46,17 +46,7 @@ select is_empty(
 select is(email.recipient_domain('Ann <ann@Prom-A.test>'), 'prom-a.test', 'the domain of a recipient, lower-cased, from inside <...>');
 
 -- What a scrape reads is reached through an index (with sequential scans off: one exists that fits).
-create function pg_temp.plan_of(query text) returns text language plpgsql as $$
-declare
-  line text;
-  plan text := '';
-begin
-  for line in execute 'explain (costs off) ' || query loop
-    plan := plan || line || E'\n';
-  end loop;
-  return plan;
-end
-$$;
+\ir fixtures/plan_of.psql
 set local enable_seqscan = off;
 select matches(pg_temp.plan_of($$ select e.id from email.delivery_events e where e.id > 100 and e.id <= 200 $$),
   '(Index Only Scan using|Index Scan using|Bitmap Index Scan on) delivery_events_\w*pkey', 'the fold reads its range of the trail by primary key');
@@ -120,17 +110,22 @@ where event_id in (select e.id from email.delivery_events e where e.delivery_id 
 select tests.authenticate_as_service_role();
 create temp table s1 as select * from email.metric_samples();
 select tests.reset_authentication();
+/** The value of the sample `name` in that scrape, the one with exactly `labels` (when given); more than one is an error. */
+create function pg_temp.scraped(name text, labels jsonb default null) returns double precision language sql as $$
+  select (select s.value from s1 s where s.sample = scraped.name and (scraped.labels is null or s.labels = scraped.labels))
+$$;
+/** The samples `name` of workflow t-prom in that scrape, as {their label `key`: value}. */
+create function pg_temp.t_prom_by(name text, key text) returns jsonb language sql as $$
+  select jsonb_object_agg(s.labels ->> t_prom_by.key, s.value) from s1 s
+  where s.sample = t_prom_by.name and s.labels ->> 'workflow' = 't-prom'
+$$;
 
-select is(
-  (select jsonb_object_agg(s.labels ->> 'status', s.value) from s1 s
-   where s.sample = 'email_delivery_transitions_total' and s.labels ->> 'workflow' = 't-prom'),
+select is(pg_temp.t_prom_by('email_delivery_transitions_total', 'status'),
   '{"queued": 7, "in_progress": 6, "sent": 3, "failed": 1, "dead_letter": 1}'::jsonb,
   'transitions by status: every audit event of the workflow counted once');
-select is((select s.value from s1 s where s.sample = 'email_delivery_attempts_total' and s.labels = '{"workflow": "t-prom"}'),
+select is(pg_temp.scraped('email_delivery_attempts_total', '{"workflow": "t-prom"}'),
   6::double precision, 'attempts are the transitions into in_progress');
-select is(
-  (select jsonb_object_agg(s.labels ->> 'error_code', s.value) from s1 s
-   where s.sample = 'email_delivery_errors_total' and s.labels ->> 'workflow' = 't-prom'),
+select is(pg_temp.t_prom_by('email_delivery_errors_total', 'error_code'),
   '{"smtp_550": 1, "smtp_452": 1}'::jsonb, 'errors by error code');
 select is(pg_temp.delta('domain_outcomes', '{"domain": "prom-a.test", "status": "sent"}'), 2::double precision,
   'the busiest new domain got a label of its own (sent twice, the address case folded)');
@@ -152,26 +147,24 @@ select is(
    where s.sample = 'email_delivery_latency_seconds_bucket' and s.labels ->> 'workflow' = 't-prom'),
   array['0.5', '1', '2', '5', '10', '30', '60', '300', '900', '3600', '21600', '86400', '+Inf'],
   'buckets come in increasing order of their bound');
-select is((select round(s.value::numeric, 3) from s1 s where s.sample = 'email_delivery_latency_seconds_sum' and s.labels = '{"workflow": "t-prom"}'),
+select is(round(pg_temp.scraped('email_delivery_latency_seconds_sum', '{"workflow": "t-prom"}')::numeric, 3),
   7204.300, 'the histogram''s sum is the sum of the latencies in seconds');
-select is((select s.value from s1 s where s.sample = 'email_delivery_latency_seconds_count' and s.labels = '{"workflow": "t-prom"}'),
+select is(pg_temp.scraped('email_delivery_latency_seconds_count', '{"workflow": "t-prom"}'),
   3::double precision, 'and its count the sent deliveries');
-select is(
-  (select jsonb_object_agg(s.labels ->> 'status', s.value) from s1 s
-   where s.sample = 'email_deliveries_open' and s.labels ->> 'workflow' = 't-prom'),
+select is(pg_temp.t_prom_by('email_deliveries_open', 'status'),
   '{"queued": 1, "in_progress": 1}'::jsonb, 'open deliveries by status, now');
-select is((select s.value from s1 s where s.sample = 'email_deliveries_due_oldest_age_seconds'),
+select is(pg_temp.scraped('email_deliveries_due_oldest_age_seconds'),
   extract(epoch from now() - '2000-01-01T00:00:00Z'::timestamptz)::double precision,
   'how long the oldest due delivery has been due');
-select is((select s.value from s1 s where s.sample = 'email_dead_letter_deliveries' and s.labels = '{"workflow": "t-prom"}'),
+select is(pg_temp.scraped('email_dead_letter_deliveries', '{"workflow": "t-prom"}'),
   1::double precision, 'the dead-letter queue of the workflow');
-select is((select s.value from s1 s where s.sample = 'email_dead_letter_oldest_age_seconds' and s.labels = '{"workflow": "t-prom"}'),
+select is(pg_temp.scraped('email_dead_letter_oldest_age_seconds', '{"workflow": "t-prom"}'),
   172800::double precision, 'the age of its oldest dead letter');
-select is((select s.value from s1 s where s.sample = 'email_webhook_messages_pending'),
+select is(pg_temp.scraped('email_webhook_messages_pending'),
   (select count(*)::double precision from email.webhook_outbox where status = 'pending'), 'pending webhook messages');
-select is((select s.value from s1 s where s.sample = 'email_webhook_oldest_pending_age_seconds'), 7200::double precision,
+select is(pg_temp.scraped('email_webhook_oldest_pending_age_seconds'), 7200::double precision,
   'the age of the oldest pending webhook message');
-select is((select s.value from s1 s where s.sample = 'email_metrics_events_behind'), 0::double precision,
+select is(pg_temp.scraped('email_metrics_events_behind'), 0::double precision,
   'the fold has caught up');
 select is(
   (select array_agg(distinct s.type || ' ' || s.family order by s.type || ' ' || s.family) from s1 s where s.family like '%latency%'),

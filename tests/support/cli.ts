@@ -1,7 +1,8 @@
 /**
  * The email-status CLI as a subprocess, for tests: with stdin piped, from /dev/null, or on a
- * pseudo-terminal (util-linux `script`), the way a person at a terminal runs it; and a private,
- * migrated database on the test server for tests that act on every matching row.
+ * pseudo-terminal (util-linux `script`), the way a person at a terminal runs it; a subcommand run in
+ * the test's own process with what it prints captured; and a private, migrated database on the test
+ * server for tests that act on every matching row.
  */
 import postgres from "postgres";
 
@@ -12,15 +13,39 @@ const passThrough = Object.fromEntries(
   ["HOME", "PATH", "DENO_DIR", "TMPDIR"].flatMap((k) => Deno.env.get(k) ? [[k, Deno.env.get(k)!]] : []),
 );
 
+/** The whole environment a CLI subprocess gets (with clearEnv): what Deno needs, no colour, a user, and `env`. */
+export function cliEnv(env: Record<string, string> = {}): Record<string, string> {
+  return { ...passThrough, NO_COLOR: "1", USER: "tester", ...env };
+}
+
 /** What a CLI run printed and how it exited. */
 export type CliRun = { code: number; stdout: string; stderr: string };
+
+/** What a subcommand run in-process printed (console.log lines in `out`, console.error in `err`) and its exit code. */
+export type CapturedRun = { code: number; out: string; err: string };
+
+/** Runs a subcommand in this process (`command` returns its exit code), capturing what it prints. */
+export async function captureOutput(command: () => Promise<number>): Promise<CapturedRun> {
+  const out: string[] = [];
+  const err: string[] = [];
+  const [log, error] = [console.log, console.error];
+  console.log = (...a: unknown[]) => out.push(a.join(" "));
+  console.error = (...a: unknown[]) => err.push(a.join(" "));
+  try {
+    const code = await command();
+    return { code, out: out.join("\n"), err: err.join("\n") };
+  } finally {
+    console.log = log;
+    console.error = error;
+  }
+}
 
 /** Runs the CLI with stdin not a terminal: text written then closed, "eof" (closed at once) or "null" (/dev/null). */
 export async function runCli(args: string[], env: Record<string, string>, stdin: string): Promise<CliRun> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "cli/email_status.ts", ...args],
     cwd: root,
-    env: { ...passThrough, NO_COLOR: "1", USER: "tester", ...env },
+    env: cliEnv(env),
     clearEnv: true,
     stdin: stdin === "null" ? "null" : "piped",
     stdout: "piped",
@@ -47,7 +72,7 @@ export async function runCliOnTty(args: string[], env: Record<string, string>, t
     const child = new Deno.Command("script", {
       args: ["-qec", `${command} >${quote(`${dir}/out`)} 2>${quote(`${dir}/err`)}`, "/dev/null"],
       cwd: root,
-      env: { ...passThrough, NO_COLOR: "1", USER: "tester", ...env },
+      env: cliEnv(env),
       clearEnv: true,
       stdin: "piped",
       stdout: "null",

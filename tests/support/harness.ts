@@ -1,10 +1,13 @@
 /**
  * One call that brings up everything a worker test needs (SMTP server, JWKS server, the worker on
- * HTTP, a database reader) and tears it down, plus `test` with sanitizers off: npm:postgres and
- * smtp-server keep sockets and timers across awaits in ways Deno's sanitizers misread.
+ * HTTP, a database reader) and tears it down, plus `test` with sanitizers off (npm:postgres and
+ * smtp-server keep sockets and timers across awaits in ways Deno's sanitizers misread) and
+ * `pushOwnedDelivery` for the tests of the routes users call.
  */
+import { assertEquals } from "./assert.ts";
 import { openDb, type TestDb } from "./db.ts";
 import { startJwks, type TestJwks } from "./jwks.ts";
+import { envelope, newDeliveryId, verificationEvent } from "./pubsub.ts";
 import { startSmtpServer, type TestSmtp } from "./smtp.ts";
 import { databaseUrl, startWorker, type TestWorker } from "./worker.ts";
 
@@ -33,4 +36,17 @@ export async function withHarness(
     await jwks.close();
     await smtp.close();
   }
+}
+
+/** Pushes a new verification event of a new user (its user_id), which must be answered 200; returns both ids. */
+export async function pushOwnedDelivery(
+  { worker, token }: Pick<Harness, "worker" | "token">,
+  prefix: string,
+): Promise<{ owner: string; id: string }> {
+  const owner = crypto.randomUUID();
+  const id = newDeliveryId(prefix);
+  const push = await worker.push(envelope(verificationEvent({ deliveryId: id, userId: owner })), { token });
+  assertEquals(push.status, 200);
+  await push.body?.cancel();
+  return { owner, id };
 }
