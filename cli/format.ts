@@ -159,6 +159,22 @@ export function formatMetrics(metrics: Record<string, unknown>, p: Palette): str
     ms(x.latency_ms.p95),
     ms(x.latency_ms.p99),
   ];
+  const outcomes = (kind: "domain" | "relay") => {
+    const list = (m[`${kind}s`] ?? []) as (Record<string, string | number> & { deferral_rate: number })[];
+    if (!list.length) return [p.dim("no attempts in this window")];
+    return [table([
+      [kind.toUpperCase(), "ATTEMPTS", "SENT", "RETRYING", "FAILED", "DEAD", "DEFERRED"],
+      ...list.map((o) => [
+        String(o[kind]),
+        String(o.outcomes),
+        String(o.sent),
+        String(o.retrying),
+        String(o.failed),
+        String(o.dead_letter),
+        Number(o.deferral_rate) >= 0.2 ? p.red(pct(o.deferral_rate)) : pct(o.deferral_rate),
+      ]),
+    ], p)];
+  };
   const out = [
     p.bold(`deliveries queued ${when(w.since)} .. ${when(w.until)}${w.workflow ? ` (workflow ${w.workflow})` : ""}`),
     table([
@@ -174,6 +190,12 @@ export function formatMetrics(metrics: Record<string, unknown>, p: Palette): str
         ...errors.map((e) => [e.workflow, p.red(e.error_code), String(e.deliveries)]),
       ], p)
       : p.dim("none"),
+    "",
+    p.bold("attempt outcomes by recipient domain"),
+    ...outcomes("domain"),
+    "",
+    p.bold("attempt outcomes by SMTP relay"),
+    ...outcomes("relay"),
     "",
     `${p.bold("dead-letter queue")}  ${dlq.size} ${dlq.size ? p.dim(`(oldest ${age(dlq.oldest_age_seconds)})`) : ""}`
       .trimEnd(),

@@ -1,6 +1,7 @@
 // `npm run bench`: how fast is the tracked email path, measured side by side in one run.
-//   (a)+(d) end to end through the real HTTP handler to a local SMTP sink, tracking on and off,
-//           database round trips and added latency per delivery (bench/e2e.ts, run with Deno)
+//   (a)+(d) end to end through the real HTTP handler to a local SMTP sink, tracking on and off, the
+//           SMTP leg alone, pooled and per-message SMTP connections, at 8 and 32 in flight; database
+//           round trips and added latency per delivery (bench/e2e.ts, run with Deno)
 //   (b)     complete lifecycles per second in Postgres at 1, 8 and 32 clients vs a plain baseline
 //   (c)     the same with a million deliveries already stored (--rows=10000000 for the 10M scale proof);
 //           sweep and metrics query times; the retention job removing the oldest month under load
@@ -29,7 +30,9 @@ import {
   retentionAtScale,
   timeSweepAndMetrics,
 } from "../bench/lib/growth.mjs";
+import { timeMetrics } from "../bench/lib/metrics_bench.mjs";
 import { round, table } from "../bench/lib/stats.mjs";
+import { reportEndToEnd } from "../bench/lib/e2e_report.mjs";
 
 const flags = Object.fromEntries(
   process.argv.slice(2).filter((a) => a.startsWith("--")).map((a) => {
@@ -87,6 +90,8 @@ try {
       results.growth = { history: await loadHistory(url, { rows, log }) };
       log(`(c) lifecycles per second with the history in place`);
       results.growth.lifecycle = await measureMatrix(url, { clientsList, seconds, rounds, label: "1M", log });
+      log(`(c) email_api.metrics from the rollups vs the exact query`);
+      results.growth.metrics = await timeMetrics(url, { log });
       log(`(c) the same interleaved with an empty database`);
       results.growth.interleaved = await interleavedGrowth(server.url, url, { clients: 8, seconds, log });
       results.growth.queries = await timeSweepAndMetrics(url);
@@ -101,7 +106,8 @@ try {
     log(`\n(a)(d) end to end: ${deliveries} deliveries through the HTTP handler, tracking on and off`);
     const deno = path.join(root, "node_modules/.bin/deno");
     const out = path.join(os.tmpdir(), `email-bench-e2e-${process.pid}.json`);
-    const r = spawnSync(deno, ["run", "-A", "bench/e2e.ts", `--deliveries=${deliveries}`, `--out=${out}`], {
+    const e2eArgs = [`--deliveries=${deliveries}`, `--rounds=${rounds}`, `--out=${out}`];
+    const r = spawnSync(deno, ["run", "-A", "bench/e2e.ts", ...e2eArgs], {
       cwd: root,
       stdio: ["ignore", "inherit", "inherit"],
       env: { ...process.env, DATABASE_URL: url, NO_COLOR: "1" },
@@ -211,18 +217,5 @@ function report(r) {
   }
   if (r.growth?.interleaved) reportInterleavedGrowth(r.growth.interleaved, r.growth.history.deliveries, log);
   if (r.growth?.retention) reportRetention(r.growth.retention, log);
-  if (r.e2e && !r.e2e.error) {
-    const x = r.e2e;
-    log("\nend to end (HTTP push -> handler -> SMTP sink)");
-    log(table(["tracking", "deliveries", "deliveries/s", "p50 ms", "p99 ms", "db round trips/delivery"], [
-      ["off", x.off.deliveries, x.off.per_second, x.off.p50_ms, x.off.p99_ms, x.off.round_trips_per_delivery],
-      ["on", x.on.deliveries, x.on.per_second, x.on.p50_ms, x.on.p99_ms, x.on.round_trips_per_delivery],
-    ]));
-    log(
-      `tracked/untracked: ${x.ratio} (target >= 0.9: ${x.ratio >= 0.9 ? "MET" : "MISSED"}); ` +
-        `added latency per delivery p50 ${x.added_p50_ms} ms, p99 ${x.added_p99_ms} ms`,
-    );
-  } else if (r.e2e?.error) {
-    log(`\nend to end: ${r.e2e.error}`);
-  }
+  reportEndToEnd(r.e2e, log);
 }

@@ -38,6 +38,11 @@ select cron.schedule(
 --    by every new rejection; this daily job covers quiet periods.
 select cron.schedule('email-purge-rejected-messages', '23 3 * * *', $$select email.purge_rejected_messages()$$);
 
+-- 5. The metric fold: every Prometheus scrape runs it; this job keeps the rollups behind email_api.metrics
+--    and the dashboard current without Prometheus too (each run reads the audit events since the last,
+--    at most 100,000 of them or 2 seconds: email.metric_state).
+select cron.schedule('email-metrics-fold', '* * * * *', $$select email.fold_metric_events()$$);
+
 -- Operator queries:
 --   select * from cron.job where jobname = 'email-worker-sweep';
 --   select status, return_message, start_time from cron.job_run_details

@@ -25,6 +25,26 @@ $$;
 
 COMMENT ON FUNCTION email._actor() IS 'The actor recorded in the audit trail';
 
+CREATE FUNCTION email._admit_metric_labels(kinds text[], vals text[], counts bigint[], max_domains integer, max_error_codes integer, max_relays integer) RETURNS TABLE(kind text, value text)
+    LANGUAGE sql
+    SET search_path TO ''
+    AS $$
+  insert into email.metric_labels as l (kind, value)
+  select x.kind, x.value from (
+    select c.kind, c.value, row_number() over (partition by c.kind order by sum(c.n) desc, c.value) as rank
+    from unnest(kinds, vals, counts) c(kind, value, n)
+    where char_length(c.value) between 1 and 255 and c.value <> 'other' and not (c.kind = 'relay' and c.value = 'unknown')
+      and not exists (select from email.metric_labels r where r.kind = c.kind and r.value = c.value)
+    group by c.kind, c.value
+  ) x
+  where x.rank <= case x.kind when 'domain' then max_domains when 'error_code' then max_error_codes else max_relays end
+    - (select count(*) from email.metric_labels r where r.kind = x.kind)
+  on conflict do nothing
+  returning l.kind, l.value
+$$;
+
+COMMENT ON FUNCTION email._admit_metric_labels(kinds text[], vals text[], counts bigint[], max_domains integer, max_error_codes integer, max_relays integer) IS 'Admits the most frequent new domains, error codes and relays into email.metric_labels up to the caps';
+
 CREATE TABLE email.deliveries (
     delivery_id text NOT NULL,
     workflow text NOT NULL,
@@ -115,47 +135,44 @@ CREATE FUNCTION email._fold_metric_ids(ids bigint[], max_domains integer, max_er
     AS $$
 declare
   folded integer;
+  max_relays integer := (select s.max_relays from email.metric_state s);
+  lo bigint := (select min(u) from unnest(ids) u);
+  hi bigint := (select max(u) from unnest(ids) u);
+  whole boolean;
 begin
+  -- A chunk of the fold holds every visible event of its range: read it as a range.
+  whole := cardinality(ids) = (select count(*) from email.delivery_events e where e.id >= lo and e.id <= hi);
   with ev as materialized (
-    select e.to_status as status, e.error_code, d.workflow,
-      email.recipient_domain(d.recipient) as domain,
-      case when e.to_status = 'sent' then extract(epoch from d.sent_at - d.queued_at)::double precision end as latency
-    from unnest(ids) u(id)
-    join email.delivery_events e on e.id = u.id
-    join email.deliveries d on d.delivery_id = e.delivery_id
+    select f.*, f.to_status as status, extract(epoch from f.latency)::double precision as latency_s
+    from email._metric_facts(case when whole then lo - 1 else 0 end, case when whole then hi else 0 end,
+      case when whole then '{}' else ids end) f
   ),
-  new_domains as (
-    insert into email.metric_labels (kind, value)
-    select 'domain', x.domain from (
-      select ev.domain, count(*) as n from ev
-      where ev.status in ('sent', 'retrying', 'failed', 'dead_letter') and ev.domain is not null
-        and char_length(ev.domain) <= 255 and ev.domain <> 'other'
-        and not exists (select from email.metric_labels l where l.kind = 'domain' and l.value = ev.domain)
-      group by ev.domain
-      order by n desc, ev.domain
-      limit greatest(0, max_domains - (select count(*) from email.metric_labels l where l.kind = 'domain'))
-    ) x
-    on conflict do nothing
-    returning value
+  candidates as (
+    select c.kind, c.value, count(*) as n
+    from ev
+    cross join lateral (values
+      ('domain', case when email.is_attempt_outcome(ev.status) then ev.domain end),
+      ('error_code', ev.error_code),
+      ('relay', case when email.is_attempt_outcome(ev.status) then ev.relay end)) c(kind, value)
+    where c.value is not null
+    group by c.kind, c.value
   ),
-  new_codes as (
-    insert into email.metric_labels (kind, value)
-    select 'error_code', x.error_code from (
-      select ev.error_code, count(*) as n from ev
-      where ev.error_code is not null and ev.error_code <> 'other'
-        and not exists (select from email.metric_labels l where l.kind = 'error_code' and l.value = ev.error_code)
-      group by ev.error_code
-      order by n desc, ev.error_code
-      limit greatest(0, max_error_codes - (select count(*) from email.metric_labels l where l.kind = 'error_code'))
-    ) x
-    on conflict do nothing
-    returning value
+  admitted as materialized (
+    select a.kind, a.value
+    from (select array_agg(c.kind) as kinds, array_agg(c.value) as vals, array_agg(c.n) as counts from candidates c) x
+    cross join lateral email._admit_metric_labels(x.kinds, x.vals, x.counts, max_domains, max_error_codes, max_relays) a
   ),
-  domains as (
-    select l.value from email.metric_labels l where l.kind = 'domain' union select n.value from new_domains n
+  labels as (
+    select l.kind, l.value from email.metric_labels l union select a.kind, a.value from admitted a
   ),
-  codes as (
-    select l.value from email.metric_labels l where l.kind = 'error_code' union select n.value from new_codes n
+  domains as (select l.value from labels l where l.kind = 'domain'),
+  codes as (select l.value from labels l where l.kind = 'error_code'),
+  relays as (select l.value from labels l where l.kind = 'relay'),
+  labelled as materialized (
+    select ev.*,
+      case when ev.domain in (select m.value from domains m) then ev.domain else 'other' end as domain_label,
+      case when ev.relay is null then 'unknown' when ev.relay in (select r.value from relays r) then ev.relay else 'other' end as relay_label
+    from ev
   ),
   deltas as (
     select 'transitions' as family, jsonb_build_object('workflow', ev.workflow, 'status', ev.status) as labels,
@@ -166,31 +183,133 @@ begin
         'error_code', case when ev.error_code in (select c.value from codes c) then ev.error_code else 'other' end), 1
     from ev where ev.error_code is not null
     union all
-    select 'domain_outcomes', jsonb_build_object(
-        'domain', case when ev.domain in (select m.value from domains m) then ev.domain else 'other' end,
-        'status', ev.status), 1
-    from ev where ev.status in ('sent', 'retrying', 'failed', 'dead_letter')
+    select 'domain_outcomes', jsonb_build_object('domain', ev.domain_label, 'relay', ev.relay_label, 'status', ev.status), 1
+    from labelled ev where email.is_attempt_outcome(ev.status)
     union all
     select 'latency_bucket', jsonb_build_object('workflow', ev.workflow, 'le', coalesce(
-        (select min(b.le) from email.metric_latency_buckets b where b.le >= ev.latency),
+        (select min(b.le) from email.metric_latency_buckets b where b.le >= ev.latency_s),
         'Infinity'::double precision)::text), 1
-    from ev where ev.latency is not null
+    from ev where ev.latency_s is not null
     union all
-    select 'latency_sum', jsonb_build_object('workflow', ev.workflow), greatest(ev.latency, 0)
-    from ev where ev.latency is not null
+    select 'latency_sum', jsonb_build_object('workflow', ev.workflow), greatest(ev.latency_s, 0)
+    from ev where ev.latency_s is not null
   ),
   upserted as (
     insert into email.metric_counters as c (family, labels, value)
     select x.family, x.labels, sum(x.v) from deltas x group by x.family, x.labels
     on conflict (family, labels) do update set value = c.value + excluded.value, updated_at = now()
     returning 1
+  ),
+  -- the delivery's state after the event counts, its state before no longer does
+  states as (
+    select ev.queued_at, ev.workflow, ev.before_status as status, ev.before_error as error_code,
+      -1 as n, -ev.before_attempts as attempts, null::interval as latency
+    from ev where ev.before_status is not null
+    union all
+    select ev.queued_at, ev.workflow, ev.status, ev.after_error, 1, ev.after_attempts, ev.latency
+    from ev
+  ),
+  grains as (select g.grain from unnest(array['hour', 'day']) g(grain)),
+  rolled as (
+    insert into email.metric_rollups as r (grain, bucket, workflow, status, error_code, deliveries, attempts)
+    select g.grain, email.metric_bucket(g.grain, s.queued_at), s.workflow, s.status, s.error_code, sum(s.n), sum(s.attempts)
+    from states s, grains g
+    group by 1, 2, 3, 4, 5
+    on conflict on constraint metric_rollups_key do update
+      set deliveries = r.deliveries + excluded.deliveries, attempts = r.attempts + excluded.attempts
+    returning 1
+  ),
+  latencies as (
+    insert into email.metric_latency_rollups as r (grain, bucket, workflow, bin, deliveries)
+    select g.grain, email.metric_bucket(g.grain, s.queued_at), s.workflow,
+      email.latency_bin(extract(epoch from s.latency)::double precision * 1000), sum(s.n)
+    from states s, grains g
+    where s.status = 'sent' and s.latency is not null
+    group by 1, 2, 3, 4
+    on conflict (grain, bucket, workflow, bin) do update set deliveries = r.deliveries + excluded.deliveries
+    returning 1
+  ),
+  outcomes as (
+    insert into email.metric_outcome_rollups as r (grain, bucket, workflow, domain, relay, status, events)
+    select g.grain, email.metric_bucket(g.grain, ev.event_at), ev.workflow, coalesce(ev.domain_label, 'other'),
+      ev.relay_label, ev.status, count(*)
+    from labelled ev, grains g
+    where email.is_attempt_outcome(ev.status)
+    group by 1, 2, 3, 4, 5, 6
+    on conflict (grain, bucket, workflow, domain, relay, status) do update set events = r.events + excluded.events
+    returning 1
   )
-  select count(*)::int into folded from ev, (select count(*) from upserted) u;
+  select count(*)::int into folded
+  from ev, (select count(*) from upserted) u, (select count(*) from rolled) r, (select count(*) from latencies) l,
+    (select count(*) from outcomes) o;
   return folded;
 end
 $$;
 
-COMMENT ON FUNCTION email._fold_metric_ids(ids bigint[], max_domains integer, max_error_codes integer) IS 'Adds the given audit events to email.metric_counters (internal to fold_metric_events)';
+COMMENT ON FUNCTION email._fold_metric_ids(ids bigint[], max_domains integer, max_error_codes integer) IS 'Adds the given audit events to email.metric_counters and the rollups (internal to fold_metric_events)';
+
+CREATE FUNCTION email._metric_facts(after_id bigint, upto_id bigint, ids bigint[] DEFAULT '{}'::bigint[], inside_from timestamp with time zone DEFAULT NULL::timestamp with time zone, inside_until timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS TABLE(event_id bigint, event_at timestamp with time zone, workflow text, domain text, relay text, to_status text, error_code text, queued_at timestamp with time zone, latency interval, before_status text, before_error text, before_attempts integer, after_error text, after_attempts integer)
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+  with ds as materialized (
+    select d.delivery_id, d.workflow, d.recipient, d.queued_at, d.attempts, d.last_error_code, d.sent_at, x.upto
+    from (
+      select u.delivery_id, max(u.id) as upto,
+        bool_or(u.created_at >= inside_from and u.created_at < inside_until) as event_inside
+      from (
+        -- apart, so each reads the primary key (an OR of the two reads every event)
+        select e.delivery_id, e.id, e.created_at from email.delivery_events e where e.id > after_id and e.id <= upto_id
+        union all
+        select e.delivery_id, e.id, e.created_at from email.delivery_events e where e.id = any (ids)
+      ) u
+      group by u.delivery_id
+    ) x
+    join email.deliveries d on d.delivery_id = x.delivery_id
+    -- with a window: only the deliveries queued in it, or with an asked-for event in it
+    where inside_from is null or x.event_inside or (d.queued_at >= inside_from and d.queued_at < inside_until)
+  ),
+  -- every event of those deliveries up to the last one asked for, in order
+  trail as (
+    select ds.delivery_id, ds.workflow, ds.recipient, ds.queued_at, ds.attempts, ds.last_error_code, ds.sent_at,
+      h.id, h.created_at, h.from_status, h.to_status, h.attempt, h.error_code, h.detail ->> 'relay' as relay,
+      (h.id > after_id and h.id <= upto_id) or h.id = any (ids) as wanted,
+      s.failing,
+      not exists (select from email.transitions x where x.from_status = h.to_status) as final,
+      lag(h.attempt) over w as attempt_before,
+      -- numbers the failing events; the events after one share its number until the next
+      count(*) filter (where s.failing) over w as failing_seen
+    from ds
+    cross join lateral (
+      select h.* from email.delivery_events h
+      where h.delivery_id = ds.delivery_id and h.id <= ds.upto and h.created_at >= ds.queued_at - interval '1 day'
+    ) h
+    join email.statuses s on s.status = h.to_status
+    window w as (partition by h.delivery_id order by h.id)
+  ),
+  -- the delivery's last error code once the event is written (the code of the last failing event so far)
+  coded as (
+    select t.*, case when t.failing_seen > 0
+      then first_value(t.error_code) over (partition by t.delivery_id, t.failing_seen order by t.id) end as error_now
+    from trail t
+  ),
+  stepped as (
+    select c.*, lag(c.error_now) over (partition by c.delivery_id order by c.id) as error_before
+    from coded c
+  )
+  select t.id, t.created_at, t.workflow, email.recipient_domain(t.recipient), t.relay, t.to_status, t.error_code,
+    t.queued_at,
+    case when t.to_status = 'sent' then t.sent_at - t.queued_at end,
+    t.from_status,
+    case when t.from_status is not null then t.error_before end,
+    case when t.from_status is not null then t.attempt_before end,
+    case when t.final then t.last_error_code else t.error_now end,
+    case when t.final then t.attempts else t.attempt end
+  from stepped t
+  where t.wanted
+$$;
+
+COMMENT ON FUNCTION email._metric_facts(after_id bigint, upto_id bigint, ids bigint[], inside_from timestamp with time zone, inside_until timestamp with time zone) IS 'Per audit event (an id range and a list): the event, its delivery and the delivery''s state before and after it (the metric fold and email_api.metrics'' tail)';
 
 CREATE FUNCTION email._reap(delivery_id text) RETURNS void
     LANGUAGE plpgsql
@@ -636,6 +755,14 @@ $$;
 
 COMMENT ON FUNCTION email.fold_metric_events() IS 'Adds the audit events since the last fold (and recovered gaps) to email.metric_counters, bounded in events and time; returns how many';
 
+CREATE FUNCTION email.is_attempt_outcome(status text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    AS $$
+  select status in ('sent', 'retrying', 'failed', 'dead_letter')
+$$;
+
+COMMENT ON FUNCTION email.is_attempt_outcome(status text) IS 'The statuses whose events are attempt outcomes: sent, retrying, failed, dead_letter';
+
 CREATE FUNCTION email.is_staff() RETURNS boolean
     LANGUAGE plpgsql STABLE
     SET search_path TO ''
@@ -672,6 +799,45 @@ end
 $$;
 
 COMMENT ON FUNCTION email.is_suppressed(address text) IS 'Whether the address is on the suppression list (case-insensitive)';
+
+CREATE FUNCTION email.latency_bin(ms double precision) RETURNS smallint
+    LANGUAGE sql IMMUTABLE
+    AS $$
+  select case when ms > 0 then ceil(ln(ms) / ln(1.005::double precision / 0.995))::smallint else (-32768)::smallint end
+$$;
+
+COMMENT ON FUNCTION email.latency_bin(ms double precision) IS 'Histogram bin of a latency in ms (relative accuracy 0.5 %); -32768 for zero';
+
+CREATE FUNCTION email.latency_bin_value(bin smallint) RETURNS double precision
+    LANGUAGE sql IMMUTABLE
+    AS $$
+  select case when bin = -32768 then 0::double precision
+    else 2 * power(1.005::double precision / 0.995, bin) / (1.005::double precision / 0.995 + 1) end
+$$;
+
+COMMENT ON FUNCTION email.latency_bin_value(bin smallint) IS 'The latency (ms) a histogram bin stands for: within 0.5 % of all it holds';
+
+CREATE FUNCTION email.latency_percentiles(bins smallint[], counts bigint[], fractions double precision[]) RETURNS double precision[]
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO ''
+    AS $$
+  with b as (
+    select u.bin, sum(u.n) over (order by u.bin) as upto
+    from (select x.bin, sum(x.n) as n from unnest(bins, counts) x(bin, n) group by x.bin having sum(x.n) > 0) u
+  ),
+  r as (
+    select q.i, q.f * (t.n - 1) as rank
+    from (select max(b.upto) as n from b) t, unnest(fractions) with ordinality q(f, i)
+    where t.n > 0
+  )
+  select array_agg(
+    (select email.latency_bin_value(b.bin) from b where b.upto > floor(r.rank) order by b.bin limit 1) * (1 - (r.rank - floor(r.rank)))
+    + (select email.latency_bin_value(b.bin) from b where b.upto > ceil(r.rank) order by b.bin limit 1) * (r.rank - floor(r.rank))
+    order by r.i)
+  from r
+$$;
+
+COMMENT ON FUNCTION email.latency_percentiles(bins smallint[], counts bigint[], fractions double precision[]) IS 'Continuous percentiles of a latency histogram (within 0.5 % of the exact ones)';
 
 CREATE FUNCTION email.mark_dead_letter(delivery_id text, attempt integer, error_code text, error_message text) RETURNS email.deliveries
     LANGUAGE plpgsql
@@ -764,6 +930,28 @@ end
 $$;
 
 COMMENT ON FUNCTION email.mark_sent(delivery_id text, attempt integer, provider_message_id text, provider_response text, relay text) IS 'Record a successful attempt (fenced by attempt number) and the relay it went through';
+
+CREATE FUNCTION email.metric_bucket(grain text, at timestamp with time zone) RETURNS timestamp with time zone
+    LANGUAGE sql IMMUTABLE
+    AS $$
+  select date_bin(case grain when 'hour' then interval '1 hour' when 'day' then interval '1 day' end,
+    at, timestamptz '2000-01-01 00:00:00+00')
+$$;
+
+COMMENT ON FUNCTION email.metric_bucket(grain text, at timestamp with time zone) IS 'Start of the UTC hour or day holding a time: the rollups'' buckets';
+
+CREATE FUNCTION email.metric_label(kind text, value text) RETURNS text
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+  select case
+    when value is null then case when kind = 'relay' then 'unknown' end
+    when exists (select from email.metric_labels l where l.kind = metric_label.kind and l.value = metric_label.value) then value
+    else 'other'
+  end
+$$;
+
+COMMENT ON FUNCTION email.metric_label(kind text, value text) IS 'The metric label of a domain, error code or relay: itself when in email.metric_labels, else other';
 
 CREATE FUNCTION email.metric_samples() RETURNS TABLE(family text, type text, help text, sample text, labels jsonb, value double precision)
     LANGUAGE plpgsql
@@ -953,6 +1141,108 @@ end
 $$;
 
 COMMENT ON FUNCTION email.reap_expired_leases() IS 'Reap expired leases: in_progress -> retrying or dead_letter (lease_expired or outcome_unknown); returns the count';
+
+CREATE FUNCTION email.rebuild_metric_rollups(adopt_history boolean) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    SET work_mem TO '256MB'
+    AS $$
+declare
+  st email.metric_state;
+  top bigint;
+  gaps bigint[];
+  n_tail bigint;
+  n_rollups bigint;
+  n_outcomes bigint;
+begin
+  select s.* into st from email.metric_state s for update;
+  if adopt_history then
+    top := coalesce((select max(e.id) from email.delivery_events e), 0);
+    if top > st.last_event_id then
+      insert into email.metric_gaps (event_id)
+      select g from generate_series(
+        greatest(st.last_event_id, coalesce((select min(e.id) from email.delivery_events e where e.created_at > now() - interval '1 hour'), top)) + 1,
+        top) g
+      where not exists (select from email.delivery_events e where e.id = g)
+      on conflict do nothing;
+      update email.metric_state s set last_event_id = top, folded_at = now() where s.singleton returning s.* into st;
+    end if;
+  end if;
+
+  delete from email.metric_rollups;
+  delete from email.metric_latency_rollups;
+  delete from email.metric_outcome_rollups;
+
+  top := coalesce((select max(e.id) from email.delivery_events e), st.last_event_id);
+  select coalesce(array_agg(g.event_id), '{}') into gaps
+  from email.metric_gaps g where exists (select from email.delivery_events e where e.id = g.event_id);
+
+  with facts as materialized (
+    select * from email._metric_facts(st.last_event_id, top, gaps)
+  ),
+  states as materialized (
+    select d.queued_at, d.workflow, d.status, d.last_error_code as error_code, 1 as n, d.attempts,
+      case when d.status = 'sent' then d.sent_at - d.queued_at end as latency
+    from email.deliveries d
+    union all
+    select f.queued_at, f.workflow, f.before_status, f.before_error, 1, f.before_attempts, null
+    from facts f where f.before_status is not null
+    union all
+    select f.queued_at, f.workflow, f.to_status, f.after_error, -1, -f.after_attempts, f.latency
+    from facts f
+  ),
+  grains as (select g.grain from unnest(array['hour', 'day']) g(grain)),
+  latencies as (
+    insert into email.metric_latency_rollups (grain, bucket, workflow, bin, deliveries)
+    select g.grain, email.metric_bucket(g.grain, s.queued_at), s.workflow,
+      email.latency_bin(extract(epoch from s.latency)::double precision * 1000), sum(s.n)
+    from states s, grains g
+    where s.status = 'sent' and s.latency is not null
+    group by 1, 2, 3, 4
+    having sum(s.n) <> 0
+  )
+  insert into email.metric_rollups (grain, bucket, workflow, status, error_code, deliveries, attempts)
+  select g.grain, email.metric_bucket(g.grain, s.queued_at), s.workflow, s.status, s.error_code, sum(s.n), sum(s.attempts)
+  from states s, grains g
+  group by 1, 2, 3, 4, 5
+  having sum(s.n) <> 0 or sum(s.attempts) <> 0;
+  get diagnostics n_rollups = row_count;
+  select count(*) into n_tail from email._metric_facts(st.last_event_id, top, gaps);
+
+  create temporary table _metric_outcomes on commit drop as
+  select e.created_at, d.workflow, email.recipient_domain(d.recipient) as domain, e.detail ->> 'relay' as relay, e.to_status as status
+  from email.delivery_events e
+  join email.deliveries d on d.delivery_id = e.delivery_id
+  where e.id <= st.last_event_id and email.is_attempt_outcome(e.to_status)
+    and not exists (select from email.metric_gaps g where g.event_id = e.id);
+
+  perform email._admit_metric_labels(array_agg(k.kind), array_agg(k.value), array_agg(k.n), st.max_domains, st.max_error_codes, st.max_relays)
+  from (
+    select 'domain' as kind, o.domain as value, count(*) as n from _metric_outcomes o where o.domain is not null group by o.domain
+    union all
+    select 'relay', o.relay, count(*) from _metric_outcomes o where o.relay is not null group by o.relay
+  ) k;
+
+  -- grouped by domain and relay first, labelled after (a label per group, not per event)
+  insert into email.metric_outcome_rollups (grain, bucket, workflow, domain, relay, status, events)
+  select x.grain, x.bucket, x.workflow, coalesce(email.metric_label('domain', x.domain), 'other'),
+    email.metric_label('relay', x.relay), x.status, sum(x.n)
+  from (
+    select g.grain, email.metric_bucket(g.grain, o.created_at) as bucket, o.workflow, o.domain, o.relay, o.status, count(*) as n
+    from _metric_outcomes o, (select g.grain from unnest(array['hour', 'day']) g(grain)) g
+    group by 1, 2, 3, 4, 5, 6
+  ) x
+  group by 1, 2, 3, 4, 5, 6;
+  get diagnostics n_outcomes = row_count;
+  drop table _metric_outcomes;
+
+  return jsonb_build_object('last_event_id', st.last_event_id, 'tail_events', n_tail,
+    'rollup_rows', n_rollups, 'outcome_rollup_rows', n_outcomes,
+    'latency_rollup_rows', (select count(*) from email.metric_latency_rollups));
+end
+$$;
+
+COMMENT ON FUNCTION email.rebuild_metric_rollups(adopt_history boolean) IS 'Rebuilds the metric rollups from the rows (minus the unfolded tail); adopt_history first counts the whole trail as folded';
 
 CREATE FUNCTION email.recipient_domain(recipient text) RETURNS text
     LANGUAGE sql IMMUTABLE
@@ -1981,41 +2271,143 @@ CREATE FUNCTION email_api.metrics(since timestamp with time zone DEFAULT (now() 
     SET work_mem TO '64MB'
     AS $$
 declare
+  st email.metric_state;
+  h0 timestamptz;
+  h1 timestamptz;
+  d0 timestamptz;
+  d1 timestamptz;
+  top bigint;
+  gaps bigint[] := '{}';
   result jsonb;
 begin
   perform email._require_support_or_service();
   if since is null or until is null or since > until then
     raise exception 'the window must have since <= until, not % .. %', since, until using errcode = 'EM006';
   end if;
+  select s.* into st from email.metric_state s;
 
-  with w as materialized (
-    -- collate "C": grouping sorts by workflow, and byte order sorts several times faster
-    select d.workflow collate "C" as workflow, d.status collate "C" as status, d.attempts, d.last_error_code,
-      d.queued_at, d.sent_at
+  -- Whole hours [h0, h1) come from the rollups, whole days [d0, d1) among them at the day grain; the
+  -- partial hours [since, h0) and [h1, until) from the rows.
+  h0 := email.metric_bucket('hour', metrics.since);
+  if h0 < metrics.since then
+    h0 := h0 + interval '1 hour';
+  end if;
+  h1 := email.metric_bucket('hour', metrics.until);
+  if h1 <= h0 then
+    h0 := metrics.until;
+    h1 := metrics.until;
+  end if;
+  d0 := email.metric_bucket('day', h0);
+  if d0 < h0 then
+    d0 := d0 + interval '1 day';
+  end if;
+  d1 := email.metric_bucket('day', h1);
+  if d1 <= d0 then
+    d0 := h1;
+    d1 := h1;
+  end if;
+  -- The events the fold has not added yet: after its watermark, and its gaps that have committed since.
+  top := st.last_event_id;
+  if h1 > h0 then
+    top := coalesce((select max(e.id) from email.delivery_events e), st.last_event_id);
+    select coalesce(array_agg(g.event_id), '{}') into gaps
+    from email.metric_gaps g where exists (select from email.delivery_events e where e.id = g.event_id);
+  end if;
+
+  with facts as materialized (
+    select f.* from email._metric_facts(st.last_event_id, top, gaps, h0, h1) f
+    where metrics.workflow is null or f.workflow = metrics.workflow
+  ),
+  edges as materialized (
+    select d.workflow, d.status, d.attempts, d.last_error_code, d.queued_at, d.sent_at
     from email.deliveries d
-    where d.queued_at >= metrics.since and d.queued_at < metrics.until
-      and (metrics.workflow is null or d.workflow = metrics.workflow)
+    where d.queued_at >= metrics.since and d.queued_at < h0 and (metrics.workflow is null or d.workflow = metrics.workflow)
+    union all
+    select d.workflow, d.status, d.attempts, d.last_error_code, d.queued_at, d.sent_at
+    from email.deliveries d
+    where d.queued_at >= h1 and d.queued_at < metrics.until and (metrics.workflow is null or d.workflow = metrics.workflow)
+  ),
+  rollups as (
+    select r.* from email.metric_rollups r
+    where r.grain = 'day' and r.bucket >= d0 and r.bucket < d1 and (metrics.workflow is null or r.workflow = metrics.workflow)
+    union all
+    select r.* from email.metric_rollups r
+    where r.grain = 'hour' and r.bucket >= h0 and r.bucket < d0 and (metrics.workflow is null or r.workflow = metrics.workflow)
+    union all
+    select r.* from email.metric_rollups r
+    where r.grain = 'hour' and r.bucket >= d1 and r.bucket < h1 and (metrics.workflow is null or r.workflow = metrics.workflow)
+  ),
+  -- Deliveries as (workflow, status, error code, count, attempts), from the three sources.
+  parts as materialized (
+    select r.workflow, r.status, r.error_code, r.deliveries as n, r.attempts from rollups r
+    union all
+    select f.workflow, f.before_status, f.before_error, -1, -f.before_attempts
+    from facts f where f.before_status is not null and f.queued_at >= h0 and f.queued_at < h1
+    union all
+    select f.workflow, f.to_status, f.after_error, 1, f.after_attempts
+    from facts f where f.queued_at >= h0 and f.queued_at < h1
+    union all
+    select e.workflow, e.status, e.last_error_code, 1, e.attempts from edges e
+  ),
+  window_size as (
+    select coalesce(sum(p.n), 0) as n from parts p
+  ),
+  -- The latency histogram as (workflow, bin, count), from the same sources.
+  bins as (
+    select r.workflow, r.bin, r.deliveries as n from email.metric_latency_rollups r
+    where r.grain = 'day' and r.bucket >= d0 and r.bucket < d1 and (metrics.workflow is null or r.workflow = metrics.workflow)
+    union all
+    select r.workflow, r.bin, r.deliveries from email.metric_latency_rollups r
+    where r.grain = 'hour' and r.bucket >= h0 and r.bucket < d0 and (metrics.workflow is null or r.workflow = metrics.workflow)
+    union all
+    select r.workflow, r.bin, r.deliveries from email.metric_latency_rollups r
+    where r.grain = 'hour' and r.bucket >= d1 and r.bucket < h1 and (metrics.workflow is null or r.workflow = metrics.workflow)
+    union all
+    select f.workflow, email.latency_bin(extract(epoch from f.latency)::double precision * 1000), 1
+    from facts f where f.latency is not null and f.queued_at >= h0 and f.queued_at < h1
+    union all
+    select e.workflow, email.latency_bin(extract(epoch from e.sent_at - e.queued_at)::double precision * 1000), 1
+    from edges e where e.status = 'sent'
+  ),
+  histogram as materialized (
+    select grouping(b.workflow) = 1 as is_total, b.workflow,
+      email.latency_percentiles(array_agg(b.bin), array_agg(b.n::bigint), array[0.5, 0.95, 0.99]) as latency
+    from bins b
+    group by grouping sets ((b.workflow), ())
+  ),
+  -- Exact percentiles while the window is small (read only then: a one-time filter).
+  exact as materialized (
+    select grouping(w.workflow) = 1 as is_total, w.workflow,
+      percentile_cont(array[0.5, 0.95, 0.99]) within group (order by extract(epoch from w.sent_at - w.queued_at) * 1000) as latency
+    from (
+      select d.workflow collate "C" as workflow, d.queued_at, d.sent_at
+      from email.deliveries d
+      where (select z.n from window_size z) <= st.exact_latency_limit
+        and d.queued_at >= metrics.since and d.queued_at < metrics.until and d.status = 'sent'
+        and (metrics.workflow is null or d.workflow = metrics.workflow)
+    ) w
+    group by grouping sets ((w.workflow), ())
   ),
   per_workflow as (
     select
-      grouping(w.workflow) = 1 as is_total,
-      w.workflow,
-      count(*) as total,
-      count(*) filter (where s.terminal) as completed,
-      count(*) filter (where w.status = 'sent') as sent,
-      avg(w.attempts) filter (where s.terminal) as avg_attempts,
-      percentile_cont(array[0.5, 0.95, 0.99]) within group (order by extract(epoch from w.sent_at - w.queued_at) * 1000)
-        filter (where w.status = 'sent') as latency
-    from w
-    join email.statuses s on s.status = w.status
-    group by grouping sets ((w.workflow), ())
+      grouping(p.workflow) = 1 as is_total,
+      p.workflow,
+      sum(p.n) as total,
+      coalesce(sum(p.n) filter (where s.terminal), 0) as completed,
+      coalesce(sum(p.n) filter (where p.status = 'sent'), 0) as sent,
+      sum(p.attempts) filter (where s.terminal) as attempts
+    from parts p
+    join email.statuses s on s.status = p.status
+    group by grouping sets ((p.workflow), ())
+    having sum(p.n) > 0
   ),
   per_status as (
     select s.is_total, s.workflow, jsonb_object_agg(s.status, s.n order by s.status) as by_status
     from (
-      select grouping(w.workflow) = 1 as is_total, w.workflow, w.status, count(*) as n
-      from w
-      group by grouping sets ((w.workflow, w.status), (w.status))
+      select grouping(p.workflow) = 1 as is_total, p.workflow, p.status, sum(p.n) as n
+      from parts p
+      group by grouping sets ((p.workflow, p.status), (p.status))
+      having sum(p.n) <> 0
     ) s
     group by s.is_total, s.workflow
   ),
@@ -2031,28 +2423,88 @@ begin
         ), '{}'::jsonb),
         'completed', p.completed,
         'success_rate', case when p.completed > 0 then round(p.sent::numeric / p.completed, 4) end,
-        'avg_attempts', round(p.avg_attempts, 2),
+        'avg_attempts', round(p.attempts::numeric / nullif(p.completed, 0), 2),
         'latency_ms', jsonb_build_object(
-          'p50', round(p.latency[1]::numeric, 1),
-          'p95', round(p.latency[2]::numeric, 1),
-          'p99', round(p.latency[3]::numeric, 1))
+          'p50', round(l.latency[1]::numeric, 1),
+          'p95', round(l.latency[2]::numeric, 1),
+          'p99', round(l.latency[3]::numeric, 1))
       ) as doc
     from per_workflow p
+    cross join lateral (
+      select case when (select z.n from window_size z) <= st.exact_latency_limit
+        then (select x.latency from exact x where x.is_total = p.is_total and x.workflow is not distinct from p.workflow)
+        else (select h.latency from histogram h where h.is_total = p.is_total and h.workflow is not distinct from p.workflow)
+      end as latency
+    ) l
   ),
   errors as (
     select jsonb_agg(jsonb_build_object(
-      'workflow', e.workflow, 'error_code', e.last_error_code, 'deliveries', e.n,
-      'sent', e.sent, 'failed', e.failed, 'dead_letter', e.dead_letter) order by e.n desc, e.workflow, e.last_error_code) as doc
+      'workflow', e.workflow, 'error_code', e.error_code, 'deliveries', e.n,
+      'sent', e.sent, 'failed', e.failed, 'dead_letter', e.dead_letter)
+      order by e.n desc, e.workflow collate "C", e.error_code) as doc
     from (
-      select w.workflow, w.last_error_code, count(*) as n,
-        count(*) filter (where s.counts_as = 'sent') as sent,
-        count(*) filter (where s.counts_as = 'failed') as failed,
-        count(*) filter (where s.counts_as = 'dead_letter') as dead_letter
-      from w
-      join email.statuses s on s.status = w.status
-      where w.last_error_code is not null
-      group by w.workflow, w.last_error_code
+      select p.workflow, p.error_code, sum(p.n) as n,
+        coalesce(sum(p.n) filter (where s.counts_as = 'sent'), 0) as sent,
+        coalesce(sum(p.n) filter (where s.counts_as = 'failed'), 0) as failed,
+        coalesce(sum(p.n) filter (where s.counts_as = 'dead_letter'), 0) as dead_letter
+      from parts p
+      join email.statuses s on s.status = p.status
+      where p.error_code is not null
+      group by p.workflow, p.error_code
+      having sum(p.n) > 0
     ) e
+  ),
+  -- Attempt outcomes in the window by domain and relay label: rollups, tail and the partial hours
+  -- (events by created_at), the last two grouped first and labelled after.
+  edge_events as (
+    -- one range each, so each reads its partition of the trail through the created_at index
+    select e.delivery_id, e.detail ->> 'relay' as relay, e.to_status as status from email.delivery_events e
+    where e.created_at >= metrics.since and e.created_at < h0 and email.is_attempt_outcome(e.to_status)
+    union all
+    select e.delivery_id, e.detail ->> 'relay', e.to_status from email.delivery_events e
+    where e.created_at >= h1 and e.created_at < metrics.until and email.is_attempt_outcome(e.to_status)
+  ),
+  raw_outcomes as (
+    select email.recipient_domain(d.recipient) as domain, e.relay, e.status, count(*) as n
+    from edge_events e
+    join email.deliveries d on d.delivery_id = e.delivery_id
+    where metrics.workflow is null or d.workflow = metrics.workflow
+    group by 1, 2, 3
+    union all
+    select f.domain, f.relay, f.to_status, count(*)
+    from facts f
+    where email.is_attempt_outcome(f.to_status) and f.event_at >= h0 and f.event_at < h1
+    group by 1, 2, 3
+  ),
+  outcomes as materialized (
+    select o.domain, o.relay, o.status, o.events as n from email.metric_outcome_rollups o
+    where o.grain = 'day' and o.bucket >= d0 and o.bucket < d1 and (metrics.workflow is null or o.workflow = metrics.workflow)
+    union all
+    select o.domain, o.relay, o.status, o.events from email.metric_outcome_rollups o
+    where o.grain = 'hour' and o.bucket >= h0 and o.bucket < d0 and (metrics.workflow is null or o.workflow = metrics.workflow)
+    union all
+    select o.domain, o.relay, o.status, o.events from email.metric_outcome_rollups o
+    where o.grain = 'hour' and o.bucket >= d1 and o.bucket < h1 and (metrics.workflow is null or o.workflow = metrics.workflow)
+    union all
+    select coalesce(email.metric_label('domain', r.domain), 'other'), email.metric_label('relay', r.relay), r.status, r.n
+    from raw_outcomes r
+  ),
+  by_label as (
+    select x.kind, jsonb_agg(jsonb_build_object(x.kind, x.label, 'outcomes', x.n, 'sent', x.sent, 'retrying', x.retrying,
+        'failed', x.failed, 'dead_letter', x.dead_letter, 'deferral_rate', round(x.retrying::numeric / x.n, 4))
+      order by x.n desc, x.label collate "C") as doc
+    from (
+      select g.kind, g.label, sum(o.n) as n,
+        coalesce(sum(o.n) filter (where o.status = 'sent'), 0) as sent,
+        coalesce(sum(o.n) filter (where o.status = 'retrying'), 0) as retrying,
+        coalesce(sum(o.n) filter (where o.status = 'failed'), 0) as failed,
+        coalesce(sum(o.n) filter (where o.status = 'dead_letter'), 0) as dead_letter
+      from outcomes o
+      cross join lateral (values ('domain', o.domain), ('relay', o.relay)) g(kind, label)
+      group by g.kind, g.label
+      having sum(o.n) > 0
+    ) x
+    group by x.kind
   ),
   dlq as (
     select
@@ -2074,17 +2526,26 @@ begin
         'avg_attempts', null, 'latency_ms', jsonb_build_object('p50', null, 'p95', null, 'p99', null))),
     'workflows', coalesce((select jsonb_agg(s.doc order by s.doc ->> 'workflow') from summaries s where not s.is_total), '[]'::jsonb),
     'errors', coalesce((select e.doc from errors e), '[]'::jsonb),
+    'domains', coalesce((select b.doc from by_label b where b.kind = 'domain'), '[]'::jsonb),
+    'relays', coalesce((select b.doc from by_label b where b.kind = 'relay'), '[]'::jsonb),
     'dead_letter_queue', jsonb_build_object(
       'size', coalesce((select (q.doc ->> 'size')::bigint from dlq q where q.is_total), 0),
       'oldest_at', (select q.doc -> 'oldest_at' from dlq q where q.is_total),
       'oldest_age_seconds', (select q.doc -> 'oldest_age_seconds' from dlq q where q.is_total),
-      'workflows', coalesce((select jsonb_agg(q.doc order by q.doc ->> 'workflow') from dlq q where not q.is_total), '[]'::jsonb))
+      'workflows', coalesce((select jsonb_agg(q.doc order by q.doc ->> 'workflow') from dlq q where not q.is_total), '[]'::jsonb)),
+    'source', jsonb_build_object(
+      'rollup_days', greatest(extract(epoch from d1 - d0) / 86400, 0)::int,
+      'rollup_hours', greatest(extract(epoch from (d0 - h0) + (h1 - d1)) / 3600, 0)::int,
+      'rows_before', case when h0 > metrics.since then jsonb_build_array(metrics.since, h0) end,
+      'rows_after', case when metrics.until > h1 then jsonb_build_array(h1, metrics.until) end,
+      'unfolded_events', (select count(*) from facts),
+      'latency', case when (select z.n from window_size z) <= st.exact_latency_limit then 'exact' else 'histogram' end)
   ) into result;
   return result;
 end
 $$;
 
-COMMENT ON FUNCTION email_api.metrics(since timestamp with time zone, until timestamp with time zone, workflow text) IS 'Delivery metrics over a queued_at window, per workflow and in total, and the dead-letter queue (support and service_role)';
+COMMENT ON FUNCTION email_api.metrics(since timestamp with time zone, until timestamp with time zone, workflow text) IS 'Delivery metrics over a queued_at window from the rollups (exact counts), outcomes by domain and relay, and the dead-letter queue (support and service_role)';
 
 CREATE VIEW email._staff_deliveries AS
  SELECT d.delivery_id,
@@ -2296,11 +2757,11 @@ CREATE TABLE email.metric_labels (
     kind text NOT NULL,
     value text NOT NULL,
     admitted_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT metric_labels_kind_check CHECK ((kind = ANY (ARRAY['domain'::text, 'error_code'::text]))),
+    CONSTRAINT metric_labels_kind_check CHECK ((kind = ANY (ARRAY['domain'::text, 'error_code'::text, 'relay'::text]))),
     CONSTRAINT metric_labels_value_check CHECK ((((char_length(value) >= 1) AND (char_length(value) <= 255)) AND (value <> 'other'::text)))
 );
 
-COMMENT ON TABLE email.metric_labels IS 'Recipient domains and error codes that have a label of their own in the counters (capped by email.metric_state)';
+COMMENT ON TABLE email.metric_labels IS 'Recipient domains, error codes and SMTP relays that have a label of their own in the counters and rollups (capped by email.metric_state)';
 
 CREATE TABLE email.metric_latency_buckets (
     le double precision NOT NULL,
@@ -2308,6 +2769,43 @@ CREATE TABLE email.metric_latency_buckets (
 );
 
 COMMENT ON TABLE email.metric_latency_buckets IS 'Upper bounds (seconds) of the queued-to-sent latency histogram; +Inf implied';
+
+CREATE TABLE email.metric_latency_rollups (
+    grain text NOT NULL,
+    bucket timestamp with time zone NOT NULL,
+    workflow text NOT NULL,
+    bin smallint NOT NULL,
+    deliveries bigint NOT NULL,
+    CONSTRAINT metric_latency_rollups_grain_check CHECK ((grain = ANY (ARRAY['hour'::text, 'day'::text])))
+);
+
+COMMENT ON TABLE email.metric_latency_rollups IS 'Queued-to-sent latency of sent deliveries per hour and day of queued_at: counts per bin of email.latency_bin (relative accuracy 0.5 %)';
+
+CREATE TABLE email.metric_outcome_rollups (
+    grain text NOT NULL,
+    bucket timestamp with time zone NOT NULL,
+    workflow text NOT NULL,
+    domain text NOT NULL,
+    relay text NOT NULL,
+    status text NOT NULL,
+    events bigint NOT NULL,
+    CONSTRAINT metric_outcome_rollups_grain_check CHECK ((grain = ANY (ARRAY['hour'::text, 'day'::text])))
+);
+
+COMMENT ON TABLE email.metric_outcome_rollups IS 'Attempt outcomes (sent, retrying, failed, dead_letter) per hour and day by workflow, recipient domain and relay labels (kept by the metric fold)';
+
+CREATE TABLE email.metric_rollups (
+    grain text NOT NULL,
+    bucket timestamp with time zone NOT NULL,
+    workflow text NOT NULL,
+    status text NOT NULL,
+    error_code text,
+    deliveries bigint NOT NULL,
+    attempts bigint NOT NULL,
+    CONSTRAINT metric_rollups_grain_check CHECK ((grain = ANY (ARRAY['hour'::text, 'day'::text])))
+);
+
+COMMENT ON TABLE email.metric_rollups IS 'Deliveries per hour and day of queued_at by workflow, current status and last error code, with their attempts (kept by the metric fold)';
 
 CREATE TABLE email.metric_state (
     singleton boolean DEFAULT true NOT NULL,
@@ -2317,15 +2815,23 @@ CREATE TABLE email.metric_state (
     max_domains integer DEFAULT 20 NOT NULL,
     max_error_codes integer DEFAULT 100 NOT NULL,
     fold_time_limit interval DEFAULT '00:00:02'::interval NOT NULL,
+    max_relays integer DEFAULT 20 NOT NULL,
+    exact_latency_limit integer DEFAULT 10000 NOT NULL,
+    CONSTRAINT metric_state_exact_latency_limit_check CHECK (((exact_latency_limit >= 0) AND (exact_latency_limit <= 10000000))),
     CONSTRAINT metric_state_fold_batch_check CHECK (((fold_batch >= 1) AND (fold_batch <= 10000000))),
     CONSTRAINT metric_state_fold_time_limit_check CHECK (((fold_time_limit > '00:00:00'::interval) AND (fold_time_limit <= '00:01:00'::interval))),
     CONSTRAINT metric_state_last_event_id_check CHECK ((last_event_id >= 0)),
     CONSTRAINT metric_state_max_domains_check CHECK (((max_domains >= 0) AND (max_domains <= 1000))),
     CONSTRAINT metric_state_max_error_codes_check CHECK (((max_error_codes >= 0) AND (max_error_codes <= 1000))),
+    CONSTRAINT metric_state_max_relays_check CHECK (((max_relays >= 0) AND (max_relays <= 1000))),
     CONSTRAINT metric_state_singleton_check CHECK (singleton)
 );
 
 COMMENT ON TABLE email.metric_state IS 'Metric fold: the last audit event folded, events and time per fold, and the label caps for domains and error codes';
+
+COMMENT ON COLUMN email.metric_state.max_relays IS 'How many SMTP relay hosts get a label of their own (the rest count as other)';
+
+COMMENT ON COLUMN email.metric_state.exact_latency_limit IS 'email_api.metrics computes exact latency percentiles for windows of at most this many deliveries; beyond, from the rollups'' histograms (within 0.5 %)';
 
 CREATE TABLE email.rejected_messages (
     id bigint NOT NULL,
@@ -2541,6 +3047,15 @@ ALTER TABLE ONLY email.metric_labels
 ALTER TABLE ONLY email.metric_latency_buckets
     ADD CONSTRAINT metric_latency_buckets_pkey PRIMARY KEY (le);
 
+ALTER TABLE ONLY email.metric_latency_rollups
+    ADD CONSTRAINT metric_latency_rollups_pkey PRIMARY KEY (grain, bucket, workflow, bin);
+
+ALTER TABLE ONLY email.metric_outcome_rollups
+    ADD CONSTRAINT metric_outcome_rollups_pkey PRIMARY KEY (grain, bucket, workflow, domain, relay, status);
+
+ALTER TABLE ONLY email.metric_rollups
+    ADD CONSTRAINT metric_rollups_key UNIQUE NULLS NOT DISTINCT (grain, bucket, workflow, status, error_code);
+
 ALTER TABLE ONLY email.metric_state
     ADD CONSTRAINT metric_state_pkey PRIMARY KEY (singleton);
 
@@ -2711,6 +3226,12 @@ ALTER TABLE email.metric_labels ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE email.metric_latency_buckets ENABLE ROW LEVEL SECURITY;
 
+ALTER TABLE email.metric_latency_rollups ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE email.metric_outcome_rollups ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE email.metric_rollups ENABLE ROW LEVEL SECURITY;
+
 ALTER TABLE email.metric_state ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE email.rejected_messages ENABLE ROW LEVEL SECURITY;
@@ -2744,6 +3265,9 @@ GRANT USAGE ON SCHEMA email_api TO service_role;
 
 REVOKE ALL ON FUNCTION email._actor() FROM PUBLIC;
 GRANT ALL ON FUNCTION email._actor() TO service_role;
+
+REVOKE ALL ON FUNCTION email._admit_metric_labels(kinds text[], vals text[], counts bigint[], max_domains integer, max_error_codes integer, max_relays integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION email._admit_metric_labels(kinds text[], vals text[], counts bigint[], max_domains integer, max_error_codes integer, max_relays integer) TO service_role;
 
 GRANT SELECT,INSERT,UPDATE ON TABLE email.deliveries TO service_role;
 
@@ -2794,6 +3318,9 @@ GRANT ALL ON FUNCTION email._fence(delivery_id text, attempt integer, expected t
 
 REVOKE ALL ON FUNCTION email._fold_metric_ids(ids bigint[], max_domains integer, max_error_codes integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION email._fold_metric_ids(ids bigint[], max_domains integer, max_error_codes integer) TO service_role;
+
+REVOKE ALL ON FUNCTION email._metric_facts(after_id bigint, upto_id bigint, ids bigint[], inside_from timestamp with time zone, inside_until timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION email._metric_facts(after_id bigint, upto_id bigint, ids bigint[], inside_from timestamp with time zone, inside_until timestamp with time zone) TO service_role;
 
 REVOKE ALL ON FUNCTION email._reap(delivery_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION email._reap(delivery_id text) TO service_role;
@@ -2846,6 +3373,9 @@ GRANT ALL ON FUNCTION email.failure_rule(reply_code integer, enhanced_code text,
 REVOKE ALL ON FUNCTION email.fold_metric_events() FROM PUBLIC;
 GRANT ALL ON FUNCTION email.fold_metric_events() TO service_role;
 
+REVOKE ALL ON FUNCTION email.is_attempt_outcome(status text) FROM PUBLIC;
+GRANT ALL ON FUNCTION email.is_attempt_outcome(status text) TO service_role;
+
 REVOKE ALL ON FUNCTION email.is_staff() FROM PUBLIC;
 GRANT ALL ON FUNCTION email.is_staff() TO authenticated;
 GRANT ALL ON FUNCTION email.is_staff() TO service_role;
@@ -2856,6 +3386,15 @@ GRANT ALL ON FUNCTION email.is_support() TO service_role;
 
 REVOKE ALL ON FUNCTION email.is_suppressed(address text) FROM PUBLIC;
 GRANT ALL ON FUNCTION email.is_suppressed(address text) TO service_role;
+
+REVOKE ALL ON FUNCTION email.latency_bin(ms double precision) FROM PUBLIC;
+GRANT ALL ON FUNCTION email.latency_bin(ms double precision) TO service_role;
+
+REVOKE ALL ON FUNCTION email.latency_bin_value(bin smallint) FROM PUBLIC;
+GRANT ALL ON FUNCTION email.latency_bin_value(bin smallint) TO service_role;
+
+REVOKE ALL ON FUNCTION email.latency_percentiles(bins smallint[], counts bigint[], fractions double precision[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION email.latency_percentiles(bins smallint[], counts bigint[], fractions double precision[]) TO service_role;
 
 REVOKE ALL ON FUNCTION email.mark_dead_letter(delivery_id text, attempt integer, error_code text, error_message text) FROM PUBLIC;
 
@@ -2869,6 +3408,12 @@ REVOKE ALL ON FUNCTION email.mark_retrying(delivery_id text, attempt integer, er
 
 REVOKE ALL ON FUNCTION email.mark_sent(delivery_id text, attempt integer, provider_message_id text, provider_response text, relay text) FROM PUBLIC;
 GRANT ALL ON FUNCTION email.mark_sent(delivery_id text, attempt integer, provider_message_id text, provider_response text, relay text) TO service_role;
+
+REVOKE ALL ON FUNCTION email.metric_bucket(grain text, at timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION email.metric_bucket(grain text, at timestamp with time zone) TO service_role;
+
+REVOKE ALL ON FUNCTION email.metric_label(kind text, value text) FROM PUBLIC;
+GRANT ALL ON FUNCTION email.metric_label(kind text, value text) TO service_role;
 
 REVOKE ALL ON FUNCTION email.metric_samples() FROM PUBLIC;
 GRANT ALL ON FUNCTION email.metric_samples() TO service_role;
@@ -2891,6 +3436,9 @@ GRANT ALL ON FUNCTION email.purge_rejected_messages(older_than interval) TO serv
 
 REVOKE ALL ON FUNCTION email.reap_expired_leases() FROM PUBLIC;
 GRANT ALL ON FUNCTION email.reap_expired_leases() TO service_role;
+
+REVOKE ALL ON FUNCTION email.rebuild_metric_rollups(adopt_history boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION email.rebuild_metric_rollups(adopt_history boolean) TO service_role;
 
 REVOKE ALL ON FUNCTION email.recipient_domain(recipient text) FROM PUBLIC;
 GRANT ALL ON FUNCTION email.recipient_domain(recipient text) TO service_role;
@@ -3027,6 +3575,12 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE email.metric_labels TO service_role;
 
 GRANT SELECT ON TABLE email.metric_latency_buckets TO service_role;
 
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE email.metric_latency_rollups TO service_role;
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE email.metric_outcome_rollups TO service_role;
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE email.metric_rollups TO service_role;
+
 GRANT SELECT,UPDATE ON TABLE email.metric_state TO service_role;
 
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE email.rejected_messages TO service_role;
@@ -3093,7 +3647,7 @@ email_delivery_errors_total	counter	Failed attempts by error code (other: beyond
 email_delivery_latency_seconds	histogram	Time from queued to sent of sent deliveries	50
 email_delivery_transitions_total	counter	Deliveries that entered each status (from the audit trail; queued includes requeues)	10
 email_metrics_events_behind	gauge	Audit events not yet folded into the counters (the fold catches up batch by batch)	120
-email_recipient_domain_outcomes_total	counter	Outcomes of attempts by recipient domain (other: beyond the domain cap)	40
+email_recipient_domain_outcomes_total	counter	Outcomes of attempts by recipient domain and SMTP relay (other: beyond the cap; relay unknown: not recorded)	40
 email_webhook_messages_pending	gauge	Webhook messages not yet delivered nor given up	100
 email_webhook_oldest_pending_age_seconds	gauge	Age of the oldest pending webhook message (0 when none)	110
 \.
@@ -3113,8 +3667,8 @@ COPY email.metric_latency_buckets (le) FROM stdin;
 86400
 \.
 
-COPY email.metric_state (singleton, last_event_id, fold_batch, max_domains, max_error_codes, fold_time_limit) FROM stdin;
-t	0	100000	20	100	00:00:02
+COPY email.metric_state (singleton, last_event_id, fold_batch, max_domains, max_error_codes, fold_time_limit, max_relays, exact_latency_limit) FROM stdin;
+t	0	100000	20	100	00:00:02	20	10000
 \.
 
 COPY email.request_hash_key (singleton) FROM stdin;

@@ -179,6 +179,33 @@ Deno.test({
       assert(/invoice\s+2\s+0\s+0\s+2/.test(human.stdout), human.stdout);
     });
 
+    await t.step("metrics by recipient domain and SMTP relay show which provider defers", async () => {
+      for (let i = 1; i <= 4; i++) {
+        const id = `cli-relay-${i}`;
+        await sql`select email.record_queued(${id}, 'relay', ${`r${i}@${
+          i <= 2 ? "slow.test" : "fast.test"
+        }`}, '{}'::jsonb)`;
+        await sql`select email.mark_in_progress(${id})`;
+        if (i <= 2) {
+          await sql`select * from email.record_failure(${id}, 1, '451 try later', 451, relay => 'smtp-b.test')`;
+        } else await sql`select email.mark_sent(${id}, 1, relay => 'smtp-a.test')`;
+      }
+      // the fold (pg_cron each minute, and each scrape) gives the new domains and relays their labels
+      await sql`select email.fold_metric_events()`;
+      const r = await cli(["metrics", "--since", "24h", "--workflow", "relay", "--json"], { env });
+      assertEquals(r.code, 0, r.stderr);
+      const m = JSON.parse(r.stdout);
+      const rows = (list: Record<string, string | number>[], k: string) =>
+        list.map((o) => [o[k], o.outcomes, o.sent, o.retrying, Number(o.deferral_rate)]);
+      assertEquals(rows(m.domains, "domain"), [["fast.test", 2, 2, 0, 0], ["slow.test", 2, 0, 2, 1]]);
+      assertEquals(rows(m.relays, "relay"), [["smtp-a.test", 2, 2, 0, 0], ["smtp-b.test", 2, 0, 2, 1]]);
+      const human = await cli(["metrics", "--workflow", "relay"], { env });
+      assertEquals(human.code, 0, human.stderr);
+      assert(human.stdout.includes("attempt outcomes by recipient domain"), human.stdout);
+      assert(/slow\.test\s+2\s+0\s+2\s+0\s+0\s+100\.0%/.test(human.stdout), human.stdout);
+      assert(/smtp-a\.test\s+2\s+2\s+0\s+0\s+0\s+0\.0%/.test(human.stdout), human.stdout);
+    });
+
     await t.step("control characters in stored text are shown, not obeyed; --json stays exact", async () => {
       const hostile = "550 5.1.1 \x1b]0;pwned\x07 no such user\x1b[2J \u202egnp.exe\x9b31m";
       // deno-lint-ignore no-control-regex

@@ -5,6 +5,8 @@
  * same pushes at the same time (no delivery sent twice). Bounded: one delivery, then 20 × 3 pushes.
  */
 import { fileURLToPath } from "node:url";
+import { loadConfig } from "../functions/_shared/config.ts";
+import { sendingLeaseSeconds } from "../functions/email-worker/deliver.ts";
 import { assert, assertEquals } from "./support/assert.ts";
 import { openDb } from "./support/db.ts";
 import { type FaultySmtp, startFaultySmtp } from "./support/faulty_smtp.ts";
@@ -94,12 +96,17 @@ test("a worker SIGKILLed mid-send: the lease is reaped, the sweep sends the mail
   const smtp = await startFaultySmtp({ mode: { kind: "stall_in_data" } });
   const db = openDb(databaseUrl());
   // SMTP timeouts long enough that the killed worker is still inside DATA when it dies; the lease it
-  // takes as the send starts covers them (1 + 1 + 4 s) plus LEASE_SECONDS.
+  // takes as the send starts covers the send's bound (1 + 1 + 4 s, and with pooled connections the
+  // wait for one and a re-queued try) plus LEASE_SECONDS.
   const sendEnv = {
     SMTP_CONNECTION_TIMEOUT_MS: "1000",
     SMTP_GREETING_TIMEOUT_MS: "1000",
     SMTP_SOCKET_TIMEOUT_MS: "4000",
   };
+  const leaseMs = 1000 * sendingLeaseSeconds({
+    leaseSeconds: 2,
+    smtp: loadConfig({ SMTP_HOST: "127.0.0.1", SMTP_FROM: "w@worker.test", PUBSUB_VERIFY: "false", ...sendEnv }).smtp,
+  });
   const killed = await spawnWorker(smtp, { LEASE_SECONDS: "2", ...sendEnv });
   let survivor: ReturnType<typeof startWorker> | undefined;
   try {
@@ -126,7 +133,7 @@ test("a worker SIGKILLed mid-send: the lease is reaped, the sweep sends the mail
       const [r] = await db.sql`select lease_expires_at < now() as expired from email.deliveries
         where delivery_id = ${id}`;
       return r.expired === true;
-    }, { timeoutMs: 12_000 });
+    }, { timeoutMs: leaseMs + 4000 });
     const reap = await survivor.sweep();
     const reapCounts = await reap.json();
     assertEquals(reap.status, 200);

@@ -73,7 +73,8 @@ async function scrapeCaughtUp(url: string): Promise<string> {
 /** Room in the domain registry for this test's domains (earlier tests may have filled the default cap). */
 async function roomForDomains(sql: TestDb["sql"]): Promise<void> {
   await sql`update email.metric_state
-    set max_domains = least(1000, (select count(*) from email.metric_labels where kind = 'domain') + 5)`;
+    set max_domains = least(1000, (select count(*) from email.metric_labels where kind = 'domain') + 5),
+        max_relays = least(1000, (select count(*) from email.metric_labels where kind = 'relay') + 5)`;
 }
 
 test("the metrics route answers 403 while METRICS_TOKEN is unset", async () => {
@@ -153,8 +154,10 @@ test("after 3 sent and 1 failed the metrics say exactly that, and promtool accep
       { queued: 4, in_progress: 4, sent: 3, failed: 1, attempts: 4, errors: 1, latencyCount: 3, latencyInf: 3 },
     );
     assert(delta("email_delivery_latency_seconds_sum", wf) > 0, "the latency sum grew");
-    assertEquals(after.get(key("email_recipient_domain_outcomes_total", { domain, status: "sent" })), 3);
-    assertEquals(after.get(key("email_recipient_domain_outcomes_total", { domain, status: "failed" })), 1);
+    // by recipient domain and by the relay the worker sent through (SMTP_HOST, recorded in each outcome's event)
+    const relay = "127.0.0.1";
+    assertEquals(after.get(key("email_recipient_domain_outcomes_total", { domain, relay, status: "sent" })), 3);
+    assertEquals(after.get(key("email_recipient_domain_outcomes_total", { domain, relay, status: "failed" })), 1);
     assertEquals(after.get(key("email_metrics_database_up")), 1);
     assertEquals(after.get(key("email_metrics_events_behind")), 0);
     assertEquals(after.get(key("email_tracker_breaker_state", { state: "closed" })), 1);
@@ -173,20 +176,42 @@ test("after 3 sent and 1 failed the metrics say exactly that, and promtool accep
   }, { env: { METRICS_TOKEN: metricsToken } });
 });
 
-test("a recipient domain with a quote and a backslash is escaped, and promtool accepts it", async () => {
+test("a recipient domain and a relay with a quote and a backslash are escaped, and promtool accepts them", async () => {
   await withHarness(async ({ worker, db }) => {
     const domain = `q"uo\\te-${crypto.randomUUID().slice(0, 6)}.test`;
+    const relay = `re"l\\ay-${crypto.randomUUID().slice(0, 6)}.test`;
     await scrapeCaughtUp(worker.url);
     await roomForDomains(db.sql);
     const id = `prom-escape-${crypto.randomUUID()}`;
     await db.sql`select email.record_queued(${id}, 'verification-code', ${"odd@" + domain}, '{}')`;
     await db.sql`select email.mark_in_progress(${id})`;
-    await db.sql`select email.mark_sent(${id}, 1)`;
+    await db.sql`select email.mark_sent(${id}, 1, relay => ${relay})`;
     const body = await scrapeCaughtUp(worker.url);
     assert(body.includes(`domain="${domain.replace("\\", "\\\\").replace('"', '\\"')}"`), body);
+    assert(body.includes(`relay="${relay.replace("\\", "\\\\").replace('"', '\\"')}"`), body);
     assertEquals(await promtool(body), { code: 0, output: "" });
-    assertEquals(parseSamples(body).get(key("email_recipient_domain_outcomes_total", { domain, status: "sent" })), 1);
+    assertEquals(
+      parseSamples(body).get(key("email_recipient_domain_outcomes_total", { domain, relay, status: "sent" })),
+      1,
+    );
   }, { env: { METRICS_TOKEN: metricsToken } });
+});
+
+test("the README's alerting rules pass promtool check rules", async () => {
+  const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+  const rules = /```yaml\n(# email-worker-rules\.yml\n[\s\S]*?)```/.exec(readme)?.[1];
+  assert(rules, "README.md has the rules block");
+  const file = await Deno.makeTempFile({ suffix: ".yml" });
+  try {
+    await Deno.writeTextFile(file, rules);
+    const out = await new Deno.Command("promtool", { args: ["check", "rules", file], stdout: "piped", stderr: "piped" })
+      .output();
+    const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+    assertEquals(out.code, 0, text);
+    assertMatch(text, /SUCCESS: 2 rules found/);
+  } finally {
+    await Deno.remove(file);
+  }
 });
 
 test("without its database the route still answers: database_up 0 and the breaker's state", async () => {

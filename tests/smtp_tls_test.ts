@@ -118,6 +118,31 @@ test("a relay offering STARTTLS with a certificate from SMTP_CA_CERT gets AUTH a
   }
 });
 
+test("pooled: three messages share one STARTTLS session, authenticated once, each over TLS", async () => {
+  const { ca, key, cert } = await makeCertificates();
+  const relay = await startRelay({ key, cert });
+  const mailer = createMailer(loadConfig({ ...base, SMTP_PORT: String(relay.port), SMTP_CA_CERT: ca }).smtp);
+  try {
+    for (let i = 0; i < 3; i++) await mailer.send(message);
+    assertEquals(relay.seen, { auth: [true], mailFrom: [true, true, true], data: [true, true, true], upgraded: 1 });
+  } finally {
+    mailer.close();
+    await relay.close();
+  }
+});
+
+test("pooled: every new connection to a relay without STARTTLS is refused again: no AUTH, no message", async () => {
+  const relay = await startRelay({ disabledCommands: ["STARTTLS"] });
+  const mailer = createMailer(loadConfig({ ...base, SMTP_PORT: String(relay.port) }).smtp);
+  try {
+    for (let i = 0; i < 3; i++) assertEquals((await sendError(mailer)).failure.transportCode, "ETLS");
+    assertEquals(relay.seen, { auth: [], mailFrom: [], data: [], upgraded: 0 });
+  } finally {
+    mailer.close();
+    await relay.close();
+  }
+});
+
 test("the worker with default settings sends nothing to a relay without STARTTLS: the delivery retries", async () => {
   await withHarness(async ({ smtp, worker, db, token }) => {
     const event = verificationEvent();

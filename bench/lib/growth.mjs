@@ -100,7 +100,8 @@ export async function loadHistory(url, { rows, days = 120, log }) {
           where b.status <> 'in_progress'
         ) e;
       `);
-      for (const ix of indexes) await tx.unsafe(ix.def);
+      // A partitioned table's index definition reads "ON ONLY" (the parent alone): rebuild it on every partition.
+      for (const ix of indexes) await tx.unsafe(ix.def.replace(" ON ONLY ", " ON "));
     });
     const loadSeconds = (performance.now() - t0) / 1000;
     log(`  loaded ${rows} deliveries and their events in ${round(loadSeconds, 1)} s`);

@@ -18,6 +18,9 @@
  * | SMTP_CONNECTION_TIMEOUT_MS | 10000 | how long to wait for the TCP/TLS connection |
  * | SMTP_GREETING_TIMEOUT_MS | 10000 | how long to wait for the server's greeting |
  * | SMTP_SOCKET_TIMEOUT_MS | 30000 | idle time on an open connection before giving up |
+ * | SMTP_POOL_MAX_CONNECTIONS | 5 | SMTP connections one isolate keeps open and reuses at most (sends beyond that wait for a free one); `0` opens a new connection (and TLS handshake) per message |
+ * | SMTP_POOL_MAX_MESSAGES | 100 | messages one pooled connection carries before it is closed and replaced |
+ * | SMTP_POOL_IDLE_MS | 5000 | a pooled connection unused this long is closed (QUIT); keep it below the relay's own idle timeout |
  * | TRACKING_MODE | optional | `optional`: when the tracking database is unreachable send anyway (2xx when sent, 5xx on a transient failure); `required`: answer 503 without sending |
  * | DELIVERY_STATUS_DATABASE_URL | (none) | Postgres URL of the database holding schema `email`; wins over SUPABASE_DB_URL |
  * | SUPABASE_DB_URL | (injected by Supabase) | used when DELIVERY_STATUS_DATABASE_URL is unset; no URL at all means no tracking |
@@ -69,6 +72,12 @@ const postgresUrl = optionalText.refine((v) => v === undefined || /^postgres(ql)
   message: "must be a postgres:// or postgresql:// URL",
 });
 
+/** How the mailer reuses SMTP connections within an isolate (SMTP_POOL_*). */
+export type SmtpPool = { maxConnections: number; maxMessages: number; idleMs: number };
+
+/** The SMTP_POOL_* defaults. */
+export const smtpPoolDefaults: SmtpPool = { maxConnections: 5, maxMessages: 100, idleMs: 5000 };
+
 const envSchema = z.object({
   PORT: int(8000, 0, 65535),
   PUBSUB_VERIFY: strictBool(true),
@@ -89,6 +98,9 @@ const envSchema = z.object({
   SMTP_CONNECTION_TIMEOUT_MS: int(10_000, 100, 600_000),
   SMTP_GREETING_TIMEOUT_MS: int(10_000, 100, 600_000),
   SMTP_SOCKET_TIMEOUT_MS: int(30_000, 100, 600_000),
+  SMTP_POOL_MAX_CONNECTIONS: int(smtpPoolDefaults.maxConnections, 0, 100),
+  SMTP_POOL_MAX_MESSAGES: int(smtpPoolDefaults.maxMessages, 1, 100_000),
+  SMTP_POOL_IDLE_MS: int(smtpPoolDefaults.idleMs, 100, 600_000),
   TRACKING_MODE: z.enum(["optional", "required"]).default("optional"),
   DELIVERY_STATUS_DATABASE_URL: postgresUrl,
   SUPABASE_DB_URL: postgresUrl,
@@ -138,6 +150,8 @@ export type Config = {
     requireTls: boolean;
     /** Extra CA certificate(s), PEM, trusted for the relay. */
     caCert?: string;
+    /** Connection reuse within the isolate (smtpPoolDefaults when absent); maxConnections 0: none. */
+    pool?: SmtpPool;
   };
   tracking: {
     mode: "optional" | "required";
@@ -208,6 +222,11 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       socketTimeoutMs: e.SMTP_SOCKET_TIMEOUT_MS,
       requireTls: e.SMTP_REQUIRE_TLS,
       caCert: e.SMTP_CA_CERT,
+      pool: {
+        maxConnections: e.SMTP_POOL_MAX_CONNECTIONS,
+        maxMessages: e.SMTP_POOL_MAX_MESSAGES,
+        idleMs: e.SMTP_POOL_IDLE_MS,
+      },
     },
     tracking: {
       mode: e.TRACKING_MODE,

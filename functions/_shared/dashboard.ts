@@ -3,8 +3,9 @@
  * functions/_shared/dashboard_page/, inlined into dashboard_page.ts by scripts/dashboard_page.mjs; no
  * external resource), which reads its data from two JSON routes beside it:
  * - `GET .../dashboard/data?since=24h&workflow=W`: email_api.metrics (success rate per workflow,
- *   latency percentiles, error codes, dead-letter size), deliveries over time by status, the recent
- *   failures and the workflows seen;
+ *   latency percentiles, error codes, dead-letter size, attempt outcomes and deferral rate by
+ *   recipient domain and SMTP relay; answered from the metric rollups), deliveries over time by
+ *   status, the recent failures and the workflows seen;
  * - `GET .../dashboard/deliveries/<delivery_id>`: one delivery and its timeline (email_api.get_delivery).
  * The page itself holds no data and is served to anyone; the JSON routes need
  * `Authorization: Bearer <token>`, where the token is a signed-in Supabase user's JWT (role

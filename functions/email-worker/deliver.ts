@@ -12,7 +12,7 @@
  */
 import type { Config } from "../_shared/config.ts";
 import { type Logger, maskEmail } from "../_shared/log.ts";
-import { type Mailer, SmtpError, type SmtpFailure } from "../_shared/mailer.ts";
+import { type Mailer, sendBoundMs, SmtpError, type SmtpFailure } from "../_shared/mailer.ts";
 import { classifyUnrecorded } from "../_shared/failure_rules.ts";
 import type { LeaseResult, OutcomeResult, StatusTracker } from "../_shared/tracker.ts";
 import type { RenderedEmail } from "../_shared/workflows/common.ts";
@@ -53,11 +53,11 @@ export type AttemptDeps = {
 };
 
 /**
- * How long one SMTP conversation may take before nodemailer gives up on a silent relay: its
- * connection, greeting and socket (idle) timeouts, one after the other.
+ * How long one send may take before the mailer gives up on a silent relay (sendBoundMs: the SMTP
+ * timeouts one after the other; pooled, also the wait for a free connection and one re-queued try).
  */
 export function sendTimeoutMs(smtp: Config["smtp"]): number {
-  return smtp.connectionTimeoutMs + smtp.greetingTimeoutMs + smtp.socketTimeoutMs;
+  return sendBoundMs(smtp);
 }
 
 /** The lease an attempt holds from the start of its send: the send's timeout, then LEASE_SECONDS to record the outcome. */

@@ -183,11 +183,16 @@ select is_empty(
        and not coalesce('search_path=""' = any (p.proconfig), false) $$,
   'no security definer function in schema email without search_path = '''''
 );
+-- Except the rollups' four arithmetic helpers: immutable SQL that Postgres inlines into its callers
+-- (a SET clause would forbid that), so they are planned under their callers' pinned search_path;
+-- supabase/tests/265_rollups.test.sql checks they stay immutable, SQL, without SET and not definer.
 select is_empty(
   $$ select p.oid::regprocedure::text from pg_proc p
      where p.pronamespace = 'email'::regnamespace
-       and not coalesce('search_path=""' = any (p.proconfig), false) $$,
-  'every function in schema email has search_path = '''''
+       and not coalesce('search_path=""' = any (p.proconfig), false)
+       and p.oid not in ('email.metric_bucket(text, timestamptz)'::regprocedure, 'email.latency_bin(double precision)'::regprocedure,
+                         'email.latency_bin_value(smallint)'::regprocedure, 'email.is_attempt_outcome(text)'::regprocedure) $$,
+  'every function in schema email has search_path = '''' (but the inlined helpers of the rollups)'
 );
 
 -- Execute privileges: the RPCs are for service_role only.

@@ -1,11 +1,15 @@
 /**
  * A small SMTP server on node:net that misbehaves on demand, for the fault tests: it can refuse
  * connections (stop listening), accept and never greet, drop the connection in the middle of DATA,
- * take the whole message and never answer it, or answer with a given reply line. It keeps its port
- * across refuse/recover, and records each message it accepted with 250, keyed by the worker's
- * X-Email-Delivery-Id header, so a test can count complete mails per delivery.
+ * take the whole message and never answer it, take it and drop the connection instead of answering,
+ * drop a reused session at its next MAIL FROM, stop answering a reused session and close new ones
+ * before their greeting (gone_silent), or answer with a given reply line; it can also close
+ * its idle sessions. It keeps its port across refuse/recover, and records each message it accepted
+ * with 250, keyed by the worker's X-Email-Delivery-Id header and the session that carried it, so a
+ * test can count complete mails per delivery and the connections they came over.
  */
 import { createServer, type Server, type Socket } from "node:net";
+import { sleep } from "./wait.ts";
 
 /** How the server behaves; a test changes `mode` at any time (setMode for "refuse"). */
 export type FaultMode =
@@ -14,10 +18,13 @@ export type FaultMode =
   | { kind: "silent" }
   | { kind: "drop_in_data" }
   | { kind: "stall_in_data" }
+  | { kind: "drop_after_data" }
+  | { kind: "drop_reused_at_mail" }
+  | { kind: "gone_silent" }
   | { kind: "reply"; at: "rcpt" | "data"; line: string };
 
 /** One message as the server saw it. */
-export type SeenMessage = { deliveryId: string | undefined; to: string[]; data: string };
+export type SeenMessage = { deliveryId: string | undefined; to: string[]; data: string; session: number };
 
 /** A running faulty SMTP server. */
 export type FaultySmtp = {
@@ -29,10 +36,15 @@ export type FaultySmtp = {
   accepted: SeenMessage[];
   /** Every delivery id whose DATA began (accepted or not), in order. */
   dataStarted: (string | undefined)[];
-  /** Messages taken in full but never answered (stall_in_data). */
+  /** Messages taken in full but never answered (stall_in_data, drop_after_data). */
   stalled: SeenMessage[];
   /** Connections opened. */
   connections: number;
+  /** Connections open now, and the most that were open at once. */
+  open: number;
+  peakOpen: number;
+  /** Ends every session that is between transactions with 421, as a relay's idle timeout does. */
+  closeIdle(): Promise<void>;
   /** Complete mails for one delivery. */
   mailsFor(deliveryId: string): SeenMessage[];
   /** Changes the mode; "refuse" stops listening (open connections are cut), any other mode listens again. */
@@ -47,6 +59,7 @@ export async function startFaultySmtp(
   options: { port?: number; mode?: FaultMode } = {},
 ): Promise<FaultySmtp> {
   const sockets = new Set<Socket>();
+  const idleClosers = new Set<() => void>();
   let server: Server | undefined;
 
   const state: FaultySmtp = {
@@ -57,6 +70,13 @@ export async function startFaultySmtp(
     dataStarted: [],
     stalled: [],
     connections: 0,
+    open: 0,
+    peakOpen: 0,
+    async closeIdle() {
+      for (const close of idleClosers) close();
+      // Until the client has seen the 421 and the end of the session.
+      await sleep(100);
+    },
     mailsFor: (id) => state.accepted.filter((m) => m.deliveryId === id),
     async setMode(mode) {
       state.mode = mode;
@@ -89,14 +109,28 @@ export async function startFaultySmtp(
   }
 
   function session(socket: Socket) {
-    state.connections++;
+    const id = ++state.connections;
+    state.peakOpen = Math.max(state.peakOpen, ++state.open);
     sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
+    let inTransaction = false;
+    let transactions = 0;
+    const closeIfIdle = () => {
+      if (inTransaction || socket.destroyed) return;
+      write("421 4.4.2 faulty.test idle timeout, closing");
+      socket.end();
+    };
+    idleClosers.add(closeIfIdle);
+    socket.on("close", () => {
+      sockets.delete(socket);
+      idleClosers.delete(closeIfIdle);
+      state.open--;
+    });
     socket.on("error", () => socket.destroy());
     const write = (line: string) => {
       if (!socket.destroyed) socket.write(`${line}\r\n`);
     };
     if (state.mode.kind === "silent") return; // holds the connection, never greets
+    if (state.mode.kind === "gone_silent") return void socket.destroy(); // closes a new connection before its greeting
 
     let buffer = "";
     let inData = false;
@@ -121,11 +155,18 @@ export async function startFaultySmtp(
           const data = buffer.slice(0, end + 2);
           buffer = buffer.slice(end + 5);
           inData = false;
-          const message = { deliveryId: deliveryHeader.exec(data)?.[1], to, data };
+          const message = { deliveryId: deliveryHeader.exec(data)?.[1], to, data, session: id };
           state.dataStarted.push(message.deliveryId);
+          inTransaction = false;
+          transactions++;
           if (mode.kind === "stall_in_data") {
             state.stalled.push(message);
             return; // never answers; the client times out or dies
+          }
+          if (mode.kind === "drop_after_data") {
+            state.stalled.push(message);
+            socket.destroy(); // the whole message arrived: cut the connection instead of answering
+            return;
           }
           if (mode.kind === "reply" && mode.at === "data") {
             write(mode.line);
@@ -169,6 +210,12 @@ export async function startFaultySmtp(
           write("334 ");
         }
       } else if (verb === "MAIL") {
+        if (mode.kind === "drop_reused_at_mail" && transactions > 0) {
+          socket.destroy(); // a reused session the relay had already given up on
+          return;
+        }
+        if (mode.kind === "gone_silent") return; // a reused session that no longer answers
+        inTransaction = true;
         to = [];
         write("250 2.1.0 Ok");
       } else if (verb === "RCPT") {
@@ -178,8 +225,10 @@ export async function startFaultySmtp(
       } else if (verb === "DATA") {
         inData = true;
         write("354 End data with <CR><LF>.<CR><LF>");
-      } else if (verb === "RSET" || verb === "NOOP") write("250 2.0.0 Ok");
-      else if (verb === "QUIT") {
+      } else if (verb === "RSET" || verb === "NOOP") {
+        inTransaction = false;
+        write("250 2.0.0 Ok");
+      } else if (verb === "QUIT") {
         write("221 2.0.0 Bye");
         socket.end();
       } else write("502 5.5.2 Command not recognized");

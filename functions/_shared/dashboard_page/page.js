@@ -16,7 +16,10 @@
  *   latency_ms: Latency }} Totals
  * @typedef {{ workflow: string, error_code: string, deliveries: number }} ErrorCount
  * @typedef {{ size: number, workflows: { workflow: string, size: number, oldest_age_seconds: number }[] }} DeadLetters
- * @typedef {{ totals: Totals, workflows: WorkflowMetrics[], errors: ErrorCount[], dead_letter_queue: DeadLetters }} Metrics
+ * @typedef {{ outcomes: number, sent: number, retrying: number, failed: number, dead_letter: number,
+ *   deferral_rate: number, domain?: string, relay?: string }} Outcomes
+ * @typedef {{ totals: Totals, workflows: WorkflowMetrics[], errors: ErrorCount[], dead_letter_queue: DeadLetters,
+ *   domains?: Outcomes[], relays?: Outcomes[] }} Metrics
  * @typedef {{ delivery_id: string, workflow: string, recipient: string, status: string, attempts: number,
  *   last_error_code: string | null, last_error_message: string | null, updated_at: string }} Failure
  * @typedef {{ window: { name: string, since: string, until: string, bucket_seconds: number },
@@ -206,6 +209,8 @@
     latency(m);
     errors(m);
     dlq(m);
+    deferrals(m.domains || [], "domain");
+    deferrals(m.relays || [], "relay");
     failures(data.recent_failures);
   }
 
@@ -388,6 +393,31 @@
       testid: { "data-testid": "dlq-workflow", "data-workflow": w.workflow },
     }));
     hbars($("chart-dlq"), rows, { label: "dead letters by workflow", empty: "the dead-letter queue is empty" });
+  }
+
+  /**
+   * Attempt outcomes in the window per recipient domain or SMTP relay: the share deferred (retrying),
+   * so a provider that starts deferring stands out.
+   * @param {Outcomes[]} list
+   * @param {"domain" | "relay"} kind
+   */
+  function deferrals(list, kind) {
+    const rows = list.slice(0, 12).map((o) => {
+      const rate = Number(o.deferral_rate), name = String(o[kind]);
+      return {
+        label: name,
+        value: rate,
+        color: rate < 0.05 ? "#22a06b" : rate < 0.2 ? "#e2b203" : "#e34935",
+        text: `${pct(rate)} deferred (${o.retrying}/${o.outcomes})`,
+        testid: { "data-testid": `${kind}-deferral`, [`data-${kind}`]: name },
+      };
+    });
+    hbars($(`chart-${kind}s`), rows, {
+      max: 1,
+      label: `deferrals by ${kind}`,
+      empty: "no attempts in this window",
+      labelWidth: 190,
+    });
   }
 
   /** @param {Failure[]} list */
