@@ -80,7 +80,8 @@ CREATE TABLE email.deliveries (
     CONSTRAINT deliveries_provider_response_check CHECK ((char_length(provider_response) <= 512)),
     CONSTRAINT deliveries_recipient_single_line CHECK (((recipient !~ '[\r\n]'::text) AND ((char_length(recipient) >= 3) AND (char_length(recipient) <= 320)))),
     CONSTRAINT deliveries_workflow_check CHECK ((workflow ~ '^[a-z0-9][a-z0-9-]{0,62}$'::text))
-);
+)
+WITH (fillfactor='80');
 
 COMMENT ON TABLE email.deliveries IS 'One row per email to send, keyed by the caller''s idempotency key';
 
@@ -913,18 +914,27 @@ CREATE FUNCTION email.mark_sent(delivery_id text, attempt integer, provider_mess
     SET search_path TO ''
     AS $$
 declare
-  d email.deliveries := email._fence(mark_sent.delivery_id, mark_sent.attempt, array['in_progress', 'retrying', 'sent']);
+  -- The statuses an attempt's success may end: its own in_progress, or retrying after a reap.
+  accepted constant text[] := array['in_progress', 'retrying'];
+  d email.deliveries;
 begin
-  if d.status = 'sent' then
-    return d;
-  end if;
   perform email._set_event_detail(jsonb_strip_nulls(jsonb_build_object('relay', left(mark_sent.relay, 255))));
-  update email.deliveries x
-  set status = 'sent',
-      provider_message_id = mark_sent.provider_message_id,
-      provider_response = mark_sent.provider_response
-  where x.delivery_id = mark_sent.delivery_id
-  returning x.* into d;
+  for i in 1..2 loop
+    update email.deliveries x
+    set status = 'sent',
+        provider_message_id = mark_sent.provider_message_id,
+        provider_response = mark_sent.provider_response
+    where x.delivery_id = mark_sent.delivery_id and x.attempts = mark_sent.attempt and x.status = any (accepted)
+    returning x.* into d;
+    exit when found;
+    -- Nothing updated: EM004 or EM003 from the fence, or this attempt was already recorded sent
+    -- (the fence locks the row, so the second pass sees what it saw).
+    d := email._fence(mark_sent.delivery_id, mark_sent.attempt, accepted || 'sent'::text);
+    if d.status = 'sent' then
+      perform email._set_event_detail(null); -- no event: the detail is not left for a later one
+      return d;
+    end if;
+  end loop;
   return d;
 end
 $$;
@@ -1119,6 +1129,45 @@ $$;
 
 COMMENT ON FUNCTION email.purge_rejected_messages(older_than interval) IS 'Delete rejected messages older than older_than (null: email.settings.rejected_message_retention); returns the count';
 
+CREATE FUNCTION email.queue_and_claim(delivery_id text, workflow text, recipient text, payload jsonb, metadata jsonb DEFAULT '{}'::jsonb, user_id uuid DEFAULT NULL::uuid, lease_seconds integer DEFAULT 60) RETURNS TABLE(status text, attempt integer)
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  d email.deliveries;
+begin
+  if lease_seconds is null or lease_seconds < 1 then
+    raise exception 'lease_seconds must be at least 1, not %', lease_seconds using errcode = 'EM006';
+  end if;
+  if not email.is_suppressed(queue_and_claim.recipient) then
+    insert into email.deliveries as x (
+      delivery_id, workflow, recipient, user_id, status, max_attempts, request_hash, metadata, lease_expires_at)
+    values (
+      queue_and_claim.delivery_id, queue_and_claim.workflow, queue_and_claim.recipient, queue_and_claim.user_id,
+      'in_progress', (email.retry_policy(queue_and_claim.workflow)).max_attempts,
+      email._request_hash(queue_and_claim.workflow, queue_and_claim.recipient, coalesce(queue_and_claim.payload, '{}'),
+        queue_and_claim.user_id),
+      coalesce(queue_and_claim.metadata, '{}'), now() + make_interval(secs => lease_seconds)
+    )
+    on conflict on constraint deliveries_pkey do nothing
+    returning x.* into d;
+    if found then
+      insert into email.delivery_payloads (delivery_id, payload)
+      values (queue_and_claim.delivery_id, coalesce(queue_and_claim.payload, '{}'));
+      return query select d.status, d.attempts;
+      return;
+    end if;
+  end if;
+  return query
+  select case when c.attempt is null then q.status else 'in_progress' end, c.attempt
+  from email.record_queued(queue_and_claim.delivery_id, queue_and_claim.workflow, queue_and_claim.recipient,
+         queue_and_claim.payload, queue_and_claim.metadata, queue_and_claim.user_id) q,
+       lateral (select email.mark_in_progress(q.delivery_id, lease_seconds) as attempt) c;
+end
+$$;
+
+COMMENT ON FUNCTION email.queue_and_claim(delivery_id text, workflow text, recipient text, payload jsonb, metadata jsonb, user_id uuid, lease_seconds integer) IS 'Accept a delivery and claim attempt 1 at once (born in_progress); else as record_queued + mark_in_progress';
+
 CREATE FUNCTION email.reap_expired_leases() RETURNS integer
     LANGUAGE plpgsql
     SET search_path TO ''
@@ -1302,10 +1351,12 @@ begin
   returning x.* into d;
 
   if found then
-    insert into email.delivery_payloads (delivery_id, payload)
-    values (record_queued.delivery_id, coalesce(record_queued.payload, '{}'));
-    -- Read the row again: triggers of later migrations may already have moved it on (e.g. suppressed).
+    -- Read the row again: triggers of later migrations may already have moved it on (suppressed).
     select x.* into d from email.deliveries x where x.delivery_id = record_queued.delivery_id;
+    if not exists (select from email.statuses s where s.status = d.status and s.terminal) then
+      insert into email.delivery_payloads (delivery_id, payload)
+      values (record_queued.delivery_id, coalesce(record_queued.payload, '{}'));
+    end if;
     return d;
   end if;
 
@@ -1893,14 +1944,23 @@ begin
   new.provider_response := left(new.provider_response, 512);
 
   if tg_op = 'INSERT' then
+    if new.status = 'in_progress' then
+      new.attempts := 1;
+      new.last_attempted_at := now();
+      new.send_started_at := null;
+      new.next_attempt_at := null;
+      new.lease_expires_at := coalesce(new.lease_expires_at, now() + interval '60 seconds');
+      return new;
+    end if;
     if new.status <> 'queued' then
-      raise exception 'delivery % must start queued, not %', new.delivery_id, new.status using errcode = 'EM001';
+      raise exception 'delivery % must start queued or in_progress, not %', new.delivery_id, new.status using errcode = 'EM001';
     end if;
     new.attempts := 0;
     new.next_attempt_at := coalesce(new.next_attempt_at, now());
     return new;
   end if;
 
+  new.updated_at := now();
   if new.status is not distinct from old.status then
     if new.attempts is distinct from old.attempts then
       raise exception 'delivery % attempts only grow when an attempt starts', new.delivery_id using errcode = 'EM001';
@@ -2064,18 +2124,6 @@ begin
   from email.webhook_endpoints w
   where w.enabled and email._webhook_wants(w.event_types, event_type);
   return null;
-end
-$$;
-
-CREATE FUNCTION email.tg_delivery_payloads__skip_suppressed() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path TO ''
-    AS $$
-begin
-  if exists (select from email.deliveries d where d.delivery_id = new.delivery_id and d.status = 'suppressed') then
-    return null;
-  end if;
-  return new;
 end
 $$;
 
@@ -3098,6 +3146,8 @@ ALTER TABLE ONLY email.webhook_outbox
 ALTER TABLE ONLY email.webhook_refused_networks
     ADD CONSTRAINT webhook_refused_networks_pkey PRIMARY KEY (network);
 
+CREATE INDEX deliveries_attention_idx ON email.deliveries USING btree (updated_at) WHERE (status = ANY (ARRAY['retrying'::text, 'failed'::text, 'dead_letter'::text, 'suppressed'::text]));
+
 CREATE INDEX deliveries_dead_letter_idx ON email.deliveries USING btree (completed_at) INCLUDE (workflow) WHERE (status = 'dead_letter'::text);
 
 CREATE INDEX deliveries_due_idx ON email.deliveries USING btree (next_attempt_at) WHERE (status = ANY (ARRAY['queued'::text, 'retrying'::text]));
@@ -3106,15 +3156,9 @@ CREATE INDEX deliveries_finished_idx ON email.deliveries USING btree (completed_
 
 CREATE INDEX deliveries_lease_idx ON email.deliveries USING btree (lease_expires_at) WHERE (status = 'in_progress'::text);
 
-CREATE INDEX deliveries_open_recipient_idx ON email.deliveries USING btree (lower(recipient)) WHERE (status = ANY (ARRAY['queued'::text, 'retrying'::text]));
-
 CREATE INDEX deliveries_queued_at_idx ON email.deliveries USING btree (queued_at) INCLUDE (workflow, status, attempts, last_error_code, sent_at);
 
 CREATE INDEX deliveries_recipient_lower_idx ON email.deliveries USING btree (lower(recipient));
-
-CREATE INDEX deliveries_recipient_updated_at_idx ON email.deliveries USING btree (recipient, updated_at);
-
-CREATE INDEX deliveries_status_updated_at_idx ON email.deliveries USING btree (status, updated_at);
 
 CREATE INDEX deliveries_user_id_idx ON email.deliveries USING btree (user_id) WHERE (user_id IS NOT NULL);
 
@@ -3152,10 +3196,6 @@ CREATE TRIGGER _050_refuse_removal BEFORE DELETE OR TRUNCATE ON email.deliveries
 
 CREATE TRIGGER _100_refuse_change BEFORE DELETE OR UPDATE ON email.delivery_events FOR EACH ROW EXECUTE FUNCTION email.tg_delivery_events__refuse_change();
 
-CREATE TRIGGER _100_skip_suppressed BEFORE INSERT ON email.delivery_payloads FOR EACH ROW EXECUTE FUNCTION email.tg_delivery_payloads__skip_suppressed();
-
-CREATE TRIGGER _100_touch_updated_at BEFORE UPDATE ON email.deliveries FOR EACH ROW EXECUTE FUNCTION email.tg__touch_updated_at();
-
 CREATE TRIGGER _100_touch_updated_at BEFORE UPDATE ON email.webhook_endpoints FOR EACH ROW EXECUTE FUNCTION email.tg__touch_updated_at();
 
 CREATE TRIGGER _100_touch_updated_at BEFORE UPDATE ON email.webhook_outbox FOR EACH ROW EXECUTE FUNCTION email.tg__touch_updated_at();
@@ -3179,9 +3219,6 @@ CREATE TRIGGER _700_suppress_recipient AFTER INSERT OR UPDATE OF status ON email
 CREATE TRIGGER _800_webhook_outbox AFTER INSERT ON email.delivery_events FOR EACH ROW EXECUTE FUNCTION email.tg_delivery_events__webhook_outbox();
 
 CREATE TRIGGER _900_purge_expired AFTER INSERT ON email.rejected_messages FOR EACH STATEMENT EXECUTE FUNCTION email.tg_rejected_messages__purge_expired();
-
-ALTER TABLE ONLY email.deliveries
-    ADD CONSTRAINT deliveries_status_fkey FOREIGN KEY (status) REFERENCES email.statuses(status);
 
 ALTER TABLE ONLY email.delivery_payloads
     ADD CONSTRAINT delivery_payloads_delivery_id_fkey FOREIGN KEY (delivery_id) REFERENCES email.deliveries(delivery_id) ON DELETE CASCADE;
@@ -3434,6 +3471,9 @@ GRANT ALL ON FUNCTION email.purge_dead_letters(older_than interval, reason text)
 REVOKE ALL ON FUNCTION email.purge_rejected_messages(older_than interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION email.purge_rejected_messages(older_than interval) TO service_role;
 
+REVOKE ALL ON FUNCTION email.queue_and_claim(delivery_id text, workflow text, recipient text, payload jsonb, metadata jsonb, user_id uuid, lease_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION email.queue_and_claim(delivery_id text, workflow text, recipient text, payload jsonb, metadata jsonb, user_id uuid, lease_seconds integer) TO service_role;
+
 REVOKE ALL ON FUNCTION email.reap_expired_leases() FROM PUBLIC;
 GRANT ALL ON FUNCTION email.reap_expired_leases() TO service_role;
 
@@ -3511,8 +3551,6 @@ REVOKE ALL ON FUNCTION email.tg_delivery_events__refuse_change() FROM PUBLIC;
 REVOKE ALL ON FUNCTION email.tg_delivery_events__suppress_hard_bounce() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION email.tg_delivery_events__webhook_outbox() FROM PUBLIC;
-
-REVOKE ALL ON FUNCTION email.tg_delivery_payloads__skip_suppressed() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION email.tg_rejected_messages__purge_expired() FROM PUBLIC;
 

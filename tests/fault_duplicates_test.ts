@@ -144,7 +144,6 @@ test("Postgres gone for longer than the attempt's lease: the reaper marks the at
     await settle(worker, db, id);
     const trail = (await db.events(id)).map((e) => `${e.to_status}:${e.attempt}:${e.error_code ?? ""}`);
     assertEquals(trail, [
-      "queued:0:",
       "in_progress:1:",
       "retrying:1:outcome_unknown",
       "in_progress:2:",

@@ -138,7 +138,7 @@ for (const fault of faults) {
         const d = await ctx.db.delivery(p.deliveryId);
         assertEquals([d?.status, d?.attempts, d?.last_error_code], ["retrying", 1, p.body.errorCode]);
         assertEquals((await trail(ctx.db, p.deliveryId)).slice(-2), [
-          "queued>in_progress:1:",
+          "null>in_progress:1:",
           `in_progress>retrying:1:${p.body.errorCode}`,
         ]);
       }

@@ -154,7 +154,7 @@ test("a worker SIGKILLed mid-send: the lease is reaped, the sweep sends the mail
       `${e.from_status}>${e.to_status}:${e.attempt}:${e.error_code ?? ""}`
     );
     assertEquals(trail.slice(-4), [
-      "queued>in_progress:1:",
+      "null>in_progress:1:",
       "in_progress>retrying:1:outcome_unknown",
       "retrying>in_progress:2:",
       "in_progress>sent:2:",

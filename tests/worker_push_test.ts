@@ -3,7 +3,7 @@ import { test, withHarness } from "./support/harness.ts";
 import { base64, envelope, newDeliveryId, unwrapped, verificationEvent } from "./support/pubsub.ts";
 import { mailTo } from "./support/smtp.ts";
 
-test("a valid push is sent and recorded queued -> in_progress -> sent, and the payload is erased", async () => {
+test("a valid push is sent and recorded in_progress (born claimed) -> sent, and the payload is erased", async () => {
   await withHarness(async ({ smtp, worker, db, token }) => {
     const event = verificationEvent();
     const res = await worker.push(envelope(event, { deliveryAttempt: 1 }), { token });
@@ -21,7 +21,7 @@ test("a valid push is sent and recorded queued -> in_progress -> sent, and the p
     assertMatch(String(d?.provider_response), /^250 /);
     assertEquals(d?.provider_message_id, mail.messageId);
     const events = await db.events(event.deliveryId!);
-    assertEquals(events.map((e) => e.to_status), ["queued", "in_progress", "sent"]);
+    assertEquals(events.map((e) => [e.from_status, e.to_status]), [[null, "in_progress"], ["in_progress", "sent"]]);
     const [{ n }] = await db.sql`select count(*)::int as n from email.delivery_payloads where delivery_id = ${event
       .deliveryId!}`;
     assertEquals(n, 0);
@@ -191,7 +191,11 @@ test("a duplicate push of a sent delivery sends nothing", async () => {
     assertEquals(res.status, 200);
     assertEquals(await res.json(), { deliveryId: event.deliveryId, status: "duplicate", deliveryStatus: "sent" });
     assertEquals(smtp.attempts, 1);
-    assertEquals((await db.events(event.deliveryId!)).length, 3);
+    assertEquals(
+      (await db.events(event.deliveryId!)).length,
+      2,
+      "born in_progress, then sent: nothing for the duplicate",
+    );
   });
 });
 

@@ -29,7 +29,7 @@ test("a signed-in user reads their own delivery and its timeline; another user g
     const doc = await own.json();
     assertEquals(doc.delivery_id, id);
     assertEquals(doc.status, "sent");
-    assertEquals(doc.events.map((e: { to_status: string }) => e.to_status), ["queued", "in_progress", "sent"]);
+    assertEquals(doc.events.map((e: { to_status: string }) => e.to_status), ["in_progress", "sent"]);
     assert(!JSON.stringify(doc).includes('"code"'), "no payload in the document");
 
     const other = await fetch(url, { headers: { authorization: `Bearer ${await userToken(crypto.randomUUID())}` } });

@@ -214,6 +214,8 @@ export async function dashboardData(sql: Sql, params: URLSearchParams): Promise<
       from email.deliveries d
       -- what needs a look: failed attempts (email.statuses.failing) and suppressed deliveries
       where d.status in (select s.status from email.statuses s where s.failing or s.counts_as = 'suppressed')
+        -- the same statuses, literally: the predicate of the partial index deliveries_attention_idx
+        and d.status in ('retrying', 'failed', 'dead_letter', 'suppressed')
         and d.updated_at >= ${since}
         and (${workflow}::text is null or d.workflow = ${workflow})
       order by d.updated_at desc limit 25`,

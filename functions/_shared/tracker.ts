@@ -88,7 +88,10 @@ export type TrackerHealth = {
 
 /** Records delivery transitions through the lifecycle RPCs. */
 export type StatusTracker = {
-  /** record_queued, then mark_in_progress, in one round trip. */
+  /**
+   * queue_and_claim: a new delivery is born in_progress at attempt 1 (one round trip); a known one is
+   * claimed as record_queued + mark_in_progress would.
+   */
   queueAndClaim(request: QueueRequest, leaseSeconds: number): Promise<QueueResult>;
   /** mark_sent; the outcome's event records the relay (tracking.relay, from SMTP_HOST) as detail.relay. */
   markSent(deliveryId: string, attempt: number, sent: { messageId: string; response: string }): Promise<OutcomeResult>;
@@ -179,11 +182,10 @@ export function createStatusTracker(
     async queueAndClaim(q, leaseSeconds) {
       const r = await pool.call("queue_and_claim", (db) =>
         db<{ status: string; attempt: number | null }[]>`
-          select q.status, email.mark_in_progress(q.delivery_id, ${leaseSeconds}::integer) as attempt
-          from email.record_queued(
+          select status, attempt from email.queue_and_claim(
             ${q.deliveryId}, ${q.workflow}, ${q.recipient}, ${db.json(q.payload as postgres.JSONValue)},
-            ${db.json(q.metadata as postgres.JSONValue)}, ${q.userId ?? null}::uuid
-          ) q`);
+            ${db.json(q.metadata as postgres.JSONValue)}, ${q.userId ?? null}::uuid, ${leaseSeconds}::integer
+          )`);
       if (r.kind === "sql_error") {
         if (r.sqlstate === "EM002") return { kind: "conflict", message: r.message };
         // Deterministic: the same event would be refused again; a refusal, never an outage.

@@ -1,11 +1,272 @@
 /**
  * email: the lean lifecycle (issue 12).
  *
+ * What a delivery costs the database, per lifecycle, measured by `npm run bench` (docs/performance.md
+ * has the figures of each change):
+ * - the worker's push path is one RPC, email.queue_and_claim: a new delivery is born in_progress
+ *   (attempt 1, under a lease) instead of being inserted queued and updated in_progress in the same
+ *   statement. One row version and one audit event fewer. The audit trail still has one event per
+ *   transition: a pushed delivery that is sent writes two events,
+ *     (null -> in_progress, attempt 1, detail.lease_expires_at)  and  (in_progress -> sent, attempt 1);
+ *   a delivery accepted without a claim (email.record_queued: the API, a suppressed recipient) still
+ *   starts with (null -> queued). Webhook receivers and the metrics see email.in_progress as the first
+ *   event of a pushed delivery.
+ * - email.deliveries keeps only the indexes something reads: the key, the two end-user (RLS) indexes,
+ *   the metrics' queued_at index and the partial ones (due, lease, dead letters, and the dashboard's
+ *   failing or suppressed ones by updated_at), which cost nothing to rows outside their statuses. Gone:
+ *   (status, updated_at), whose one reader (the dashboard) the partial index serves, (recipient,
+ *   updated_at), which no query used, and the open-recipient index, which duplicated deliveries_recipient_lower_idx for the
+ *   few deliveries of one address a new suppression looks at. fillfactor 80 leaves room on each page,
+ *   so an update's new row version usually lands on its page (a smaller WAL record).
+ * - status no longer references email.statuses by a foreign key, which took a share lock on the
+ *   status row on every transition (a WAL record, and a MultiXact when clients collide on the same
+ *   status): the BEFORE trigger already admits only the transitions of email.transitions (whose rows
+ *   reference email.statuses) and inserts that start queued or in_progress.
+ * - updated_at is kept by the transition trigger (one trigger call fewer per update), and mark_sent
+ *   updates under its fence in one statement (no SELECT ... FOR UPDATE first, whose lock is another
+ *   WAL record); it falls back to the fence's checks only when the update finds nothing.
+ *
  * The relay of each attempt's outcome: mark_sent and record_failure take the SMTP relay host the
  * worker sent through (`relay`, its SMTP_HOST; optional, null when unknown, e.g. for the reaper) and
  * record it in the outcome's audit event as detail->>'relay' (sent, retrying, failed, dead_letter).
  * The per-relay metrics read it from there.
  */
+
+-- ---------------------------------------------------------------------------------------------
+-- email.deliveries: only the indexes something reads, room for updates, no lock on email.statuses
+-- ---------------------------------------------------------------------------------------------
+
+drop index email.deliveries_status_updated_at_idx;
+drop index email.deliveries_recipient_updated_at_idx;
+-- A new suppression finds the address's open deliveries by deliveries_recipient_lower_idx.
+drop index email.deliveries_open_recipient_idx;
+-- What the dashboard lists as needing a look (the failing statuses and suppressed, latest first) read
+-- the (status, updated_at) index; a partial index serves it without an entry for a delivery that is
+-- sent. Literal, as partial-index predicates must be: the statuses with failing or counts_as =
+-- 'suppressed' in email.statuses (supabase/tests/010 checks they are the same).
+create index deliveries_attention_idx on email.deliveries (updated_at)
+  where status in ('retrying', 'failed', 'dead_letter', 'suppressed');
+alter table email.deliveries set (fillfactor = 80);
+-- The transition trigger admits only known statuses (see the header).
+alter table email.deliveries drop constraint deliveries_status_fkey;
+
+-- updated_at is kept by _200_apply_transition now.
+drop trigger _100_touch_updated_at on email.deliveries;
+
+/**
+ * Refuses inserts that do not start queued or in_progress, and status changes that are not in
+ * email.transitions (EM001); derives what each transition implies, so no caller can get it wrong:
+ * - entering in_progress (by an update, or born in_progress by email.queue_and_claim): attempts + 1
+ *   (the only place attempts grows), last_attempted_at, a lease, nothing due, and no send started
+ *   yet (send_started_at, set by renew_lease when the SMTP conversation starts);
+ * - leaving in_progress: no lease;
+ * - entering a terminal state: completed_at (and sent_at for sent), nothing due;
+ * - entering queued (requeue): due now, not completed, a fresh attempt budget.
+ * attempts never changes outside a transition into in_progress; updated_at is now on every update.
+ */
+create or replace function email.tg_deliveries__apply_transition()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+declare
+  policy email.retry_policies;
+  entered email.statuses;
+begin
+  new.last_error_message := left(new.last_error_message, 512);
+  new.provider_response := left(new.provider_response, 512);
+
+  if tg_op = 'INSERT' then
+    if new.status = 'in_progress' then
+      new.attempts := 1;
+      new.last_attempted_at := now();
+      new.send_started_at := null;
+      new.next_attempt_at := null;
+      new.lease_expires_at := coalesce(new.lease_expires_at, now() + interval '60 seconds');
+      return new;
+    end if;
+    if new.status <> 'queued' then
+      raise exception 'delivery % must start queued or in_progress, not %', new.delivery_id, new.status using errcode = 'EM001';
+    end if;
+    new.attempts := 0;
+    new.next_attempt_at := coalesce(new.next_attempt_at, now());
+    return new;
+  end if;
+
+  new.updated_at := now();
+  if new.status is not distinct from old.status then
+    if new.attempts is distinct from old.attempts then
+      raise exception 'delivery % attempts only grow when an attempt starts', new.delivery_id using errcode = 'EM001';
+    end if;
+    return new;
+  end if;
+
+  if not exists (
+    select from email.transitions t where t.from_status = old.status and t.to_status = new.status
+  ) then
+    raise exception 'delivery % cannot go from % to %', new.delivery_id, old.status, new.status
+      using errcode = 'EM001', hint = 'The allowed transitions are in email.transitions';
+  end if;
+
+  select s.* into entered from email.statuses s where s.status = new.status;
+  new.attempts := old.attempts;
+  if new.status = 'in_progress' then
+    new.attempts := old.attempts + 1;
+    new.last_attempted_at := now();
+    new.send_started_at := null;
+    new.next_attempt_at := null;
+    new.lease_expires_at := coalesce(new.lease_expires_at, now() + interval '60 seconds');
+  else
+    new.lease_expires_at := null;
+  end if;
+
+  if entered.waiting then
+    new.next_attempt_at := coalesce(new.next_attempt_at, now());
+    new.completed_at := null;
+  elsif entered.terminal then
+    new.next_attempt_at := null;
+    new.completed_at := now();
+  end if;
+
+  if new.status = 'sent' then
+    new.sent_at := now();
+  end if;
+
+  if new.status = 'queued' then
+    -- A requeue grants a fresh attempt budget; attempts keeps counting, so attempt numbers stay unique.
+    policy := email.retry_policy(new.workflow);
+    new.max_attempts := new.attempts + policy.max_attempts;
+    new.next_attempt_at := now();
+  end if;
+  return new;
+end
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Accepting a delivery: the payload of a delivery suppressed on arrival is never stored
+-- ---------------------------------------------------------------------------------------------
+
+-- record_queued decides that itself now (below): no trigger query on every payload insert.
+drop trigger _100_skip_suppressed on email.delivery_payloads;
+drop function email.tg_delivery_payloads__skip_suppressed();
+
+/**
+ * Accepts a delivery: queued, with its payload kept apart. Idempotent on delivery_id: the same
+ * request again returns the existing row and changes nothing; the same id with different content
+ * (workflow, recipient, user or payload) raises EM002, which the caller stores in
+ * email.rejected_messages with record_rejected (a raise rolls back anything written here).
+ * A queued delivery is due for the sweep a minute later, in case no push claims it. A delivery that
+ * ended as soon as it was queued (suppressed: the recipient is on the suppression list) never has
+ * its payload stored.
+ */
+create or replace function email.record_queued(
+  delivery_id text,
+  workflow text,
+  recipient text,
+  payload jsonb,
+  metadata jsonb default '{}',
+  user_id uuid default null
+)
+returns email.deliveries
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  h text := email._request_hash(record_queued.workflow, record_queued.recipient, coalesce(record_queued.payload, '{}'), record_queued.user_id);
+  d email.deliveries;
+begin
+  insert into email.deliveries as x (delivery_id, workflow, recipient, user_id, max_attempts, request_hash, metadata, next_attempt_at)
+  values (
+    record_queued.delivery_id, record_queued.workflow, record_queued.recipient, record_queued.user_id,
+    (email.retry_policy(record_queued.workflow)).max_attempts, h, coalesce(record_queued.metadata, '{}'),
+    now() + interval '60 seconds'
+  )
+  on conflict on constraint deliveries_pkey do nothing
+  returning x.* into d;
+
+  if found then
+    -- Read the row again: triggers of later migrations may already have moved it on (suppressed).
+    select x.* into d from email.deliveries x where x.delivery_id = record_queued.delivery_id;
+    if not exists (select from email.statuses s where s.status = d.status and s.terminal) then
+      insert into email.delivery_payloads (delivery_id, payload)
+      values (record_queued.delivery_id, coalesce(record_queued.payload, '{}'));
+    end if;
+    return d;
+  end if;
+
+  select x.* into d from email.deliveries x where x.delivery_id = record_queued.delivery_id;
+  if d.request_hash <> h then
+    raise exception 'delivery % already exists with different content', record_queued.delivery_id
+      using errcode = 'EM002', hint = 'Use a new delivery id for a different email';
+  end if;
+  return d;
+end
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- The worker's push path: queue and claim at once
+-- ---------------------------------------------------------------------------------------------
+
+/**
+ * Accepts a delivery and claims it for attempt 1 in one call (the worker's push path): a new delivery
+ * is inserted in_progress under a lease of lease_seconds, its payload kept apart, and the trail gets
+ * one event (null -> in_progress). Returns the status and the attempt to make. Anything else goes the
+ * two-step way, with the same answers as email.record_queued followed by email.mark_in_progress:
+ * - the delivery exists (a redelivered push): idempotent on delivery_id (EM002 on different content),
+ *   claimed when it is claimable (queued, retrying and due, or in_progress under an expired lease,
+ *   which is reaped first), else attempt null and its status (sent, in_progress under a live lease...);
+ * - the recipient is suppressed: it is queued and at once suppressed (null -> queued -> suppressed,
+ *   no payload stored), attempt null.
+ */
+create or replace function email.queue_and_claim(
+  delivery_id text,
+  workflow text,
+  recipient text,
+  payload jsonb,
+  metadata jsonb default '{}',
+  user_id uuid default null,
+  lease_seconds integer default 60
+)
+returns table (status text, attempt integer)
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  d email.deliveries;
+begin
+  if lease_seconds is null or lease_seconds < 1 then
+    raise exception 'lease_seconds must be at least 1, not %', lease_seconds using errcode = 'EM006';
+  end if;
+  if not email.is_suppressed(queue_and_claim.recipient) then
+    insert into email.deliveries as x (
+      delivery_id, workflow, recipient, user_id, status, max_attempts, request_hash, metadata, lease_expires_at)
+    values (
+      queue_and_claim.delivery_id, queue_and_claim.workflow, queue_and_claim.recipient, queue_and_claim.user_id,
+      'in_progress', (email.retry_policy(queue_and_claim.workflow)).max_attempts,
+      email._request_hash(queue_and_claim.workflow, queue_and_claim.recipient, coalesce(queue_and_claim.payload, '{}'),
+        queue_and_claim.user_id),
+      coalesce(queue_and_claim.metadata, '{}'), now() + make_interval(secs => lease_seconds)
+    )
+    on conflict on constraint deliveries_pkey do nothing
+    returning x.* into d;
+    if found then
+      insert into email.delivery_payloads (delivery_id, payload)
+      values (queue_and_claim.delivery_id, coalesce(queue_and_claim.payload, '{}'));
+      return query select d.status, d.attempts;
+      return;
+    end if;
+  end if;
+  return query
+  select case when c.attempt is null then q.status else 'in_progress' end, c.attempt
+  from email.record_queued(queue_and_claim.delivery_id, queue_and_claim.workflow, queue_and_claim.recipient,
+         queue_and_claim.payload, queue_and_claim.metadata, queue_and_claim.user_id) q,
+       lateral (select email.mark_in_progress(q.delivery_id, lease_seconds) as attempt) c;
+end
+$$;
+comment on function email.queue_and_claim(text, text, text, jsonb, jsonb, uuid, integer) is 'Accept a delivery and claim attempt 1 at once (born in_progress); else as record_queued + mark_in_progress';
+grant execute on function email.queue_and_claim(text, text, text, jsonb, jsonb, uuid, integer) to service_role;
 
 -- ---------------------------------------------------------------------------------------------
 -- The relay of an attempt's outcome
@@ -18,7 +279,9 @@ drop function email.record_failure(text, integer, text, integer, text, text);
 /**
  * Records that attempt `attempt` was accepted by the SMTP server (through `relay`, recorded in the
  * event's detail). Idempotent for the same attempt. Accepted too when the attempt's lease was reaped
- * but nobody re-claimed it yet: the mail did go out.
+ * but nobody re-claimed it yet: the mail did go out. The update is its own fence (delivery, attempt
+ * and status in one WHERE, by key: one statement, one row lock); only when it finds nothing does
+ * email._fence say why (EM004, EM003) or find the attempt already sent.
  */
 create or replace function email.mark_sent(
   delivery_id text,
@@ -33,18 +296,27 @@ volatile
 set search_path = ''
 as $$
 declare
-  d email.deliveries := email._fence(mark_sent.delivery_id, mark_sent.attempt, array['in_progress', 'retrying', 'sent']);
+  -- The statuses an attempt's success may end: its own in_progress, or retrying after a reap.
+  accepted constant text[] := array['in_progress', 'retrying'];
+  d email.deliveries;
 begin
-  if d.status = 'sent' then
-    return d;
-  end if;
   perform email._set_event_detail(jsonb_strip_nulls(jsonb_build_object('relay', left(mark_sent.relay, 255))));
-  update email.deliveries x
-  set status = 'sent',
-      provider_message_id = mark_sent.provider_message_id,
-      provider_response = mark_sent.provider_response
-  where x.delivery_id = mark_sent.delivery_id
-  returning x.* into d;
+  for i in 1..2 loop
+    update email.deliveries x
+    set status = 'sent',
+        provider_message_id = mark_sent.provider_message_id,
+        provider_response = mark_sent.provider_response
+    where x.delivery_id = mark_sent.delivery_id and x.attempts = mark_sent.attempt and x.status = any (accepted)
+    returning x.* into d;
+    exit when found;
+    -- Nothing updated: EM004 or EM003 from the fence, or this attempt was already recorded sent
+    -- (the fence locks the row, so the second pass sees what it saw).
+    d := email._fence(mark_sent.delivery_id, mark_sent.attempt, accepted || 'sent'::text);
+    if d.status = 'sent' then
+      perform email._set_event_detail(null); -- no event: the detail is not left for a later one
+      return d;
+    end if;
+  end loop;
   return d;
 end
 $$;
@@ -104,6 +376,7 @@ grant execute on function email.record_failure(text, integer, text, integer, tex
 -- Postgres grants EXECUTE to PUBLIC on every new function: take it back (not with "all functions":
 -- the rls migration granted authenticated its read helpers).
 revoke execute on function
+  email.queue_and_claim(text, text, text, jsonb, jsonb, uuid, integer),
   email.mark_sent(text, integer, text, text, text),
   email.record_failure(text, integer, text, integer, text, text, text)
 from public, anon, authenticated;

@@ -1,6 +1,6 @@
 -- Structure: schema, tables, columns, keys, indexes, triggers, functions and privileges, so drift shows up.
 begin;
-select plan(166);
+select plan(168);
 
 select has_schema('email');
 
@@ -32,12 +32,15 @@ select col_default_is('email', 'deliveries', 'status', 'queued'::text, 'a delive
 select col_default_is('email', 'deliveries', 'attempts', 0, 'attempts start at 0');
 select col_not_null('email', 'deliveries', c, format('email.deliveries.%s is not null', c))
 from unnest(array['workflow', 'recipient', 'status', 'attempts', 'max_attempts', 'request_hash', 'metadata']) c;
-select ok(
-  exists (select from pg_constraint c where c.conrelid = 'email.deliveries'::regclass and c.contype = 'c'
-          and pg_get_constraintdef(c.oid) ~ 'status.*queued.*in_progress.*retrying.*sent.*failed.*dead_letter')
-  or exists (select from pg_constraint c where c.conrelid = 'email.deliveries'::regclass and c.contype = 'f'
-             and c.confrelid = 'email.statuses'::regclass),
-  'status is one of the states: a CHECK listing them, or a foreign key to email.statuses'
+-- status is one of the states: the transition trigger admits only email.transitions (whose rows reference
+-- email.statuses) and inserts that start queued or in_progress (no foreign key: its lock on the status row
+-- cost every transition a WAL record, see the lean-lifecycle migration).
+insert into email.deliveries (delivery_id, workflow, recipient, max_attempts, request_hash)
+values ('pgtap-010-unknown-status', 'pgtap', 'unknown-status@example.com', 5, 'x');
+select throws_ok(
+  $$ update email.deliveries set status = 'no_such_status' where delivery_id = 'pgtap-010-unknown-status' $$,
+  'EM001', 'delivery pgtap-010-unknown-status cannot go from queued to no_such_status',
+  'status is one of the states: a status that is not in email.statuses is refused (EM001)'
 );
 select col_has_check('email', 'deliveries', 'last_error_message', 'last_error_message has a CHECK (length)');
 
@@ -89,8 +92,15 @@ from (values
 select col_is_pk('email', 'rejected_messages', 'id', 'rejected_messages.id is the primary key');
 
 -- Indexes, including the partial "what is due" index.
-select has_index('email', 'deliveries', 'deliveries_status_updated_at_idx', array['status', 'updated_at']);
-select has_index('email', 'deliveries', 'deliveries_recipient_updated_at_idx', array['recipient', 'updated_at']);
+-- Only the indexes something reads (the lean-lifecycle migration): every other one is written on each
+-- row version of every delivery.
+select hasnt_index('email', 'deliveries', 'deliveries_status_updated_at_idx', 'no (status, updated_at) index: nothing reads it');
+select is(
+  (select array_agg(c.relname::text order by c.relname) from pg_index i join pg_class c on c.oid = i.indexrelid
+   where i.indrelid = 'email.deliveries'::regclass and i.indpred is null),
+  array['deliveries_pkey', 'deliveries_queued_at_idx', 'deliveries_recipient_lower_idx'],
+  'every row version of a delivery is in three full indexes only (the key, RLS by recipient, the metrics'' window); the rest are partial'
+);
 select has_index('email', 'deliveries', 'deliveries_due_idx', array['next_attempt_at']);
 select has_index('email', 'deliveries', 'deliveries_lease_idx', array['lease_expires_at']);
 select has_index('email', 'delivery_events', 'delivery_events_delivery_id_idx', array['delivery_id', 'id']);
@@ -115,11 +125,26 @@ select matches(
   'Index Scan using deliveries_lease_idx',
   'the expired-lease query is an index scan of deliveries_lease_idx'
 );
+select matches(
+  pg_temp.plan_of($$ select delivery_id from email.deliveries
+                     where status in (select s.status from email.statuses s where s.failing or s.counts_as = 'suppressed')
+                       and status in ('retrying', 'failed', 'dead_letter', 'suppressed') and updated_at >= now() - interval '1 day'
+                     order by updated_at desc limit 25 $$),
+  'Index Scan Backward using deliveries_attention_idx',
+  'the dashboard''s "needs a look" query is an index scan of deliveries_attention_idx'
+);
 reset enable_seqscan;
+select is(
+  (select pg_get_expr(i.indpred, i.indrelid) from pg_index i where i.indexrelid = 'email.deliveries_attention_idx'::regclass),
+  (select format('(status = ANY (ARRAY[%s]))', string_agg(quote_literal(s.status) || '::text', ', ' order by s.position))
+   from email.statuses s where s.failing or s.counts_as = 'suppressed'),
+  'deliveries_attention_idx is partial on exactly the failing and suppressed statuses of email.statuses'
+);
 
 -- Triggers, named so their order is deterministic.
 select has_trigger('email', 'deliveries', t, format('trigger %s on email.deliveries', t))
-from unnest(array['_050_refuse_removal', '_100_touch_updated_at', '_200_apply_transition', '_500_audit', '_600_erase_payload']) t;
+from unnest(array['_050_refuse_removal', '_200_apply_transition', '_500_audit', '_600_erase_payload']) t;
+select hasnt_trigger('email', 'deliveries', '_100_touch_updated_at', 'updated_at is kept by _200_apply_transition, not a trigger of its own');
 select has_trigger('email', 'delivery_events', t, format('trigger %s on email.delivery_events', t))
 from unnest(array['_100_refuse_change', '_110_refuse_truncate']) t;
 

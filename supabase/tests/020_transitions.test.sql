@@ -1,7 +1,7 @@
 -- Transitions: every allowed one works, every other one raises EM001; what each transition implies.
 begin;
 -- One assertion per allowed transition and per forbidden status change (later migrations may add statuses).
-select plan(16
+select plan(17
   + (select count(*)::int from email.transitions)
   + (select count(*)::int from email.statuses f cross join email.statuses t
      where f.status <> t.status
@@ -105,24 +105,32 @@ select is_empty(
   'a refused transition changes nothing'
 );
 
--- Inserts must start queued.
+-- Inserts start queued, or in_progress (born claimed, as email.queue_and_claim inserts): nothing else.
 select throws_ok(
   $$ insert into email.deliveries (delivery_id, workflow, recipient, status, max_attempts, request_hash)
      values ('pgtap-020-insert-sent', 'pgtap', 'someone@example.com', 'sent', 5, 'x') $$,
-  'EM001', 'delivery pgtap-020-insert-sent must start queued, not sent',
-  'an insert that does not start queued raises EM001'
+  'EM001', 'delivery pgtap-020-insert-sent must start queued or in_progress, not sent',
+  'an insert that does not start queued or in_progress raises EM001'
 );
 select throws_ok(
-  $$ insert into email.deliveries (delivery_id, workflow, recipient, status, max_attempts, request_hash, lease_expires_at)
-     values ('pgtap-020-insert-ip', 'pgtap', 'someone@example.com', 'in_progress', 5, 'x', now() + interval '1 minute') $$,
+  $$ insert into email.deliveries (delivery_id, workflow, recipient, status, max_attempts, request_hash)
+     values ('pgtap-020-insert-retrying', 'pgtap', 'someone@example.com', 'retrying', 5, 'x') $$,
   'EM001', null,
-  'an insert in_progress raises EM001'
+  'an insert retrying raises EM001'
 );
 insert into email.deliveries (delivery_id, workflow, recipient, max_attempts, request_hash, attempts)
 values ('pgtap-020-insert-attempts', 'pgtap', 'someone@example.com', 5, 'x', 7);
 select is(
   (select attempts from email.deliveries where delivery_id = 'pgtap-020-insert-attempts'), 0,
   'an insert starts at attempt 0 whatever it says'
+);
+
+-- updated_at is the time of the last change, whatever an update says.
+update email.deliveries set updated_at = '2000-01-01', metadata = '{"touched": true}'
+where delivery_id = 'pgtap-020-insert-attempts';
+select is(
+  (select updated_at from email.deliveries where delivery_id = 'pgtap-020-insert-attempts'), now(),
+  'an update sets updated_at to now, whatever it says'
 );
 
 -- attempts cannot be changed outside a transition into in_progress.

@@ -9,7 +9,11 @@ select ok((select terminal from email.statuses where status = 'suppressed'), 'su
 select ok(exists (select from email.transitions where from_status = 'queued' and to_status = 'suppressed'), 'queued -> suppressed is allowed');
 select ok(exists (select from email.transitions where from_status = 'retrying' and to_status = 'suppressed'), 'retrying -> suppressed is allowed');
 select ok(not exists (select from email.transitions where from_status = 'suppressed'), 'suppressed is never left');
-select fk_ok('email', 'deliveries', 'status', 'email', 'statuses', 'status');
+select throws_ok(
+  $$ insert into email.deliveries (delivery_id, workflow, recipient, status, max_attempts, request_hash)
+     values ('t-sup-unknown-status', 'pgtap', 'x@example.com', 'no_such_status', 5, 'x') $$,
+  'EM001', null, 'a delivery cannot start in a status email.statuses does not have'
+);
 select ok(not exists (select from pg_constraint where conrelid = 'email.deliveries'::regclass and conname = 'deliveries_status_check'), 'no CHECK repeats the list of statuses');
 
 -- Hard bounces: email.failure_rules decides from the facts of a failure (no error-code parsing)
