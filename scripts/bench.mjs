@@ -3,7 +3,8 @@
 //           SMTP leg alone, pooled and per-message SMTP connections, at 8 and 32 in flight; database
 //           round trips and added latency per delivery (bench/e2e.ts, run with Deno)
 //   (b)     complete lifecycles per second in Postgres at 1, 8 and 32 clients vs a plain baseline
-//   (c)     the same with a million deliveries already stored; sweep and metrics query times
+//   (c)     the same with a million deliveries already stored (--rows=10000000 for the 10M scale proof);
+//           sweep and metrics query times; the retention job removing the oldest month under load
 // Prints tables and ratios and writes everything to bench/results/<timestamp>.json.
 //
 // Options (flags or environment):
@@ -21,7 +22,14 @@ import path from "node:path";
 import postgres from "postgres";
 import { migrate, recreateDatabase, root, startServer } from "./lib/postgres.mjs";
 import { createBaseline, leanReport, measureMatrix, VARIANTS } from "../bench/lib/lifecycle.mjs";
-import { loadHistory, timeSweepAndMetrics } from "../bench/lib/growth.mjs";
+import {
+  interleavedGrowth,
+  loadHistory,
+  reportInterleavedGrowth,
+  reportRetention,
+  retentionAtScale,
+  timeSweepAndMetrics,
+} from "../bench/lib/growth.mjs";
 import { timeMetrics } from "../bench/lib/metrics_bench.mjs";
 import { round, table } from "../bench/lib/stats.mjs";
 import { reportEndToEnd } from "../bench/lib/e2e_report.mjs";
@@ -86,7 +94,11 @@ try {
       results.growth.lifecycle = await measureMatrix(url, { clientsList, seconds, rounds, label: "1M", log, variants });
       log(`(c) email_api.metrics from the rollups vs the exact query`);
       results.growth.metrics = await timeMetrics(url, { log });
+      log(`(c) the same interleaved with an empty database`);
+      results.growth.interleaved = await interleavedGrowth(server.url, url, { clients: 8, seconds, log });
       results.growth.queries = await timeSweepAndMetrics(url);
+      log(`(c) the retention job under a concurrent lifecycle load`);
+      results.growth.retention = await retentionAtScale(url, { log });
     }
   }
 
@@ -206,5 +218,7 @@ function report(r) {
     if (!q.metrics_present) log("metrics functions: not present in this schema (no email_api metrics migration yet)");
     log("due select plan:\n  " + q.due_plan.join("\n  "));
   }
+  if (r.growth?.interleaved) reportInterleavedGrowth(r.growth.interleaved, r.growth.history.deliveries, log);
+  if (r.growth?.retention) reportRetention(r.growth.retention, log);
   reportEndToEnd(r.e2e, log);
 }

@@ -25,10 +25,15 @@
  *   partition here has a rule pg_partman has no notion of: the events of deliveries that are kept
  *   (still open, dead letters under their own policy, or finished after the cutoff) are carried
  *   over before the partition goes (below).
+ * - Kept deliveries' events are carried into a copy of their week's partition holding only them
+ *   (delivery_events_pYYYYMMDD_kept, same bounds, built beside the trail with a CHECK constraint of
+ *   those bounds so attaching it reads nothing): the trail's ACCESS EXCLUSIVE lock then covers
+ *   catalogue changes only, however many events are kept. A copy is compacted the same way once
+ *   deliveries of its own have gone, and dropped when none is left.
  * - A default partition (email.delivery_events_default) catches any row no weekly partition covers,
  *   so an insert never fails when the job has not run for weeks; the next
- *   email.ensure_event_partitions moves such rows into the week's new partition. It also keeps the
- *   carried events of kept deliveries (older than every weekly partition).
+ *   email.ensure_event_partitions moves such rows into the week's new partition. Normally empty, so
+ *   creating or attaching a partition (which must check it) reads nothing.
  *
  * What the table looks like now
  * - Primary key (id, created_at): a unique key on a partitioned table must include the partition
@@ -90,10 +95,29 @@ comment on table email.delivery_events is 'Append-only audit trail: one row per 
 create index delivery_events_delivery_id_idx on email.delivery_events (delivery_id, id);
 create index delivery_events_created_at_brin on email.delivery_events using brin (created_at);
 
--- Rows no weekly partition covers: a safety net, and the carried events of kept deliveries.
+-- Rows no weekly partition covers: a safety net, normally empty.
 create table email.delivery_events_default partition of email.delivery_events default;
 alter table email.delivery_events_default enable row level security;
-comment on table email.delivery_events_default is 'Events no weekly partition covers: carried events of kept deliveries, and rows written before their week''s partition existed (moved by email.ensure_event_partitions)';
+comment on table email.delivery_events_default is 'Events no weekly partition covers: rows written before their week''s partition existed (moved by email.ensure_event_partitions); normally empty';
+
+/**
+ * What every partition of the trail gets besides the parent's row triggers (cloned by Postgres): RLS
+ * enabled without policies, no grants (it is read through the parent), and the parent's TRUNCATE
+ * refusal (a statement trigger is not cloned).
+ */
+create or replace function email._secure_event_partition(name text)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  execute format('alter table email.%I enable row level security', name);
+  execute format('revoke all on email.%I from public, anon, authenticated, service_role', name);
+  execute format('create trigger _110_refuse_truncate before truncate on email.%I
+                  for each statement execute function email.tg_delivery_events__refuse_change()', name);
+end
+$$;
+revoke execute on function email._secure_event_partition(text) from public;
 
 /**
  * Creates the weekly partitions of email.delivery_events (Monday 00:00 UTC to the next Monday) for
@@ -136,10 +160,7 @@ begin
       else
         execute format('create table email.%I partition of email.delivery_events for values %s', name, bounds);
       end if;
-      execute format('alter table email.%I enable row level security', name);
-      execute format('revoke all on email.%I from public, anon, authenticated, service_role', name);
-      execute format('create trigger _110_refuse_truncate before truncate on email.%I
-                      for each statement execute function email.tg_delivery_events__refuse_change()', name);
+      perform email._secure_event_partition(name);
       execute format('comment on table email.%I is %L', name, 'Audit events of the week from ' || week::date);
       created := created || name;
     end if;
@@ -300,13 +321,15 @@ create table email.retention_runs (
   webhook_messages_deleted bigint not null check (webhook_messages_deleted >= 0),
   partitions_dropped text[] not null,
   partitions_created text[] not null,
+  trail_locked_ms double precision check (trail_locked_ms >= 0),
   backlog boolean not null,
   actor text not null
 );
 alter table email.retention_runs enable row level security;
 comment on table email.retention_runs is 'What each run of email.run_retention removed: deliveries, events (in whole weekly partitions), webhook messages; and the events it carried over';
 comment on column email.retention_runs.cutoff is 'Finished deliveries completed before it and event partitions ending at or before it were removed (a week boundary: now() - history_retention, rounded down)';
-comment on column email.retention_runs.events_carried is 'Events of kept deliveries (open, dead letters, finished after the cutoff) moved out of the dropped partitions into email.delivery_events_default';
+comment on column email.retention_runs.events_carried is 'Events of kept deliveries (open, dead letters, finished after the cutoff) kept from the dropped partitions, in copies of them (delivery_events_pYYYYMMDD_kept)';
+comment on column email.retention_runs.trail_locked_ms is 'How long the run held email.delivery_events in ACCESS EXCLUSIVE mode to detach and drop (inserts waited meanwhile); null when it did not lock it';
 comment on column email.retention_runs.backlog is 'Partitions past the cutoff wait for the next run: finished deliveries before the cutoff remained after max_batches, or the trail''s lock was not had';
 grant select on email.retention_runs to service_role;
 
@@ -326,14 +349,14 @@ grant select on email.retention_runs to service_role;
  * 3. When no such delivery is left, the partitions of weeks ending at or before the cutoff go. An
  *    event is never later than its delivery's completed_at, so every event of a deleted delivery is
  *    in them. Their events of deliveries that are kept (open, dead letters, finished after the
- *    cutoff) are carried into the default partition first, with their ids and times; the webhook
- *    messages of the other events are deleted; carried events whose delivery has gone since are
- *    removed from the default partition. Before the trail's lock each partition is locked in SHARE
- *    mode (nothing can be added to it) and read: the carried rows and the counts. Then, under a brief
- *    ACCESS EXCLUSIVE lock of email.delivery_events (waited for lock_wait at most, retried; inserts
- *    queue behind it meanwhile): detach, carry, drop. The default partition is detached while rows
- *    are written into it, so the insert triggers do not fire again (no second webhook, no second
- *    suppression) and the append-only refusal does not apply to the job's own compaction.
+ *    cutoff) are carried, with their ids and times, into a copy of the partition holding only them
+ *    (delivery_events_pYYYYMMDD_kept); the webhook messages of the other events are deleted. Copies
+ *    made by earlier runs are compacted the same way when this run deleted deliveries. Each partition
+ *    is first locked in SHARE mode (nothing can be added to it) and read, and its copy built beside
+ *    the trail (a standalone table: no insert trigger fires again, no second webhook or suppression),
+ *    while the lifecycle runs on. Then, under a brief ACCESS EXCLUSIVE lock of email.delivery_events
+ *    (waited for lock_wait at most, retried; inserts queue behind it meanwhile): detach, drop, attach
+ *    the copy, catalogue changes only (the copy's CHECK constraint proves its bounds).
  */
 create or replace function email.run_retention(batch_size integer default 10000, max_batches integer default 100,
   lock_wait interval default interval '1 second')
@@ -353,6 +376,7 @@ declare
   unsent bigint;
   attempt integer := 0;
   locked boolean := false;
+  locked_at timestamptz;
   lock_timeout_was text := pg_catalog.current_setting('lock_timeout');
 begin
   if batch_size is null or batch_size < 1 or max_batches is null or max_batches < 1 then
@@ -392,51 +416,61 @@ begin
     select from email.deliveries x
     where x.status in ('sent', 'failed', 'suppressed', 'purged') and x.completed_at < run.cutoff);
 
-  -- 3. The partitions of weeks before the cutoff, once their deliveries are gone. In a block of its
-  -- own: when the trail's lock cannot be had, all of step 3 is undone and waits for the next run
-  -- (the deletions above stay).
+  -- 3. The partitions of weeks before the cutoff, once their deliveries are gone: each is dropped,
+  -- or replaced by a copy holding only its events of kept deliveries (delivery_events_pYYYYMMDD_kept,
+  -- same bounds). Earlier copies are compacted the same way when a delivery of theirs has gone. In a
+  -- block of its own: when the trail's lock cannot be had, all of step 3 is undone and waits for the
+  -- next run (the deletions above stay).
   if not run.backlog then
     begin
-      if to_regclass('pg_temp.retention_carried') is null then
-        create temporary table retention_carried (like email.delivery_events) on commit drop;
-      end if;
-      truncate pg_temp.retention_carried;
       for p in
-        select c.oid::regclass as rel, c.relname::text as name
+        select c.relname::text as name, c.relname ~ '_kept$' as kept,
+          pg_catalog.to_timestamp(substr(c.relname, 18, 8), 'YYYYMMDD')::timestamp at time zone 'UTC' as lo
         from pg_catalog.pg_inherits i
         join pg_catalog.pg_class c on c.oid = i.inhrelid
         where i.inhparent = 'email.delivery_events'::regclass
-          and c.relname ~ '^delivery_events_p[0-9]{8}$'
-          and pg_catalog.to_timestamp(substr(c.relname, 18), 'YYYYMMDD')::timestamp at time zone 'UTC'
+          and c.relname ~ '^delivery_events_p[0-9]{8}(_kept)?$'
+          and pg_catalog.to_timestamp(substr(c.relname, 18, 8), 'YYYYMMDD')::timestamp at time zone 'UTC'
             + interval '168 hours' <= run.cutoff
+          and (c.relname !~ '_kept$' or run.deliveries_deleted > 0)
         order by c.relname
       loop
-        execute format('lock table %s in share mode', p.rel);
-        execute format('select count(*) from %s', p.rel) into n;
-        run.events_deleted := run.events_deleted + n;
-        execute format('insert into pg_temp.retention_carried select e.* from %s e
-                        where exists (select from email.deliveries d where d.delivery_id = e.delivery_id)', p.rel);
-        get diagnostics n = row_count;
-        run.events_carried := run.events_carried + n;
-        run.events_deleted := run.events_deleted - n;
-        execute format('delete from email.webhook_outbox o using %s e where o.event_id = e.id
-                        and not exists (select from email.deliveries d where d.delivery_id = e.delivery_id)', p.rel);
-        get diagnostics n = row_count;
-        run.webhook_messages_deleted := run.webhook_messages_deleted + n;
+        -- Nothing can be added to it from here on; read it while the lifecycle runs on.
+        execute format('lock table email.%I in share mode', p.name);
+        execute format('select count(*) from email.%I', p.name) into n;
+        part := 'delivery_events_p' || substr(p.name, 18, 8) || '_new';
+        execute format('create table email.%I (like email.delivery_events including defaults including indexes)', part);
+        execute format('alter table email.%I add constraint %I check (created_at >= %L and created_at < %L)',
+          part, part || '_bounds', p.lo, p.lo + interval '168 hours');
+        execute format('insert into email.%I select e.* from email.%I e
+                        where exists (select from email.deliveries d where d.delivery_id = e.delivery_id)', part, p.name);
+        get diagnostics removed = row_count;
+        if p.kept and removed = n then
+          execute format('drop table email.%I', part); -- a kept copy with nothing to remove: left as it is
+          continue;
+        end if;
+        if not p.kept then
+          run.events_carried := run.events_carried + removed;
+        end if;
+        run.events_deleted := run.events_deleted + n - removed;
+        execute format('delete from email.webhook_outbox o using email.%I e where o.event_id = e.id
+                        and not exists (select from email.deliveries d where d.delivery_id = e.delivery_id)', p.name);
+        get diagnostics unsent = row_count;
+        run.webhook_messages_deleted := run.webhook_messages_deleted + unsent;
+        if removed = 0 then
+          execute format('drop table email.%I', part);
+        end if;
         dropped := dropped || p.name;
       end loop;
 
-      -- Carried events whose delivery has gone since are compacted away too.
-      if cardinality(dropped) > 0 or exists (
-        select from email.delivery_events_default e
-        where e.created_at < run.cutoff and not exists (select from email.deliveries d where d.delivery_id = e.delivery_id)
-      ) then
+      if cardinality(dropped) > 0 then
         -- The trail's lock, waited for briefly (inserts queue behind a waiting ACCESS EXCLUSIVE request).
         while not locked loop
           begin
             perform pg_catalog.set_config('lock_timeout', (extract(epoch from lock_wait) * 1000)::bigint::text, true);
             lock table email.delivery_events in access exclusive mode;
             locked := true;
+            locked_at := pg_catalog.clock_timestamp();
           exception when lock_not_available then
             attempt := attempt + 1;
             if attempt >= 10 then
@@ -447,28 +481,25 @@ begin
         end loop;
         perform pg_catalog.set_config('lock_timeout', lock_timeout_was, true);
 
+        -- Catalogue changes only: the copies' bounds are proven by their CHECK constraint (no scan),
+        -- and the default partition, normally empty, is all the attach reads.
         foreach part in array dropped loop
           execute format('alter table email.delivery_events detach partition email.%I', part);
-        end loop;
-        alter table email.delivery_events detach partition email.delivery_events_default;
-        insert into email.delivery_events_default select c.* from pg_temp.retention_carried c;
-        -- The compaction, while the default partition is detached (no append-only refusal there).
-        with gone as (
-          delete from email.delivery_events_default e
-          where e.created_at < run.cutoff
-            and not exists (select from email.deliveries d where d.delivery_id = e.delivery_id)
-          returning e.id
-        ),
-        gone_messages as (
-          delete from email.webhook_outbox o using gone g where o.event_id = g.id returning 1
-        )
-        select (select count(*) from gone), (select count(*) from gone_messages) into removed, unsent;
-        run.events_deleted := run.events_deleted + removed;
-        run.webhook_messages_deleted := run.webhook_messages_deleted + unsent;
-        alter table email.delivery_events attach partition email.delivery_events_default default;
-        foreach part in array dropped loop
           execute format('drop table email.%I', part);
+          if to_regclass('email.delivery_events_p' || substr(part, 18, 8) || '_new') is not null then
+            execute format('alter table email.%I rename to %I',
+              'delivery_events_p' || substr(part, 18, 8) || '_new', 'delivery_events_p' || substr(part, 18, 8) || '_kept');
+            perform email._secure_event_partition('delivery_events_p' || substr(part, 18, 8) || '_kept');
+            execute format('comment on table email.%I is %L', 'delivery_events_p' || substr(part, 18, 8) || '_kept',
+              'Audit events of kept deliveries (open, dead letters, finished after the cutoff) of the week from '
+                || substr(part, 18, 8));
+            execute format('alter table email.delivery_events attach partition email.%I for values from (%L) to (%L)',
+              'delivery_events_p' || substr(part, 18, 8) || '_kept',
+              pg_catalog.to_timestamp(substr(part, 18, 8), 'YYYYMMDD')::timestamp at time zone 'UTC',
+              (pg_catalog.to_timestamp(substr(part, 18, 8), 'YYYYMMDD')::timestamp at time zone 'UTC') + interval '168 hours');
+          end if;
         end loop;
+        dropped := array(select d from unnest(dropped) d where d !~ '_kept$');
       end if;
     exception when lock_not_available then
       perform pg_catalog.set_config('lock_timeout', lock_timeout_was, true);
@@ -477,19 +508,22 @@ begin
       run.events_carried := 0;
       run.webhook_messages_deleted := 0;
       run.backlog := true;
+      locked_at := null;
     end;
   end if;
 
   perform pg_catalog.set_config('email.retention_running', '', true);
   run.partitions_dropped := dropped;
   run.finished_at := pg_catalog.clock_timestamp();
+  run.trail_locked_ms := extract(epoch from run.finished_at - locked_at) * 1000;
   if run.deliveries_deleted = 0 and run.events_deleted = 0 and cardinality(run.partitions_created) = 0 then
     return null;
   end if;
   insert into email.retention_runs (started_at, finished_at, retention, cutoff, deliveries_deleted, events_deleted,
-    events_carried, webhook_messages_deleted, partitions_dropped, partitions_created, backlog, actor)
+    events_carried, webhook_messages_deleted, partitions_dropped, partitions_created, trail_locked_ms, backlog, actor)
   values (run.started_at, run.finished_at, run.retention, run.cutoff, run.deliveries_deleted, run.events_deleted,
-    run.events_carried, run.webhook_messages_deleted, run.partitions_dropped, run.partitions_created, run.backlog, run.actor)
+    run.events_carried, run.webhook_messages_deleted, run.partitions_dropped, run.partitions_created, run.trail_locked_ms,
+    run.backlog, run.actor)
   returning * into run;
   return run;
 end

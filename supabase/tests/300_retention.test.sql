@@ -2,7 +2,7 @@
 -- email.settings.history_retention, drops their weeks' event partitions (carrying the events of kept
 -- deliveries), deletes the webhook messages of removed events, and records each run.
 begin;
-select plan(44);
+select plan(48);
 
 \ir fixtures/helpers.psql
 select tests.create_supabase_user('ann', 'ann@example.com');
@@ -91,6 +91,8 @@ create temporary table run as select * from email.run_retention();
 select is((select cutoff from run), (select t from cutoff), 'the cutoff is the UTC week start of now() - 90 days');
 select is((select deliveries_deleted from run), 2::bigint, 'the other finished deliveries past the cutoff are deleted');
 select is((select backlog from run), false, 'no backlog left');
+select ok((select trail_locked_ms between 0 and 5000 from run), 'the trail was locked for the drop only, and the time is recorded');
+select is((select trail_locked_ms from first_run), null, 'the run that dropped nothing did not lock the trail');
 select results_eq(
   $$ select delivery_id from email.deliveries where workflow = 'pgtap-300' order by delivery_id $$,
   array['old-dead', 'old-open', 'recent', 'straddle'],
@@ -112,9 +114,10 @@ select results_eq(
   'every event of every kept delivery survives, with its id and time'
 );
 select is(
-  (select count(*)::int from email.delivery_events e where e.tableoid = 'email.delivery_events_default'::regclass),
-  7, 'the carried events are in the default partition'
+  (select count(*)::int from email.delivery_events e where e.tableoid::regclass::text ~ '^email\.delivery_events_p\d{8}_kept$'),
+  7, 'the carried events are in copies of their weeks'' partitions (delivery_events_pYYYYMMDD_kept)'
 );
+select is_empty($$ select from email.delivery_events_default $$, 'the default partition is not used for them');
 select is(
   (select jsonb_array_length(email_api.get_delivery('old-dead') -> 'events')), 3,
   'get_delivery still shows the dead letter''s whole timeline'
@@ -150,10 +153,14 @@ select throws_ok($$ delete from email.retention_runs $$, '42501', null, 'but can
 select tests.reset_authentication();
 
 -- The trail works as before: triggers on the re-attached default partition, new events in this week.
-select is(
-  (select array_agg(t.tgname::text order by t.tgname) from pg_trigger t where t.tgrelid = 'email.delivery_events_default'::regclass),
-  array['_100_refuse_change', '_110_refuse_truncate', '_700_suppress_hard_bounce', '_800_webhook_outbox'],
-  'the default partition has the trail''s triggers again'
+select is_empty(
+  $$ select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid
+     where i.inhparent = 'email.delivery_events'::regclass and c.relname ~ '_kept$'
+       and (not c.relrowsecurity
+         or (select array_agg(t.tgname::text order by t.tgname) from pg_trigger t where t.tgrelid = c.oid)
+           is distinct from array['_100_refuse_change', '_110_refuse_truncate', '_700_suppress_hard_bounce', '_800_webhook_outbox']
+         or has_table_privilege('service_role', c.oid, 'select')) $$,
+  'the kept copies have the trail''s triggers, RLS and no grants'
 );
 select throws_ok($$ delete from email.delivery_events where delivery_id = 'old-dead' $$, 'EM005', null,
   'carried events are append-only too');
@@ -175,12 +182,14 @@ select email.purge_dead_letters(interval '0', 'pgtap');
 update email.deliveries set completed_at = now() - interval '100 days' where delivery_id = 'old-dead';
 create temporary table last_run as select * from email.run_retention();
 select is((select deliveries_deleted from last_run), 1::bigint, 'the purged dead letter past the retention is deleted');
-select is((select events_deleted from last_run), 3::bigint, 'its carried events are removed from the default partition');
+select is((select events_deleted from last_run), 3::bigint, 'its carried events are removed from the kept copies');
 select results_eq(
-  $$ select delivery_id, count(*)::int from email.delivery_events_default group by delivery_id order by delivery_id $$,
+  $$ select delivery_id, count(*)::int from email.delivery_events e
+     where e.tableoid::regclass::text ~ '_kept$' group by delivery_id order by delivery_id $$,
   $$ values ('old-open', 2), ('straddle', 2) $$,
-  'the other kept deliveries'' carried events stay in the default partition'
+  'the other kept deliveries'' carried events stay'
 );
+select is((select partitions_dropped from last_run), '{}'::text[], 'a compaction drops no weekly partition');
 
 select * from finish();
 rollback;
