@@ -30,6 +30,8 @@
  * their deltas, computed the same way, for deliveries inside the whole buckets), and the partial
  * hours at either edge (read from email.deliveries through deliveries_queued_at_idx, at most two
  * hours of rows). Counts, success rate and average attempts are then exactly those of the old query.
+ * That cut is one rule (email._metric_window, _metric_tail, _metric_deliveries), which also answers
+ * the dashboard's deliveries over time (email_api.delivery_series: per UTC-aligned bucket and status).
  * Latency percentiles: exact (percentile_cont over the rows) while the window holds at most
  * metric_state.exact_latency_limit deliveries; beyond, from the merged histogram, interpolated as
  * percentile_cont does between the values of ranks floor(r) and ceil(r). Every value of bin i is
