@@ -373,6 +373,103 @@ $$;
 comment on function email.record_failure(text, integer, text, integer, text, text, text) is 'Record a failed attempt from its facts and relay; email.failure_rules and the retry policy decide retrying, failed or dead_letter';
 grant execute on function email.record_failure(text, integer, text, integer, text, text, text) to service_role;
 
+-- ---------------------------------------------------------------------------------------------
+-- The Prometheus scrape without the dropped indexes
+-- ---------------------------------------------------------------------------------------------
+
+/**
+ * email.metric_samples as in the observability migration, but for the open-deliveries gauge, which
+ * now counts the waiting (queued, retrying) and the in-progress deliveries apart, each through its
+ * partial index, instead of reading the whole table (supabase/tests/095_plans checks it).
+ */
+create or replace function email.metric_samples()
+returns table (family text, type text, help text, sample text, labels jsonb, value double precision)
+language plpgsql
+volatile
+set search_path = ''
+as $$
+begin
+  perform email.fold_metric_events();
+  return query
+  with counters as (
+    select c.family, c.labels, c.value from email.metric_counters c
+  ),
+  samples as (
+    select 'email_delivery_transitions_total' as family, 'email_delivery_transitions_total' as sample, c.labels, c.value
+    from counters c where c.family = 'transitions'
+    union all
+    select 'email_delivery_attempts_total', 'email_delivery_attempts_total', c.labels - 'status', c.value
+    from counters c where c.family = 'transitions' and c.labels ->> 'status' = 'in_progress'
+    union all
+    select 'email_delivery_errors_total', 'email_delivery_errors_total', c.labels, c.value
+    from counters c where c.family = 'errors'
+    union all
+    select 'email_recipient_domain_outcomes_total', 'email_recipient_domain_outcomes_total', c.labels, c.value
+    from counters c where c.family = 'domain_outcomes'
+    union all
+    select 'email_delivery_latency_seconds', 'email_delivery_latency_seconds_bucket',
+      jsonb_build_object('workflow', w.workflow, 'le', case when b.le = 'Infinity' then '+Inf' else b.le::text end),
+      coalesce((select sum(c.value) from counters c
+                where c.family = 'latency_bucket' and c.labels ->> 'workflow' = w.workflow
+                  and (c.labels ->> 'le')::double precision <= b.le), 0)
+    from (select distinct c.labels ->> 'workflow' as workflow from counters c where c.family = 'latency_bucket') w,
+      (select x.le from email.metric_latency_buckets x union all select 'Infinity'::double precision) b
+    union all
+    select 'email_delivery_latency_seconds', 'email_delivery_latency_seconds_sum', c.labels, c.value
+    from counters c where c.family = 'latency_sum'
+    union all
+    select 'email_delivery_latency_seconds', 'email_delivery_latency_seconds_count', c.labels - 'le', sum(c.value)
+    from counters c where c.family = 'latency_bucket'
+    group by c.labels - 'le'
+    union all
+    select 'email_deliveries_open', 'email_deliveries_open',
+      jsonb_build_object('workflow', d.workflow, 'status', d.status), count(*)::double precision
+    from (
+      -- apart, each with the predicate of a partial index (deliveries_due_idx, deliveries_lease_idx):
+      -- one IN list of all three matches no index since the open-recipient index went, and read
+      -- every delivery (2 s of each scrape at 10 million)
+      select x.workflow, x.status from email.deliveries x where x.status in ('queued', 'retrying')
+      union all
+      select x.workflow, x.status from email.deliveries x where x.status = 'in_progress'
+    ) d
+    group by d.workflow, d.status
+    union all
+    select 'email_deliveries_due_oldest_age_seconds', 'email_deliveries_due_oldest_age_seconds', '{}'::jsonb,
+      coalesce(greatest(extract(epoch from now() - min(d.next_attempt_at)), 0), 0)::double precision
+    from email.deliveries d where d.status in ('queued', 'retrying') and d.next_attempt_at <= now()
+    union all
+    select 'email_dead_letter_deliveries', 'email_dead_letter_deliveries',
+      jsonb_build_object('workflow', d.workflow), count(*)::double precision
+    from email.deliveries d where d.status = 'dead_letter'
+    group by d.workflow
+    union all
+    select 'email_dead_letter_oldest_age_seconds', 'email_dead_letter_oldest_age_seconds',
+      jsonb_build_object('workflow', d.workflow),
+      greatest(floor(extract(epoch from now() - min(d.completed_at))), 0)::double precision
+    from email.deliveries d where d.status = 'dead_letter'
+    group by d.workflow
+    union all
+    select 'email_webhook_messages_pending', 'email_webhook_messages_pending', '{}'::jsonb, count(*)::double precision
+    from email.webhook_outbox o where o.status = 'pending'
+    union all
+    select 'email_webhook_oldest_pending_age_seconds', 'email_webhook_oldest_pending_age_seconds', '{}'::jsonb,
+      coalesce(greatest(floor(extract(epoch from now() - min(o.created_at))), 0), 0)::double precision
+    from email.webhook_outbox o where o.status = 'pending'
+    union all
+    select 'email_metrics_events_behind', 'email_metrics_events_behind', '{}'::jsonb,
+      greatest(coalesce((select max(e.id) from email.delivery_events e), 0) - s.last_event_id, 0)::double precision
+    from email.metric_state s
+  )
+  select f.family, f.type, f.help, s.sample, s.labels, s.value
+  from samples s join email.metric_families f on f.family = s.family
+  -- a histogram's series together: its buckets by bound, then _sum and _count
+  order by f.position, (s.labels - 'le')::text,
+    case when s.sample like '%\_bucket' then 0 when s.sample like '%\_sum' then 1 else 2 end,
+    case when s.labels ->> 'le' = '+Inf' then 'Infinity'::double precision else (s.labels ->> 'le')::double precision end;
+end
+$$;
+comment on function email.metric_samples() is 'Every metric sample (folded counters, live gauges, cumulative histogram) with its family''s type and help';
+
 -- Postgres grants EXECUTE to PUBLIC on every new function: take it back (not with "all functions":
 -- the rls migration granted authenticated its read helpers).
 revoke execute on function
