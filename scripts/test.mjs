@@ -171,6 +171,9 @@ try {
             // error, ~15 server connections; cause not found yet, see docs/testing.md). Alone or
             // early it passes; directly against Postgres 15 and 17 it passes at any position.
             .sort((a, b) => Number(b === "worker_user_token_test.ts") - Number(a === "worker_user_token_test.ts"))
+            // The SMTP connection pool's tests (their subject is SMTP, not the database) stay out:
+            // the late-run connect timeouts began with them (suspected: what they leave running).
+            .filter((f) => f !== "smtp_pool_test.ts")
             .map((f) => `tests/${f}`);
         const bouncer = await startPgBouncer(url, { log });
         try {
