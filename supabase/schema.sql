@@ -45,6 +45,20 @@ $$;
 
 COMMENT ON FUNCTION email._admit_metric_labels(kinds text[], vals text[], counts bigint[], max_domains integer, max_error_codes integer, max_relays integer) IS 'Admits the most frequent new domains, error codes and relays into email.metric_labels up to the caps';
 
+CREATE FUNCTION email._check_batch(items jsonb) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO ''
+    AS $$
+begin
+  if items is null or jsonb_typeof(items) <> 'array' then
+    raise exception 'a batch is a JSON array of calls' using errcode = 'EM006';
+  end if;
+  if jsonb_array_length(items) > 50 then
+    raise exception 'a batch holds at most 50 calls, not %', jsonb_array_length(items) using errcode = 'EM006';
+  end if;
+end
+$$;
+
 CREATE TABLE email.deliveries (
     delivery_id text NOT NULL,
     workflow text NOT NULL,
@@ -1037,6 +1051,44 @@ $$;
 
 COMMENT ON FUNCTION email.mark_sent(delivery_id text, attempt integer, provider_message_id text, provider_response text, relay text) IS 'Record a successful attempt (fenced by attempt number) and the relay it went through';
 
+CREATE FUNCTION email.mark_sent_many(items jsonb) RETURNS TABLE(ord integer, status text, error_state text, error_message text)
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  call record;
+  err_state text;
+  err_message text;
+begin
+  perform email._check_batch(items);
+  for call in
+    select i.value as v, i.ordinality::integer as n
+    from jsonb_array_elements(items) with ordinality i
+    order by i.value ->> 'delivery_id', i.ordinality
+  loop
+    ord := call.n;
+    begin
+      select s.status into mark_sent_many.status
+      from email.mark_sent(call.v ->> 'delivery_id', (call.v ->> 'attempt')::integer,
+        call.v ->> 'provider_message_id', call.v ->> 'provider_response', call.v ->> 'relay') s;
+      error_state := null;
+      error_message := null;
+    exception when others then
+      get stacked diagnostics err_state = returned_sqlstate, err_message = message_text;
+      if err_state in ('40P01', '40001') then
+        raise;
+      end if;
+      status := null;
+      error_state := err_state;
+      error_message := err_message;
+    end;
+    return next;
+  end loop;
+end
+$$;
+
+COMMENT ON FUNCTION email.mark_sent_many(items jsonb) IS 'email.mark_sent for a batch of calls (at most 50): one row per call with its answer or its error';
+
 CREATE FUNCTION email.metric_bucket(grain text, at timestamp with time zone) RETURNS timestamp with time zone
     LANGUAGE sql IMMUTABLE
     AS $$
@@ -1232,25 +1284,29 @@ $$;
 
 COMMENT ON FUNCTION email.purge_rejected_messages(older_than interval) IS 'Delete rejected messages older than older_than (null: email.settings.rejected_message_retention); returns the count';
 
-CREATE FUNCTION email.queue_and_claim(delivery_id text, workflow text, recipient text, payload jsonb, metadata jsonb DEFAULT '{}'::jsonb, user_id uuid DEFAULT NULL::uuid, lease_seconds integer DEFAULT 60) RETURNS TABLE(status text, attempt integer)
+CREATE FUNCTION email.queue_and_claim(delivery_id text, workflow text, recipient text, payload jsonb, metadata jsonb DEFAULT '{}'::jsonb, user_id uuid DEFAULT NULL::uuid, lease_seconds integer DEFAULT 60, starting_send boolean DEFAULT false) RETURNS TABLE(status text, attempt integer)
     LANGUAGE plpgsql
     SET search_path TO ''
     AS $$
 declare
   d email.deliveries;
+  claimed_attempt integer;
+  q_status text;
 begin
   if lease_seconds is null or lease_seconds < 1 then
     raise exception 'lease_seconds must be at least 1, not %', lease_seconds using errcode = 'EM006';
   end if;
   if not email.is_suppressed(queue_and_claim.recipient) then
     insert into email.deliveries as x (
-      delivery_id, workflow, recipient, user_id, status, max_attempts, request_hash, metadata, lease_expires_at)
+      delivery_id, workflow, recipient, user_id, status, max_attempts, request_hash, metadata, lease_expires_at,
+      send_started_at)
     values (
       queue_and_claim.delivery_id, queue_and_claim.workflow, queue_and_claim.recipient, queue_and_claim.user_id,
       'in_progress', (email.retry_policy(queue_and_claim.workflow)).max_attempts,
       email._request_hash(queue_and_claim.workflow, queue_and_claim.recipient, coalesce(queue_and_claim.payload, '{}'),
         queue_and_claim.user_id),
-      coalesce(queue_and_claim.metadata, '{}'), now() + make_interval(secs => lease_seconds)
+      coalesce(queue_and_claim.metadata, '{}'), now() + make_interval(secs => lease_seconds),
+      case when coalesce(queue_and_claim.starting_send, false) then now() end
     )
     on conflict on constraint deliveries_pkey do nothing
     returning x.* into d;
@@ -1261,15 +1317,58 @@ begin
       return;
     end if;
   end if;
-  return query
-  select case when c.attempt is null then q.status else 'in_progress' end, c.attempt
+  select q.status, email.mark_in_progress(q.delivery_id, lease_seconds) into q_status, claimed_attempt
   from email.record_queued(queue_and_claim.delivery_id, queue_and_claim.workflow, queue_and_claim.recipient,
-         queue_and_claim.payload, queue_and_claim.metadata, queue_and_claim.user_id) q,
-       lateral (select email.mark_in_progress(q.delivery_id, lease_seconds) as attempt) c;
+         queue_and_claim.payload, queue_and_claim.metadata, queue_and_claim.user_id) q;
+  if claimed_attempt is not null and coalesce(queue_and_claim.starting_send, false) then
+    perform email.renew_lease(queue_and_claim.delivery_id, claimed_attempt, lease_seconds, true);
+  end if;
+  return query select case when claimed_attempt is null then q_status else 'in_progress' end, claimed_attempt;
 end
 $$;
 
-COMMENT ON FUNCTION email.queue_and_claim(delivery_id text, workflow text, recipient text, payload jsonb, metadata jsonb, user_id uuid, lease_seconds integer) IS 'Accept a delivery and claim attempt 1 at once (born in_progress); else as record_queued + mark_in_progress';
+COMMENT ON FUNCTION email.queue_and_claim(delivery_id text, workflow text, recipient text, payload jsonb, metadata jsonb, user_id uuid, lease_seconds integer, starting_send boolean) IS 'Accept a delivery and claim attempt 1 at once (born in_progress; with starting_send, its send started); else as record_queued + mark_in_progress';
+
+CREATE FUNCTION email.queue_and_claim_many(items jsonb) RETURNS TABLE(ord integer, status text, attempt integer, error_state text, error_message text)
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+declare
+  call record;
+  err_state text;
+  err_message text;
+begin
+  perform email._check_batch(items);
+  for call in
+    select i.value as v, i.ordinality::integer as n
+    from jsonb_array_elements(items) with ordinality i
+    order by i.value ->> 'delivery_id', i.ordinality
+  loop
+    ord := call.n;
+    begin
+      select q.status, q.attempt into queue_and_claim_many.status, queue_and_claim_many.attempt
+      from email.queue_and_claim(
+        call.v ->> 'delivery_id', call.v ->> 'workflow', call.v ->> 'recipient', call.v -> 'payload',
+        coalesce(call.v -> 'metadata', '{}'), (call.v ->> 'user_id')::uuid,
+        coalesce((call.v ->> 'lease_seconds')::integer, 60), coalesce((call.v ->> 'starting_send')::boolean, false)) q;
+      error_state := null;
+      error_message := null;
+    exception when others then
+      get stacked diagnostics err_state = returned_sqlstate, err_message = message_text;
+      if err_state in ('40P01', '40001') then
+        raise;
+      end if;
+      status := null;
+      attempt := null;
+      error_state := err_state;
+      error_message := err_message;
+    end;
+    return next;
+  end loop;
+end
+$$;
+
+COMMENT ON FUNCTION email.queue_and_claim_many(items jsonb) IS 'email.queue_and_claim for a batch of calls (at most 50): one row per call with its answer or its error';
 
 CREATE FUNCTION email.reap_expired_leases() RETURNS integer
     LANGUAGE plpgsql
@@ -2050,7 +2149,8 @@ begin
     if new.status = 'in_progress' then
       new.attempts := 1;
       new.last_attempted_at := now();
-      new.send_started_at := null;
+      -- Born starting its send (queue_and_claim with starting_send): now, and nothing else.
+      new.send_started_at := case when new.send_started_at is not null then now() end;
       new.next_attempt_at := null;
       new.lease_expires_at := coalesce(new.lease_expires_at, now() + interval '60 seconds');
       return new;
@@ -3386,6 +3486,9 @@ GRANT ALL ON FUNCTION email._actor() TO service_role;
 REVOKE ALL ON FUNCTION email._admit_metric_labels(kinds text[], vals text[], counts bigint[], max_domains integer, max_error_codes integer, max_relays integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION email._admit_metric_labels(kinds text[], vals text[], counts bigint[], max_domains integer, max_error_codes integer, max_relays integer) TO service_role;
 
+REVOKE ALL ON FUNCTION email._check_batch(items jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION email._check_batch(items jsonb) TO service_role;
+
 GRANT SELECT,INSERT,UPDATE ON TABLE email.deliveries TO service_role;
 
 GRANT SELECT(delivery_id) ON TABLE email.deliveries TO authenticated;
@@ -3535,6 +3638,9 @@ REVOKE ALL ON FUNCTION email.mark_retrying(delivery_id text, attempt integer, er
 REVOKE ALL ON FUNCTION email.mark_sent(delivery_id text, attempt integer, provider_message_id text, provider_response text, relay text) FROM PUBLIC;
 GRANT ALL ON FUNCTION email.mark_sent(delivery_id text, attempt integer, provider_message_id text, provider_response text, relay text) TO service_role;
 
+REVOKE ALL ON FUNCTION email.mark_sent_many(items jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION email.mark_sent_many(items jsonb) TO service_role;
+
 REVOKE ALL ON FUNCTION email.metric_bucket(grain text, at timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION email.metric_bucket(grain text, at timestamp with time zone) TO service_role;
 
@@ -3560,8 +3666,11 @@ GRANT ALL ON FUNCTION email.purge_dead_letters(older_than interval, reason text)
 REVOKE ALL ON FUNCTION email.purge_rejected_messages(older_than interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION email.purge_rejected_messages(older_than interval) TO service_role;
 
-REVOKE ALL ON FUNCTION email.queue_and_claim(delivery_id text, workflow text, recipient text, payload jsonb, metadata jsonb, user_id uuid, lease_seconds integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION email.queue_and_claim(delivery_id text, workflow text, recipient text, payload jsonb, metadata jsonb, user_id uuid, lease_seconds integer) TO service_role;
+REVOKE ALL ON FUNCTION email.queue_and_claim(delivery_id text, workflow text, recipient text, payload jsonb, metadata jsonb, user_id uuid, lease_seconds integer, starting_send boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION email.queue_and_claim(delivery_id text, workflow text, recipient text, payload jsonb, metadata jsonb, user_id uuid, lease_seconds integer, starting_send boolean) TO service_role;
+
+REVOKE ALL ON FUNCTION email.queue_and_claim_many(items jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION email.queue_and_claim_many(items jsonb) TO service_role;
 
 REVOKE ALL ON FUNCTION email.reap_expired_leases() FROM PUBLIC;
 GRANT ALL ON FUNCTION email.reap_expired_leases() TO service_role;

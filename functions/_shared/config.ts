@@ -25,6 +25,7 @@
  * | DELIVERY_STATUS_DATABASE_URL | (none) | Postgres URL of the database holding schema `email`; wins over SUPABASE_DB_URL |
  * | SUPABASE_DB_URL | (injected by Supabase) | used when DELIVERY_STATUS_DATABASE_URL is unset; no URL at all means no tracking |
  * | TRACKER_POOL_SIZE | 3 | connections in the tracker's pool |
+ * | TRACKER_BATCH_MAX | 20 | queue-and-claim or sent calls the tracker makes in one statement at most, when more arrive while its connections are busy (group commit; `1`: one statement per call) |
  * | TRACKER_TIMEOUT_MS | 5000 | timeout of every tracker call (and of connecting) |
  * | TRACKER_BREAKER_THRESHOLD | 3 | consecutive connection failures that open the circuit breaker |
  * | TRACKER_BREAKER_COOLDOWN_MS | 30000 | how long the breaker stays open before one trial call (half-open) |
@@ -105,6 +106,7 @@ const envSchema = z.object({
   DELIVERY_STATUS_DATABASE_URL: postgresUrl,
   SUPABASE_DB_URL: postgresUrl,
   TRACKER_POOL_SIZE: int(3, 1, 50),
+  TRACKER_BATCH_MAX: int(20, 1, 50),
   TRACKER_TIMEOUT_MS: int(5_000, 50, 120_000),
   TRACKER_BREAKER_THRESHOLD: int(3, 1, 1000),
   TRACKER_BREAKER_COOLDOWN_MS: int(30_000, 10, 3_600_000),
@@ -157,6 +159,8 @@ export type Config = {
     mode: "optional" | "required";
     databaseUrl?: string;
     poolSize: number;
+    /** Calls of one kind made in one statement at most (tracker_batch.ts). */
+    batchMax: number;
     timeoutMs: number;
     breakerThreshold: number;
     breakerCooldownMs: number;
@@ -232,6 +236,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       mode: e.TRACKING_MODE,
       databaseUrl,
       poolSize: e.TRACKER_POOL_SIZE,
+      batchMax: e.TRACKER_BATCH_MAX,
       timeoutMs: e.TRACKER_TIMEOUT_MS,
       breakerThreshold: e.TRACKER_BREAKER_THRESHOLD,
       breakerCooldownMs: e.TRACKER_BREAKER_COOLDOWN_MS,

@@ -12,14 +12,20 @@
  *   a TypeError is never recorded as a conflict, a stale attempt or an outage.
  * - text handed to Postgres has U+0000 and lone surrogates replaced (text and jsonb cannot hold
  *   NUL: SQLSTATE 22021), so a poison message can always be stored; raw bodies stay bytes.
- * Round trips per pushed delivery: one to queue and claim, one to renew the lease as the send starts,
- * one to record the outcome (plus a lease heartbeat while a send or an outcome write takes long).
+ * Round trips per pushed delivery: one to queue and claim (recording that the send starts), one to
+ * record the outcome (plus a lease heartbeat while a send or an outcome write takes long). Both are
+ * made in batches (tracker_batch.ts, email.queue_and_claim_many and email.mark_sent_many): calls made
+ * while every connection is busy share one statement and one commit, each answered on its own.
  */
 import type postgres from "postgres";
 import type { BreakerState } from "./circuit_breaker.ts";
 import type { Config } from "./config.ts";
 import type { Logger } from "./log.ts";
 import { type Answer, createTrackerPool, type Pending, type Unavailable } from "./tracker_pool.ts";
+import { createBatcher } from "./tracker_batch.ts";
+
+/** A row of a *_many function: the call's place in the batch, and its answer or its error. */
+type BatchRow = { ord: number; error_state: string | null; error_message: string | null };
 
 export type { Unavailable } from "./tracker_pool.ts";
 
@@ -41,7 +47,7 @@ export type Refused = { kind: "refused"; sqlstate: string; message: string };
 
 /** What queue-and-claim found: an attempt to make, a delivery that is not claimable, a conflict, or a refusal. */
 export type QueueResult =
-  | { kind: "claimed"; attempt: number }
+  | { kind: "claimed"; attempt: number; sendStarted: boolean }
   | { kind: "not_claimable"; status: string }
   | { kind: "conflict"; message: string }
   | Refused
@@ -90,9 +96,15 @@ export type TrackerHealth = {
 export type StatusTracker = {
   /**
    * queue_and_claim: a new delivery is born in_progress at attempt 1 (one round trip); a known one is
-   * claimed as record_queued + mark_in_progress would.
+   * claimed as record_queued + mark_in_progress would. `startingSend`: the SMTP conversation starts
+   * as soon as the claim is answered, and the claim records that (as renewLease with startingSend
+   * would); leaseSeconds should then cover the send (sendingLeaseSeconds).
    */
-  queueAndClaim(request: QueueRequest, leaseSeconds: number): Promise<QueueResult>;
+  queueAndClaim(
+    request: QueueRequest,
+    leaseSeconds: number,
+    options?: { startingSend?: boolean },
+  ): Promise<QueueResult>;
   /** mark_sent; the outcome's event records the relay (tracking.relay, from SMTP_HOST) as detail.relay. */
   markSent(deliveryId: string, attempt: number, sent: { messageId: string; response: string }): Promise<OutcomeResult>;
   /**
@@ -141,6 +153,49 @@ export function createStatusTracker(
   // The relay each attempt's outcome went through, in the outcome's audit event (detail->>'relay').
   const relay = tracking.relay === undefined ? null : storable(tracking.relay, 255);
 
+  const claimBatch = batchedCall<{ status: string; attempt: number | null }>(
+    "queue_and_claim",
+    (db, items) =>
+      db`select ord, status, attempt, error_state, error_message from email.queue_and_claim_many(${items}::text::jsonb)`,
+  );
+  const sentBatch = batchedCall<{ status: string }>(
+    "mark_sent",
+    (db, items) => db`select ord, status, error_state, error_message from email.mark_sent_many(${items}::text::jsonb)`,
+  );
+
+  /**
+   * One kind of call made through its *_many function, in batches (tracker_batch.ts): each call is
+   * answered its own row, or its own SQL error; a batch the pool could not make answers every call
+   * of it alike (a deadlock or serialization failure, which the function raises for the whole batch,
+   * counts as the database's trouble: "unavailable", to be made again).
+   */
+  function batchedCall<T>(
+    action: string,
+    run: (db: postgres.Sql, items: string) => Pending<readonly BatchRow[]>,
+  ): (call: string) => Promise<Answer<T>> {
+    return createBatcher<string, Answer<T>>({
+      maxInFlight: tracking.poolSize,
+      maxBatch: tracking.batchMax,
+      send: async (items) => {
+        const r = await pool.call(action, (db) => run(db, `[${items.join(",")}]`));
+        if (r.kind === "sql_error" && /^40/.test(r.sqlstate)) {
+          log.warn("tracker_call_failed", { call: action, code: r.sqlstate, calls: items.length });
+          return items.map(() => ({ kind: "unavailable", reason: "failed" }) as const);
+        }
+        if (r.kind !== "ok") return items.map(() => r);
+        const rows = new Map(r.value.map((row) => [row.ord, row]));
+        return items.map((_, i): Answer<T> => {
+          const row = rows.get(i + 1);
+          if (!row) throw new Error(`${action}: no answer for call ${i + 1} of ${items.length}`);
+          if (row.error_state !== null) {
+            return { kind: "sql_error", sqlstate: row.error_state, message: String(row.error_message ?? "") };
+          }
+          return { kind: "ok", value: row as unknown as T };
+        });
+      },
+    });
+  }
+
   /** An SQL error other than the ones the RPC's result type names: deterministic, logged once. */
   function sqlError(action: string, e: { sqlstate: string; message: string }) {
     log.error("tracker_call_error", { call: action, sqlstate: e.sqlstate, message: e.message });
@@ -179,13 +234,17 @@ export function createStatusTracker(
   }
 
   return {
-    async queueAndClaim(q, leaseSeconds) {
-      const r = await pool.call("queue_and_claim", (db) =>
-        db<{ status: string; attempt: number | null }[]>`
-          select status, attempt from email.queue_and_claim(
-            ${q.deliveryId}, ${q.workflow}, ${q.recipient}, ${db.json(q.payload as postgres.JSONValue)},
-            ${db.json(q.metadata as postgres.JSONValue)}, ${q.userId ?? null}::uuid, ${leaseSeconds}::integer
-          )`);
+    async queueAndClaim(q, leaseSeconds, options = {}) {
+      const r = await claimBatch(callJson({
+        delivery_id: q.deliveryId,
+        workflow: q.workflow,
+        recipient: q.recipient,
+        payload: q.payload,
+        metadata: q.metadata,
+        user_id: q.userId ?? null,
+        lease_seconds: Math.max(1, Math.ceil(leaseSeconds)),
+        starting_send: options.startingSend ?? false,
+      }));
       if (r.kind === "sql_error") {
         if (r.sqlstate === "EM002") return { kind: "conflict", message: r.message };
         // Deterministic: the same event would be refused again; a refusal, never an outage.
@@ -193,16 +252,24 @@ export function createStatusTracker(
         return { kind: "refused", sqlstate: r.sqlstate, message: r.message };
       }
       if (r.kind !== "ok") return r;
-      const row = r.value[0];
-      if (row.attempt !== null) return { kind: "claimed", attempt: row.attempt };
+      const row = r.value;
+      if (row.attempt !== null) {
+        return { kind: "claimed", attempt: row.attempt, sendStarted: options.startingSend ?? false };
+      }
       return { kind: "not_claimable", status: row.status };
     },
-    markSent: (id, attempt, sent) =>
-      fenced("mark_sent", (db) =>
-        db`select status from email.mark_sent(
-          ${id}, ${attempt}::integer, ${storable(sent.messageId, 998)}, ${
-          storable(sent.response, 512)
-        }, ${relay}::text)`),
+    async markSent(id, attempt, sent) {
+      const r = await sentBatch(callJson({
+        delivery_id: id,
+        attempt,
+        provider_message_id: storable(sent.messageId, 998),
+        provider_response: storable(sent.response, 512),
+        relay,
+      }));
+      if (r.kind === "sql_error" && r.sqlstate === "EM003") return { kind: "stale", message: r.message };
+      const p = plain("mark_sent", r);
+      return p.kind === "ok" ? { kind: "recorded", status: p.value.status, nextAttemptAt: null } : p;
+    },
     recordFailure: (id, attempt, f) =>
       fenced("record_failure", (db) =>
         db`select status, next_attempt_at, error_code from email.record_failure(
@@ -258,6 +325,14 @@ export function createStatusTracker(
     health: () => pool.health(),
     close: () => pool.close(),
   };
+}
+
+/**
+ * One call of a batch as JSON text, made by its caller (a value JSON cannot hold throws there, not in
+ * the batch): each field stringified on its own, so a nested payload is no deeper than it was.
+ */
+function callJson(fields: Record<string, unknown>): string {
+  return `{${Object.entries(fields).map(([k, v]) => `${JSON.stringify(k)}:${JSON.stringify(v ?? null)}`).join(",")}}`;
 }
 
 /**

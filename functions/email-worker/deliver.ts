@@ -2,10 +2,12 @@
  * One attempt at one delivery: render, send, record the outcome. Shared by the push and the sweep.
  * The database decides what a failure leads to (record_failure); this only reports it.
  *
- * The lease (docs/architecture.md, "Delivery guarantee"): an attempt claimed with a short lease
- * renews it right before the SMTP conversation starts (email.renew_lease with starting_send), for the
- * send's timeout plus LEASE_SECONDS, and sends nothing when the lease is gone or the database cannot
- * say (no SMTP conversation on a lease that has expired or could expire mid-send). A heartbeat keeps
+ * The lease (docs/architecture.md, "Delivery guarantee"): an attempt claimed by the sweep with a short
+ * lease renews it right before the SMTP conversation starts (email.renew_lease with starting_send),
+ * for the send's timeout plus LEASE_SECONDS, and sends nothing when the lease is gone or the database
+ * cannot say (no SMTP conversation on a lease that has expired or could expire mid-send). The push
+ * path claims with that lease and the start recorded at once (queue_and_claim with starting_send) and
+ * sends right after its claim is answered. A heartbeat keeps
  * the lease alive while the send and the outcome write take long, and the outcome write is retried
  * while the database is unreachable, until the lease runs out: a mail that went out is recorded as
  * soon as the database is back within that time, so the sweep never sends it again.
@@ -26,6 +28,11 @@ import { renderEmail, type WorkflowCheck } from "../_shared/workflows/registry.t
 export type AttemptInput = {
   deliveryId: string;
   attempt?: number;
+  /**
+   * The claim already recorded that the send starts (queue_and_claim with starting_send, asked at
+   * `askedAt` on the local clock for `leaseSeconds`): no renewal before the send.
+   */
+  claimedSending?: { askedAt: number; leaseSeconds: number };
   workflow: string;
   recipient: string;
   content: WorkflowCheck;
@@ -95,7 +102,7 @@ export async function attemptDelivery(deps: AttemptDeps, input: AttemptInput): P
   }
 
   const attempt = input.attempt;
-  const lease = await startSending(deps, input.deliveryId, attempt);
+  const lease = await startSending(deps, input.deliveryId, attempt, input.claimedSending);
   if (lease.kind === "stale") {
     logger.warn("lease_lost", { ...ctx, reason: "the lease expired or a newer attempt owns the delivery: not sent" });
     return { outcome: "not_sent", recorded: "stale" };
@@ -162,20 +169,27 @@ function factsToLog(f: SmtpFailure) {
 type HeldLease = { kind: "held"; deadline(): number; stop(): void };
 
 /**
- * Renews the claim's lease as the SMTP conversation starts (fenced; it must still be live), then
- * renews it every third of LEASE_SECONDS until stopped. A renewal that finds the lease gone stops
- * the heartbeat; one that cannot reach the database leaves the deadline where it was.
+ * Renews the claim's lease as the SMTP conversation starts (fenced; it must still be live), unless
+ * the claim itself recorded the start under the sending lease (the push path), then renews it every
+ * third of LEASE_SECONDS until stopped. A renewal that finds the lease gone stops the heartbeat; one
+ * that cannot reach the database leaves the deadline where it was.
  */
 async function startSending(
   deps: AttemptDeps,
   deliveryId: string,
   attempt: number,
+  claimedSending?: AttemptInput["claimedSending"],
 ): Promise<HeldLease | Exclude<LeaseResult, { kind: "renewed" }>> {
   const seconds = sendingLeaseSeconds(deps.config);
-  const asked = Date.now();
-  const first = await deps.tracker.renewLease(deliveryId, attempt, seconds, { startingSend: true });
-  if (first.kind !== "renewed") return first;
-  let deadline = asked + seconds * 1000;
+  let deadline: number;
+  if (claimedSending) {
+    deadline = claimedSending.askedAt + claimedSending.leaseSeconds * 1000;
+  } else {
+    const asked = Date.now();
+    const first = await deps.tracker.renewLease(deliveryId, attempt, seconds, { startingSend: true });
+    if (first.kind !== "renewed") return first;
+    deadline = asked + seconds * 1000;
+  }
   let busy = false;
   let stopped = false;
   const stop = () => {

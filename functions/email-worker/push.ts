@@ -18,7 +18,7 @@ import { redactPushBody } from "../_shared/redaction.ts";
 import type { Rejection, StatusTracker } from "../_shared/tracker.ts";
 import { checkWorkflow } from "../_shared/workflows/registry.ts";
 import { ackStatus, type PushOutcome } from "./ack.ts";
-import { attemptDelivery } from "./deliver.ts";
+import { attemptDelivery, sendingLeaseSeconds } from "./deliver.ts";
 
 /** Raw bodies larger than this are stored truncated (body_bytes keeps the full length, after redaction). */
 export const maxStoredBodyBytes = 64 * 1024;
@@ -117,14 +117,20 @@ export function createPushHandler(deps: PushDeps): (request: Request) => Promise
     const ctx = { deliveryId: event.deliveryId, workflow: event.workflow, deliveryAttempt: meta.deliveryAttempt };
     logger.info("push_received", { ...ctx, recipient: maskEmail(event.recipient) });
 
-    const queued = await tracker.queueAndClaim({
-      deliveryId: event.deliveryId,
-      workflow: event.workflow,
-      recipient: event.recipient,
-      payload: event.data,
-      metadata: { ...event.metadata, ...(meta.messageId ? { pubsubMessageId: meta.messageId } : {}) },
-      userId: event.userId,
-    }, config.leaseSeconds);
+    // The claim records that the send starts, under the sending lease: the send follows at once.
+    const claimedSending = { askedAt: Date.now(), leaseSeconds: sendingLeaseSeconds(config) };
+    const queued = await tracker.queueAndClaim(
+      {
+        deliveryId: event.deliveryId,
+        workflow: event.workflow,
+        recipient: event.recipient,
+        payload: event.data,
+        metadata: { ...event.metadata, ...(meta.messageId ? { pubsubMessageId: meta.messageId } : {}) },
+        userId: event.userId,
+      },
+      claimedSending.leaseSeconds,
+      { startingSend: true },
+    );
 
     if (queued.kind === "conflict") {
       return rejectInput(
@@ -167,6 +173,7 @@ export function createPushHandler(deps: PushDeps): (request: Request) => Promise
     const result = await attemptDelivery(deps, {
       deliveryId: event.deliveryId,
       attempt,
+      claimedSending: queued.kind === "claimed" && queued.sendStarted ? claimedSending : undefined,
       workflow: event.workflow,
       recipient: event.recipient,
       content: check,
