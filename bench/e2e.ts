@@ -64,12 +64,56 @@ async function startSink() {
   }
   return {
     port,
+    pid: child.pid,
     stat: () => ask<SinkStat>("stat"),
     sample: async () => Uint8Array.from(atob((await ask<{ sample: string }>("sample")).sample), (c) => c.charCodeAt(0)),
     async close() {
       await writer.close();
       await child.status;
     },
+  };
+}
+
+/**
+ * CPU time (ms) from /proc (Linux; zeros elsewhere): the bench process's main thread (the worker's
+ * handler, tracker and mailer: the thread one Edge Runtime isolate runs on), its other threads (the
+ * push client's Web Worker, I/O, GC), every Postgres process, and the sink's process. Sampled around
+ * each cell, it says where each delivery's CPU goes and which thread bounds the rate.
+ */
+type CpuTimes = { main: number; other: number; postgres: number; sink: number };
+const hz = 100; // USER_HZ
+function ticks(statPath: string): number {
+  try {
+    const s = Deno.readTextFileSync(statPath);
+    const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
+    return Number(f[11]) + Number(f[12]);
+  } catch {
+    return 0;
+  }
+}
+function cpuTimes(sinkPid: number): CpuTimes {
+  let all = 0;
+  let postgresTicks = 0;
+  try {
+    for (const task of Deno.readDirSync("/proc/self/task")) all += ticks(`/proc/self/task/${task.name}/stat`);
+    for (const p of Deno.readDirSync("/proc")) {
+      if (!/^\d+$/.test(p.name)) continue;
+      try {
+        if (Deno.readTextFileSync(`/proc/${p.name}/comm`).trim() === "postgres") {
+          postgresTicks += ticks(`/proc/${p.name}/stat`);
+        }
+      } catch { /* gone meanwhile */ }
+    }
+  } catch {
+    return { main: 0, other: 0, postgres: 0, sink: 0 };
+  }
+  const main = ticks(`/proc/self/task/${Deno.pid}/stat`);
+  const ms = (t: number) => (t * 1000) / hz;
+  return {
+    main: ms(main),
+    other: ms(all - main),
+    postgres: ms(postgresTicks),
+    sink: ms(ticks(`/proc/${sinkPid}/stat`)),
   };
 }
 
@@ -283,7 +327,10 @@ const workers = {
     tracked: startWorker(sink.port, jwks.url, databaseUrl, false),
   },
 };
-const acc = new Map<string, { n: number; s: number; lat: number[]; failures: number; connections: number }>();
+const acc = new Map<
+  string,
+  { n: number; s: number; lat: number[]; failures: number; connections: number; cpu: CpuTimes }
+>();
 const capacity: { concurrency: number; messages: number; per_second: number }[] = [];
 let messageBytes = 0;
 let lost = 0;
@@ -294,11 +341,13 @@ async function cell(
   variant: Variant,
   concurrency: number,
   n: number,
-): Promise<Run & { connections: number }> {
+): Promise<Run & { connections: number; cpu: CpuTimes }> {
   const before = await sink.stat();
+  const cpu0 = cpuTimes(sink.pid);
   const run = variant === "smtp_alone"
     ? await mailMany(mailers[pooling], n, concurrency)
     : await pushMany(workers[pooling][variant], token, n, concurrency);
+  const cpu1 = cpuTimes(sink.pid);
   const after = await sink.stat();
   const received = after.accepted - before.accepted;
   if (received !== n - run.failures || run.failures) {
@@ -307,7 +356,13 @@ async function cell(
       `  ${pooling} ${variant} @${concurrency}: ${run.failures} failed, the sink received ${received} of ${n}`,
     );
   }
-  return { ...run, connections: after.connections - before.connections };
+  const cpu = {
+    main: cpu1.main - cpu0.main,
+    other: cpu1.other - cpu0.other,
+    postgres: cpu1.postgres - cpu0.postgres,
+    sink: cpu1.sink - cpu0.sink,
+  };
+  return { ...run, connections: after.connections - before.connections, cpu };
 }
 
 try {
@@ -335,12 +390,14 @@ try {
       for (const [pooling, variant] of r % 2 === 0 ? order : [...order].reverse()) {
         const res = await cell(pooling, variant, c, deliveries);
         const key = `${pooling}/${variant}/${c}`;
-        const a = acc.get(key) ?? { n: 0, s: 0, lat: [], failures: 0, connections: 0 };
+        const a = acc.get(key) ??
+          { n: 0, s: 0, lat: [], failures: 0, connections: 0, cpu: { main: 0, other: 0, postgres: 0, sink: 0 } };
         a.n += res.deliveries;
         a.s += res.seconds;
         a.lat.push(...res.latencies);
         a.failures += res.failures;
         a.connections += res.connections;
+        for (const k of ["main", "other", "postgres", "sink"] as const) a.cpu[k] += res.cpu[k];
         acc.set(key, a);
         console.log(
           `  ${String(c).padStart(2)} in flight, ${pooling.padEnd(11)} ${variant.padEnd(10)}: ${res.deliveries} in ${
@@ -393,6 +450,14 @@ const summary = (pooling: Pooling, variant: Variant, c: number) => {
     p50_ms: r2(quantile(a.lat, 0.5)),
     p99_ms: r2(quantile(a.lat, 0.99)),
     smtp_connections: a.connections,
+    // CPU ms per delivery by thread or process, and how busy the worker's thread was (1 = always).
+    cpu_ms_per_delivery: {
+      worker_thread: r2(a.cpu.main / a.n),
+      bench_other_threads: r2(a.cpu.other / a.n),
+      postgres: r2(a.cpu.postgres / a.n),
+      sink: r2(a.cpu.sink / a.n),
+    },
+    worker_thread_busy: r2(a.cpu.main / 1000 / a.s),
   };
 };
 const cells = concurrencies.flatMap((c) => poolings.flatMap((p) => variants.map((v) => summary(p, v, c))));

@@ -36,6 +36,28 @@ export function reportEndToEnd(e2e, log) {
       x.smtp_connections,
     ]),
   ));
+  if (e2e.cells.some((x) => x.cpu_ms_per_delivery)) {
+    log(
+      "CPU per delivery (ms, from /proc): the worker's thread (handler, tracker, mailer), the bench's other threads (the push client), Postgres, the sink; 2 cores = 2,000 ms a second",
+    );
+    log(table(
+      ["in flight", "SMTP", "path", "worker thread", "busy", "other threads", "Postgres", "sink", "all"],
+      e2e.cells.filter((x) => x.cpu_ms_per_delivery).map((x) => {
+        const c = x.cpu_ms_per_delivery;
+        return [
+          x.concurrency,
+          x.pooling === "pooled" ? "pooled" : "per message",
+          x.variant === "smtp_alone" ? "SMTP leg alone" : x.variant,
+          c.worker_thread,
+          x.worker_thread_busy,
+          c.bench_other_threads,
+          c.postgres,
+          c.sink,
+          round(c.worker_thread + c.bench_other_threads + c.postgres + c.sink, 2),
+        ];
+      }),
+    ));
+  }
   const leg = (c, p) => e2e.cells.find((x) => x.concurrency === c && x.pooling === p && x.variant === "smtp_alone");
   for (const r of e2e.ratios.filter((x) => x.pooling === "pooled")) {
     const sinkCapacity = e2e.sink.capacity.find((c) => c.concurrency === r.concurrency)?.per_second;
