@@ -111,7 +111,7 @@ try {
     if (stage.sql) await sql.unsafe(stage.sql).simple();
     await createBaseline(sql);
     const wal = await walPerLifecycle(sql, stage.bornClaimed);
-    const worker = stage.bornClaimed ? "email-2rt-single" : "email-2rt-before";
+    const worker = stage.bornClaimed ? "email-2rt-lean" : "email-2rt-before";
     const acc = { [worker]: [], plain: [], "pg-boss": [] };
     for (let r = 0; r < rounds; r++) {
       const order = r % 2 === 0 ? Object.keys(acc) : Object.keys(acc).reverse();

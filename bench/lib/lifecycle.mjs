@@ -5,10 +5,9 @@
 // server in the same run, interleaved so drift in the machine's speed hits all of them alike:
 //   email        the real RPCs: email.record_queued -> email.mark_in_progress -> email.mark_sent
 //                (rules table, BEFORE/AFTER triggers, audit trail, payload erasure, fencing)
-//   email-2rt    the worker's path, as its tracker calls it: email.queue_and_claim_many with one call
-//                (email.queue_and_claim with starting_send: the delivery is born
-//                in_progress, its send started: one round trip, one transaction), then mark_sent_many:
-//                two transactions
+//   email-2rt    the worker's path, as its tracker calls it: email.queue_and_claim with starting_send
+//                (the delivery is born in_progress, its send started: one round trip, one transaction),
+//                then mark_sent: two transactions
 //   plain        the baseline: tables of the same shape (CREATE TABLE ... LIKE email.x INCLUDING ALL:
 //                same columns, checks and indexes, no triggers, no RLS, no foreign keys) written with
 //                plain INSERT/UPDATE/DELETE, one statement per transaction
@@ -68,38 +67,23 @@ function statements(variant) {
     };
   }
   if (variant === "email-2rt") {
-    // Exactly the statements the worker's tracker makes (functions/_shared/tracker.ts): the batch
-    // functions, here with one call each (every client has one delivery in flight; batches of several
-    // form only when one isolate has several calls waiting), the claim recording the send's start.
+    // The statements the worker's tracker makes for a delivery whose calls go alone (every client
+    // here has one delivery in flight; when several calls wait in one isolate they go as one
+    // statement to the *_many functions, tests/tracker_batch_test.ts): the claim records the send's
+    // start under the sending lease, then the outcome.
     return {
       accept: (sql, d) =>
-        sql`select status, attempt from email.queue_and_claim_many(${
-          JSON.stringify([{
-            delivery_id: d.id,
-            workflow: d.workflow,
-            recipient: d.recipient,
-            payload: d.payload,
-            metadata: {},
-            user_id: d.userId,
-            lease_seconds: 90,
-            starting_send: true,
-          }])
-        }::text::jsonb)`,
+        sql`select status, attempt from email.queue_and_claim(${d.id}, ${d.workflow}, ${d.recipient}, ${
+          sql.json(d.payload)
+        }, '{}'::jsonb, ${d.userId}::uuid, 90, true)`,
       claim: null,
       sent: (sql, d, attempt) =>
-        sql`select status from email.mark_sent_many(${
-          JSON.stringify([{
-            delivery_id: d.id,
-            attempt,
-            provider_message_id: d.messageId,
-            provider_response: "250 2.0.0 OK queued",
-          }])
-        }::text::jsonb)`,
+        sql`select status from email.mark_sent(${d.id}, ${attempt}, ${d.messageId}, '250 2.0.0 OK queued')`,
     };
   }
-  if (variant === "email-2rt-single") {
-    // The same path through the single-call functions (bench/lean_stages.mjs, whose stages predate
-    // the batch functions).
+  if (variant === "email-2rt-lean") {
+    // The worker's path as the lean lifecycle migration left it (bench/lean_stages.mjs, whose stages
+    // predate queue_and_claim's starting_send).
     return {
       accept: (sql, d) =>
         sql`select status, attempt from email.queue_and_claim(${d.id}, ${d.workflow}, ${d.recipient}, ${

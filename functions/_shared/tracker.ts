@@ -14,8 +14,8 @@
  *   NUL: SQLSTATE 22021), so a poison message can always be stored; raw bodies stay bytes.
  * Round trips per pushed delivery: one to queue and claim (recording that the send starts), one to
  * record the outcome (plus a lease heartbeat while a send or an outcome write takes long). Both are
- * made in batches (tracker_batch.ts, email.queue_and_claim_many and email.mark_sent_many): calls made
- * while every connection is busy share one statement and one commit, each answered on its own.
+ * batched (tracker_batch.ts): calls made while every connection is busy share one statement and one
+ * commit (email.queue_and_claim_many, email.mark_sent_many), each answered on its own.
  */
 import type postgres from "postgres";
 import type { BreakerState } from "./circuit_breaker.ts";
@@ -26,6 +26,9 @@ import { createBatcher } from "./tracker_batch.ts";
 
 /** A row of a *_many function: the call's place in the batch, and its answer or its error. */
 type BatchRow = { ord: number; error_state: string | null; error_message: string | null };
+
+/** One call for a batch: its JSON text for the *_many function, and itself when it goes alone. */
+type BatchedCall<T> = { json: string; one: (db: postgres.Sql) => Pending<readonly T[]> };
 
 export type { Unavailable } from "./tracker_pool.ts";
 
@@ -155,38 +158,44 @@ export function createStatusTracker(
 
   const claimBatch = batchedCall<{ status: string; attempt: number | null }>(
     "queue_and_claim",
-    (db, items) =>
-      db`select ord, status, attempt, error_state, error_message from email.queue_and_claim_many(${items}::text::jsonb)`,
+    (db, calls) =>
+      db`select ord, status, attempt, error_state, error_message from email.queue_and_claim_many(${calls}::text::jsonb)`,
   );
   const sentBatch = batchedCall<{ status: string }>(
     "mark_sent",
-    (db, items) => db`select ord, status, error_state, error_message from email.mark_sent_many(${items}::text::jsonb)`,
+    (db, calls) => db`select ord, status, error_state, error_message from email.mark_sent_many(${calls}::text::jsonb)`,
   );
 
   /**
-   * One kind of call made through its *_many function, in batches (tracker_batch.ts): each call is
-   * answered its own row, or its own SQL error; a batch the pool could not make answers every call
-   * of it alike (a deadlock or serialization failure, which the function raises for the whole batch,
-   * counts as the database's trouble: "unavailable", to be made again).
+   * One kind of call, in batches (tracker_batch.ts). A call alone is made as itself (`one`: the
+   * single-call function, no subtransaction); several go to the kind's *_many function as one
+   * statement (`many`, given the calls' JSON texts as one array), and each is answered its own row,
+   * or its own SQL error. A batch the pool could not make answers every call of it alike; a deadlock
+   * or serialization failure (which *_many raises for the whole batch) counts as the database's
+   * trouble: "unavailable", to be made again.
    */
   function batchedCall<T>(
     action: string,
-    run: (db: postgres.Sql, items: string) => Pending<readonly BatchRow[]>,
-  ): (call: string) => Promise<Answer<T>> {
-    return createBatcher<string, Answer<T>>({
+    many: (db: postgres.Sql, calls: string) => Pending<readonly BatchRow[]>,
+  ): (call: BatchedCall<T>) => Promise<Answer<T>> {
+    return createBatcher<BatchedCall<T>, Answer<T>>({
       maxInFlight: tracking.poolSize,
       maxBatch: tracking.batchMax,
-      send: async (items) => {
-        const r = await pool.call(action, (db) => run(db, `[${items.join(",")}]`));
-        if (r.kind === "sql_error" && /^40/.test(r.sqlstate)) {
-          log.warn("tracker_call_failed", { call: action, code: r.sqlstate, calls: items.length });
-          return items.map(() => ({ kind: "unavailable", reason: "failed" }) as const);
+      send: async (calls) => {
+        if (calls.length === 1) {
+          const r = await pool.call(action, calls[0].one);
+          if (r.kind === "sql_error" && /^40/.test(r.sqlstate)) return [transient(action, r.sqlstate, 1)];
+          return [r.kind === "ok" ? { kind: "ok", value: r.value[0] } : r];
         }
-        if (r.kind !== "ok") return items.map(() => r);
+        const r = await pool.call(action, (db) => many(db, `[${calls.map((c) => c.json).join(",")}]`));
+        if (r.kind === "sql_error" && /^40/.test(r.sqlstate)) {
+          return calls.map(() => transient(action, r.sqlstate, calls.length));
+        }
+        if (r.kind !== "ok") return calls.map(() => r);
         const rows = new Map(r.value.map((row) => [row.ord, row]));
-        return items.map((_, i): Answer<T> => {
+        return calls.map((_, i): Answer<T> => {
           const row = rows.get(i + 1);
-          if (!row) throw new Error(`${action}: no answer for call ${i + 1} of ${items.length}`);
+          if (!row) throw new Error(`${action}: no answer for call ${i + 1} of ${calls.length}`);
           if (row.error_state !== null) {
             return { kind: "sql_error", sqlstate: row.error_state, message: String(row.error_message ?? "") };
           }
@@ -194,6 +203,12 @@ export function createStatusTracker(
         });
       },
     });
+  }
+
+  /** A deadlock or serialization failure: the database's trouble, not the call's answer. */
+  function transient(action: string, sqlstate: string, calls: number): Unavailable {
+    log.warn("tracker_call_failed", { call: action, code: sqlstate, calls });
+    return { kind: "unavailable", reason: "failed" };
   }
 
   /** An SQL error other than the ones the RPC's result type names: deterministic, logged once. */
@@ -235,16 +250,28 @@ export function createStatusTracker(
 
   return {
     async queueAndClaim(q, leaseSeconds, options = {}) {
-      const r = await claimBatch(callJson({
-        delivery_id: q.deliveryId,
-        workflow: q.workflow,
-        recipient: q.recipient,
-        payload: q.payload,
-        metadata: q.metadata,
-        user_id: q.userId ?? null,
-        lease_seconds: Math.max(1, Math.ceil(leaseSeconds)),
-        starting_send: options.startingSend ?? false,
-      }));
+      const lease = Math.max(1, Math.ceil(leaseSeconds));
+      const startingSend = options.startingSend ?? false;
+      const r = await claimBatch({
+        json: callJson({
+          delivery_id: q.deliveryId,
+          workflow: q.workflow,
+          recipient: q.recipient,
+          payload: q.payload,
+          metadata: q.metadata,
+          user_id: q.userId ?? null,
+          lease_seconds: lease,
+          starting_send: startingSend,
+        }),
+        one: (db) =>
+          db<{ status: string; attempt: number | null }[]>`
+            select status, attempt from email.queue_and_claim(
+              ${q.deliveryId}, ${q.workflow}, ${q.recipient}, ${db.json(q.payload as postgres.JSONValue)},
+              ${db.json(q.metadata as postgres.JSONValue)}, ${
+            q.userId ?? null
+          }::uuid, ${lease}::integer, ${startingSend}
+            )`,
+      });
       if (r.kind === "sql_error") {
         if (r.sqlstate === "EM002") return { kind: "conflict", message: r.message };
         // Deterministic: the same event would be refused again; a refusal, never an outage.
@@ -254,18 +281,25 @@ export function createStatusTracker(
       if (r.kind !== "ok") return r;
       const row = r.value;
       if (row.attempt !== null) {
-        return { kind: "claimed", attempt: row.attempt, sendStarted: options.startingSend ?? false };
+        return { kind: "claimed", attempt: row.attempt, sendStarted: startingSend };
       }
       return { kind: "not_claimable", status: row.status };
     },
     async markSent(id, attempt, sent) {
-      const r = await sentBatch(callJson({
-        delivery_id: id,
-        attempt,
-        provider_message_id: storable(sent.messageId, 998),
-        provider_response: storable(sent.response, 512),
-        relay,
-      }));
+      const messageId = storable(sent.messageId, 998);
+      const response = storable(sent.response, 512);
+      const r = await sentBatch({
+        json: callJson({
+          delivery_id: id,
+          attempt,
+          provider_message_id: messageId,
+          provider_response: response,
+          relay,
+        }),
+        one: (db) =>
+          db<{ status: string }[]>`select status from email.mark_sent(
+            ${id}, ${attempt}::integer, ${messageId}, ${response}, ${relay}::text)`,
+      });
       if (r.kind === "sql_error" && r.sqlstate === "EM003") return { kind: "stale", message: r.message };
       const p = plain("mark_sent", r);
       return p.kind === "ok" ? { kind: "recorded", status: p.value.status, nextAttemptAt: null } : p;

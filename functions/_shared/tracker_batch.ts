@@ -2,9 +2,8 @@
  * Group commit for the tracker: calls of one kind made while the pool's connections are busy are
  * gathered into one batch, made in one statement (email.queue_and_claim_many, email.mark_sent_many:
  * one transaction, one commit), and each caller gets its own call's answer.
- * - A call made while fewer than `maxInFlight` batches of its kind are out goes at once (the calls of
- *   the same tick together): alone, it is a batch of one, so batching never delays a call that could
- *   have gone anyway.
+ * - A call made while fewer than `maxInFlight` batches of its kind are out goes at once (with the
+ *   calls of the same tick, if any): batching never delays a call that could have gone anyway.
  * - Otherwise it waits for the next batch, which leaves as soon as a batch of its kind comes back,
  *   with at most `maxBatch` calls (the rest wait for the one after).
  * - Every caller of a batch awaits that batch's commit: nothing is answered before it is durable.

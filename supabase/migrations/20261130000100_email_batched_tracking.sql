@@ -13,8 +13,8 @@
  *   make each one, in delivery_id order, through the single-call function in a block of its own: one
  *   statement and one commit for the batch, each call's own answer or error (SQLSTATE and message) in
  *   its own row, and one call's error (EM002, EM003, bad data) never undoes another's work. The
- *   worker's tracker gathers the calls made while its connections are busy into one (tracker_batch.ts):
- *   alone, a call is a batch of one; under load the commits are shared. A deadlock or a serialization
+ *   worker's tracker gathers the calls made while its connections are busy into one (tracker_batch.ts);
+ *   a call that finds a connection free goes alone, to the single-call function (no subtransaction). A deadlock or a serialization
  *   failure is not one call's answer: it is raised, and the whole batch fails, to be made again.
  * Both are only a transport for the single-call functions, which stay the one home of the rules.
  */
