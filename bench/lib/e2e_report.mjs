@@ -6,6 +6,14 @@ import { round, table } from "./stats.mjs";
 /** The e2e targets: end to end (tracked) over the SMTP leg alone, and tracked over untracked. */
 export const e2eTargets = { endToEndOverSmtpAlone: 0.8, trackedOverUntracked: 0.9 };
 
+/** The columns naming a cell, and their values for cell `x`. */
+const cellColumns = ["in flight", "SMTP", "path"];
+const cellLabel = (x) => [
+  x.concurrency,
+  x.pooling === "pooled" ? "pooled" : "per message",
+  x.variant === "smtp_alone" ? "SMTP leg alone" : x.variant,
+];
+
 const verdict = (x, target) => `${x} (target >= ${target}: ${x >= target ? "MET" : "SHORT"})`;
 
 /** Prints the end-to-end section for `e2e` (bench/e2e.ts's output). */
@@ -24,11 +32,9 @@ export function reportEndToEnd(e2e, log) {
   const capacity = e2e.sink.capacity.map((c) => `${c.per_second}/s at ${c.concurrency} in flight`).join(", ");
   log(`sink: ${e2e.sink.what}; ${e2e.sink.message_bytes}-byte messages; its capacity (raw client): ${capacity}`);
   log(table(
-    ["in flight", "SMTP", "path", "deliveries", "per second", "p50 ms", "p99 ms", "SMTP connections opened"],
+    [...cellColumns, "deliveries", "per second", "p50 ms", "p99 ms", "SMTP connections opened"],
     e2e.cells.map((x) => [
-      x.concurrency,
-      x.pooling === "pooled" ? "pooled" : "per message",
-      x.variant === "smtp_alone" ? "SMTP leg alone" : x.variant,
+      ...cellLabel(x),
       x.deliveries,
       x.per_second,
       x.p50_ms,
@@ -41,13 +47,11 @@ export function reportEndToEnd(e2e, log) {
       "CPU per delivery (ms, from /proc): the worker's thread (handler, tracker, mailer), the bench's other threads (the push client), Postgres, the sink; 2 cores = 2,000 ms a second",
     );
     log(table(
-      ["in flight", "SMTP", "path", "worker thread", "busy", "other threads", "Postgres", "sink", "all"],
+      [...cellColumns, "worker thread", "busy", "other threads", "Postgres", "sink", "all"],
       e2e.cells.filter((x) => x.cpu_ms_per_delivery).map((x) => {
         const c = x.cpu_ms_per_delivery;
         return [
-          x.concurrency,
-          x.pooling === "pooled" ? "pooled" : "per message",
-          x.variant === "smtp_alone" ? "SMTP leg alone" : x.variant,
+          ...cellLabel(x),
           c.worker_thread,
           x.worker_thread_busy,
           c.bench_other_threads,
