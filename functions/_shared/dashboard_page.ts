@@ -756,7 +756,7 @@ export const dashboardHtml = [
   "        label: name,",
   "        value: rate,",
   '        color: rate < 0.05 ? "#22a06b" : rate < 0.2 ? "#e2b203" : "#e34935",',
-  "        text: `${pct(rate)} deferred (${o.retrying}/${o.outcomes})`,",
+  "        text: `${pct(rate)} (${o.retrying}/${o.outcomes})`,",
   '        testid: { "data-testid": `${kind}-deferral`, [`data-${kind}`]: name },',
   "      };",
   "    });",
