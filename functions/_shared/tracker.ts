@@ -228,23 +228,35 @@ export function createStatusTracker(
     action: string,
     run: (db: postgres.Sql) => Pending<T>,
   ): Promise<{ kind: "ok"; value: T } | { kind: "stale"; message: string } | Unavailable> {
-    const r = await pool.call(action, run);
+    return fencedAnswer(action, await pool.call(action, run));
+  }
+
+  /** fencedCall's reading of an answer, however it was made (alone or in a batch). */
+  function fencedAnswer<T>(
+    action: string,
+    r: Answer<T>,
+  ): { kind: "ok"; value: T } | { kind: "stale"; message: string } | Unavailable {
     if (r.kind === "sql_error" && r.sqlstate === "EM003") return { kind: "stale", message: r.message };
     return plain(action, r);
   }
 
+  type OutcomeRow = { status: string; next_attempt_at?: Date | null; error_code?: string };
+
   /** An outcome write: the status the database recorded (and when a retry is due). */
   async function fenced(
     action: string,
-    run: (db: postgres.Sql) => Pending<{ status: string; next_attempt_at?: Date | null; error_code?: string }[]>,
+    run: (db: postgres.Sql) => Pending<OutcomeRow[]>,
   ): Promise<OutcomeResult> {
     const r = await fencedCall(action, run);
-    if (r.kind !== "ok") return r;
+    return r.kind === "ok" ? recordedOutcome(r.value[0]) : r;
+  }
+
+  function recordedOutcome(row: OutcomeRow | undefined): OutcomeResult {
     return {
       kind: "recorded",
-      status: r.value[0]?.status,
-      nextAttemptAt: r.value[0]?.next_attempt_at ?? null,
-      errorCode: r.value[0]?.error_code ?? undefined,
+      status: row?.status as string,
+      nextAttemptAt: row?.next_attempt_at ?? null,
+      errorCode: row?.error_code ?? undefined,
     };
   }
 
@@ -300,9 +312,8 @@ export function createStatusTracker(
           db<{ status: string }[]>`select status from email.mark_sent(
             ${id}, ${attempt}::integer, ${messageId}, ${response}, ${relay}::text)`,
       });
-      if (r.kind === "sql_error" && r.sqlstate === "EM003") return { kind: "stale", message: r.message };
-      const p = plain("mark_sent", r);
-      return p.kind === "ok" ? { kind: "recorded", status: p.value.status, nextAttemptAt: null } : p;
+      const f = fencedAnswer("mark_sent", r);
+      return f.kind === "ok" ? recordedOutcome(f.value) : f;
     },
     recordFailure: (id, attempt, f) =>
       fenced("record_failure", (db) =>
